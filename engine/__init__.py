@@ -1,0 +1,3 @@
+"""tcf: text-based collaborative filtering experiments."""
+
+__version__ = "0.1.0"
