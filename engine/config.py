@@ -1,0 +1,243 @@
+"""Experiment configs: YAML validated by pydantic, ``-S key=value`` overrides, sweeps, hashing.
+
+A config file describes one experiment; a ``sweep`` section (dotted key -> list of values) expands it
+into the cartesian product of runs, and a ``runs`` list adds variants that change several keys at once. Every error names the file (or ``-S``), the dotted key and, for
+YAML files, the line.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Section):
+    path: str = Field(description="Dataset folder: behaviors.tsv plus news.tsv, items.tsv or videos.tsv.")
+    item_file: str | None = Field(None, description="Item file name inside the folder; detected if unset.")
+    min_seq_len: int = Field(5, ge=3, description="Users with fewer interactions are dropped.")
+    max_seq_len: int = Field(20, ge=1, description="SASRec window L; each user keeps the last L+3 items.")
+    lenient: bool = Field(False, description="Skip bad lines (and count them) instead of failing.")
+
+    @field_validator("item_file")
+    @classmethod
+    def _bare_name(cls, v: str | None) -> str | None:
+        if v is not None and (Path(v).name != v or v in ("", ".", "..")):
+            raise ValueError(f"must be a file name inside the dataset folder, got {v!r}")
+        return v
+
+
+class ModelConfig(_Section):
+    architecture: Literal["sasrec", "dssm", "pop"] = Field("sasrec", description="Recommender.")
+    item_tower: Literal["id"] = Field("id", description="How items are represented.")
+    embedding_dim: int = Field(64, ge=1, description="Width d of user and item vectors.")
+    num_blocks: int = Field(2, ge=1, description="SASRec transformer blocks.")
+    num_heads: int = Field(2, ge=1, description="SASRec attention heads (must divide embedding_dim).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout in SASRec and the MLPs.")
+    n_mlp_layers: int = Field(0, ge=0, description="DSSM: MLP layers on the user and item towers.")
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> ModelConfig:
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must divide embedding_dim ({self.embedding_dim})"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    loss: Literal["ibce", "bce"] = Field("ibce", description="In-batch softmax with logQ, or BCE.")
+    batch_size: int = Field(64, ge=2, description="Global batch (users for SASRec, pairs for DSSM).")
+    epochs: int = Field(50, ge=1, description="Maximum epochs.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
+    patience: int = Field(5, ge=0, description="Stop after patience+1 evaluations without a better HR@10.")
+    eval_every: int = Field(1, ge=1, description="Validate every N epochs.")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="Mixed precision: auto = bf16 on CUDA, off on CPU."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N (torchrun sets one per rank).")
+
+
+class EvalConfig(_Section):
+    ks: list[int] = Field(default_factory=lambda: [10], description="Cut-offs for HR@K and NDCG@K.")
+    batch_size: int = Field(1024, ge=1, description="Users scored per full-ranking batch.")
+
+    @field_validator("ks")
+    @classmethod
+    def _sorted_with_10(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError("every K must be >= 1")
+        return sorted(set(v) | {10})  # HR@10 drives model selection, so it is always computed
+
+
+class Config(_Section):
+    name: str | None = Field(None, description="Run name; defaults to dataset-architecture-tower.")
+    seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
+    dataset: DatasetConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{Path(self.dataset.path).name}-{self.model.architecture}-{self.model.item_tower}"
+
+    def hash(self) -> str:
+        """Hash of everything that determines the result (the name does not)."""
+        data = self.model_dump(mode="json", exclude={"name"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map dotted keys to 1-based line numbers, so errors can point into the file."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _set_dotted(data: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(source, key, f"'{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError("-S", text, "expected key=value, e.g. -S train.epochs=10")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError("-S", key, f"cannot parse value {raw!r}: {e}") from None
+    return key, value
+
+
+def _validate(data: dict, source: str, lines: dict[str, int]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or None
+        where = source
+        if key:
+            # point at the deepest key that exists in the file
+            parts = key.split(".")
+            for n in range(len(parts), 0, -1):
+                if ".".join(parts[:n]) in lines:
+                    where = f"{source}:{lines['.'.join(parts[:n])]}"
+                    break
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        raise ConfigError(where, key, msg) from None
+
+
+def _expand(data: dict, source: str) -> list[tuple[dict, dict[str, Any]]]:
+    """Expand ``runs`` (a list of variants) times ``sweep`` (cartesian) into run dicts, in order.
+
+    ``sweep`` maps dotted keys to lists of values; ``runs`` is a list of mappings of dotted keys to
+    values, for variants that change several keys together (e.g. DSSM with its own batch size).
+    """
+    sweep = data.pop("sweep", None) or {}
+    runs = data.pop("runs", None) or [{}]
+    if not isinstance(sweep, dict):
+        raise ConfigError(source, "sweep", "must map dotted keys to lists of values")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ConfigError(source, "runs", "must be a list of mappings of dotted keys to values")
+    keys = list(sweep)
+    for k in keys:
+        if not isinstance(sweep[k], list) or not sweep[k]:
+            raise ConfigError(source, f"sweep.{k}", "must be a non-empty list of values")
+    out = []
+    for variant in runs:
+        for values in itertools.product(*(sweep[k] for k in keys)):
+            d = copy.deepcopy(data)
+            chosen = {**variant, **dict(zip(keys, values, strict=True))}
+            for k, v in chosen.items():
+                _set_dotted(d, str(k), v, f"{source}: runs/sweep")
+            out.append((d, chosen))
+    return out
+
+
+def load_config_data(path: str | Path | None, overrides: Iterable[str] = (), base: dict | None = None,
+                     ) -> tuple[dict, str, dict[str, int]]:
+    """Read YAML (or start from ``base``) and apply overrides; returns (data, source, key lines)."""
+    data: dict = copy.deepcopy(base) if base else {}
+    source = "<config>"
+    lines: dict[str, int] = {}
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(source, None, "config file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(source, None, f"cannot read config: {e}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{source}:{mark.line + 1}" if mark else source
+            raise ConfigError(where, None, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(source, None, "a config must be a YAML mapping")
+        data.update(loaded)
+        lines = _key_lines(text)
+    for ov in overrides:
+        key, value = _parse_override(ov)
+        _set_dotted(data, key, value, "-S")
+        lines.pop(key, None)
+    return data, source, lines
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), base: dict | None = None,
+                ) -> list[Config]:
+    """Load a config file (plus overrides) and expand its runs and sweep into validated configs."""
+    data, source, lines = load_config_data(path, overrides, base)
+    configs = []
+    for d, chosen in _expand(data, source):
+        cfg = _validate(d, source, lines)
+        varied = {k: v for k, v in chosen.items() if k != "name"}
+        if varied and cfg.name and "name" not in chosen:
+            suffix = ",".join(f"{k.split('.')[-1]}={v}" for k, v in varied.items())
+            cfg.name = f"{cfg.name}[{suffix}]"
+        configs.append(cfg)
+    return configs

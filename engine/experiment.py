@@ -1,0 +1,113 @@
+"""One experiment run end to end: dataset -> run record -> training -> stored metrics.
+
+Inputs are validated before experiments.db is touched, so bad input never leaves a run behind.
+Under torchrun every rank trains; only rank 0 writes to the store and to disk.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch.distributed as dist
+
+from engine.config import Config
+from engine.data.prepare import Prepared, prepare
+from engine.data.reader import load_dataset
+from engine.dist import DistContext, init_distributed
+from engine.errors import TcfError
+from engine.rec.trainer import Reporter, Trainer, TrainResult
+from engine.store import Store
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    name: str
+    metrics: dict[str, float]  # "valid_hr@10", "test_ndcg@10", ...
+    best_epoch: int | None
+    epoch_seconds: list[float] = field(default_factory=list)
+    eval_seconds: float = 0.0
+
+
+@functools.lru_cache(maxsize=4)
+def _prepared(path: str, item_file: str | None, lenient: bool, min_len: int, max_len: int) -> Prepared:
+    raw = load_dataset(path, item_file, lenient=lenient)
+    data = prepare(raw, min_seq_len=min_len, max_seq_len=max_len)
+    if data.n_users == 0:
+        raise TcfError(f"{path}: no user has at least {min_len} interactions")
+    return data
+
+
+def prepared_data(cfg: Config) -> Prepared:
+    """Load, validate and preprocess the config's dataset (cached across the runs of a sweep)."""
+    d = cfg.dataset
+    return _prepared(str(Path(d.path).resolve()), d.item_file, d.lenient, d.min_seq_len, d.max_seq_len)
+
+
+def checkpoint_dir(db_path: Path, run_id: int) -> Path:
+    return db_path.resolve().parent / "artifacts" / "checkpoints" / f"run-{run_id}"
+
+
+class _StoreReporter(Reporter):
+    """Forwards progress to the UI's reporter and records each epoch in the store."""
+
+    def __init__(self, store: Store | None, run_id: int, inner: Reporter):
+        self.store, self.run_id, self.inner = store, run_id, inner
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        self.inner.stage(name, total)
+
+    def advance(self, n: int = 1) -> None:
+        self.inner.advance(n)
+
+    def epoch_end(self, epoch: int, loss: float, seconds: float, metrics: dict[str, float]) -> None:
+        if self.store is not None:
+            self.store.log_epoch(self.run_id, epoch, loss, seconds, metrics)
+        self.inner.epoch_end(epoch, loss, seconds, metrics)
+
+
+def _share_run_id(run_id: int | None, ctx: DistContext) -> int:
+    if not ctx.distributed:
+        assert run_id is not None
+        return run_id
+    box = [run_id]
+    dist.broadcast_object_list(box, src=0)
+    return int(box[0])
+
+
+def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = None,
+                   resume_run_id: int | None = None, ctx: DistContext | None = None) -> RunResult:
+    """Train and evaluate one config, recording everything in ``db_path``."""
+    ctx = ctx or init_distributed(cfg.train.device)
+    data = prepared_data(cfg)
+    store = Store(db_path) if ctx.is_main else None
+    run_id = resume_run_id
+    if store is not None and run_id is None:
+        run_id = store.create_run(name=cfg.run_name, config=cfg.model_dump(mode="json"),
+                                  config_hash=cfg.hash(), dataset=Path(cfg.dataset.path).name,
+                                  architecture=cfg.model.architecture, item_tower=cfg.model.item_tower)
+    run_id = _share_run_id(run_id, ctx)
+    if store is not None:
+        store.set_status(run_id, "running")
+    trainer = Trainer(cfg, data, ctx, checkpoint_dir(db_path, run_id),
+                      _StoreReporter(store, run_id, reporter or Reporter()))
+    try:
+        result: TrainResult = trainer.fit(resume=resume_run_id is not None)
+    except KeyboardInterrupt:
+        if store is not None:
+            store.set_status(run_id, "interrupted")
+        raise
+    except BaseException as e:
+        if store is not None:
+            store.set_status(run_id, "failed", error=str(e) or type(e).__name__)
+        raise
+    if store is not None:
+        store.log_final(run_id, "valid", result.valid, result.best_epoch, result.stopped_epoch)
+        store.log_final(run_id, "test", result.test, result.best_epoch, result.stopped_epoch)
+        store.set_status(run_id, "finished")
+    metrics = {f"valid_{k}": v for k, v in result.valid.items()}
+    metrics.update({f"test_{k}": v for k, v in result.test.items()})
+    return RunResult(run_id, cfg.run_name, metrics, result.best_epoch, result.epoch_seconds,
+                     result.eval_seconds)

@@ -1,0 +1,74 @@
+"""Training objectives as modules, so DDP sees one forward per step and syncs every gradient.
+
+Each objective returns ``(loss_sum, n_terms)`` for this rank's shard; the trainer divides by the
+global number of terms. In-batch candidates are gathered from all ranks with gradients, so the loss
+over N ranks equals the loss a single process computes on the same global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.dist import DistContext, gather_padded
+from engine.rec.losses import bce_loss, ibce_loss, sample_negatives
+
+
+class SASRecObjective(nn.Module):
+    """Next-item prediction at every real position of each user's training window."""
+
+    def __init__(self, model: nn.Module, log_pop: torch.Tensor, loss: str, n_items: int):
+        super().__init__()
+        self.model = model
+        self.register_buffer("log_pop", log_pop, persistent=False)
+        self.loss = loss
+        self.n_items = n_items
+
+    def forward(self, seq: torch.Tensor, offset: int, width: int, ctx: DistContext,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, vecs = self.model(seq)  # [b, L, d], [b, L+1, d]
+        rows_b, rows_t = (seq[:, :-1] != 0).nonzero(as_tuple=True)
+        queries = hidden[rows_b, rows_t]
+        if self.loss == "ibce":
+            slots = seq.shape[1]
+            g_vecs = gather_padded(vecs, ctx, width, with_grad=True)
+            g_seq = gather_padded(seq, ctx, width)
+            users = offset + rows_b
+            total = ibce_loss(queries, users, users * slots + rows_t + 1, g_vecs.reshape(-1, vecs.shape[-1]),
+                              g_seq.reshape(-1), g_seq, self.log_pop)
+            return total, torch.tensor(float(len(rows_b)), device=seq.device)
+        neg = sample_negatives(seq, self.n_items, tuple(seq.shape), generator)
+        neg_vecs = self.model.item_tower(neg)
+        pos = (queries * vecs[rows_b, rows_t + 1]).sum(-1)
+        negs = (queries * neg_vecs[rows_b, rows_t + 1]).sum(-1)
+        return bce_loss(pos, negs), torch.tensor(2.0 * len(rows_b), device=seq.device)
+
+
+class DSSMObjective(nn.Module):
+    """Two-tower matching of (user, positive item) pairs."""
+
+    def __init__(self, model: nn.Module, log_pop: torch.Tensor, loss: str, n_items: int):
+        super().__init__()
+        self.model = model
+        self.register_buffer("log_pop", log_pop, persistent=False)
+        self.loss = loss
+        self.n_items = n_items
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor, windows: torch.Tensor, offset: int,
+                width: int, ctx: DistContext, generator: torch.Generator,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.model.user_vectors(users)
+        v = self.model.item_vectors(items)
+        b = len(users)
+        if self.loss == "ibce":
+            g_v = gather_padded(v, ctx, width, with_grad=True)
+            g_items = gather_padded(items, ctx, width)
+            g_windows = gather_padded(windows, ctx, width)
+            rows = offset + torch.arange(b, device=users.device)
+            total = ibce_loss(u, rows, rows, g_v, g_items, g_windows, self.log_pop)
+            return total, torch.tensor(float(b), device=users.device)
+        neg = sample_negatives(windows, self.n_items, (b, 1), generator)
+        neg_v = self.model.item_vectors(neg[:, 0])
+        pos = (u * v).sum(-1)
+        negs = (u * neg_v).sum(-1)
+        return bce_loss(pos, negs), torch.tensor(2.0 * b, device=users.device)

@@ -1,0 +1,74 @@
+"""Item towers and the projection MLP (method §3.4), plus the recommender's weight init.
+
+Every module here initialises itself in its constructor. The recommenders (SASRec, DSSM) only
+initialise the layers they own, so a pretrained language model inside an item tower is never
+re-initialised (the reference code's BUG-3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+def xavier_init_(modules: Iterable[nn.Module]) -> None:
+    """Xavier-normal weights and zero biases for every Linear/Embedding inside ``modules``.
+
+    Pass only the recommender's own sub-modules, never a tower that may hold pretrained weights.
+    Embedding padding rows are zeroed again afterwards, so padding stays a zero vector.
+    """
+    for root in modules:
+        for m in root.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.xavier_normal_(m.weight)
+                if m.padding_idx is not None:
+                    with torch.no_grad():
+                        m.weight[m.padding_idx].zero_()
+
+
+class IDTower(nn.Module):
+    """ID-based item tower: one learned vector per item id 1..I; id 0 (padding) is a zero vector."""
+
+    def __init__(self, n_items: int, dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        xavier_init_([self.embedding])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [...] (long) -> vectors [..., dim]."""
+        return self.embedding(ids)
+
+
+class MLP(nn.Sequential):
+    """Projection MLP of the method: item/user vectors are GELU outputs.
+
+    n_layers = 0: identity (needs d_in == d_out); 1: Linear -> GELU; n > 1: Linear -> GELU, then
+    (n - 1) x [Dropout -> Linear(d_out, d_out) -> GELU].
+    """
+
+    def __init__(self, d_in: int, d_out: int, n_layers: int, dropout: float = 0.1):
+        if n_layers < 0:
+            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
+        if n_layers == 0 and d_in != d_out:
+            raise ValueError(f"a 0-layer MLP is the identity and needs d_in == d_out ({d_in} != {d_out})")
+        layers: list[nn.Module] = []
+        if n_layers > 0:
+            layers += [nn.Linear(d_in, d_out), nn.GELU()]
+        for _ in range(n_layers - 1):
+            layers += [nn.Dropout(dropout), nn.Linear(d_out, d_out), nn.GELU()]
+        super().__init__(*layers)
+        xavier_init_([self])
+
+
+def encode_all_items(
+    encode: Callable[[torch.Tensor], torch.Tensor], n_items: int, batch: int, device: torch.device
+) -> torch.Tensor:
+    """Vectors of item ids 0..I, [I+1, d], ``batch`` ids at a time (bounded memory for big towers)."""
+    ids = torch.arange(n_items + 1, device=device)
+    return torch.cat([encode(chunk) for chunk in ids.split(batch)])

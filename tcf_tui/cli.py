@@ -1,0 +1,233 @@
+"""``tcf``: run experiments headless, inspect datasets, and print result tables.
+
+User errors (bad data, bad config) print one ``error: ...`` line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine import __version__
+from engine.errors import TcfError
+
+app = typer.Typer(help="Text-based collaborative filtering experiments.", rich_markup_mode="rich",
+                  no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Check, convert, filter and synthesize datasets.", no_args_is_help=True)
+import_app = typer.Typer(help="Convert public datasets into the TCF layout.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+data_app.add_typer(import_app, name="import")
+
+err = Console(stderr=True)
+out = Console()
+
+DbOption = Annotated[Path, typer.Option("--db", envvar="TCF_DB", help="Result store (SQLite).")]
+DEFAULT_DB = Path("experiments.db")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"tcf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version and exit.")] = False) -> None:
+    """tcf: does a bigger language model make a better recommender?"""
+
+
+# -- run -----------------------------------------------------------------------------------------
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(help="Experiment YAML; omit to run the embedded demo.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("-S", "--set", help="Override a key: -S train.epochs=5")] = None,
+    resume: Annotated[int | None, typer.Option("--resume", help="Continue an interrupted run by id.")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Train and evaluate; with no CONFIG, run the demo (pop, ID-SASRec, ID-DSSM on synthetic data)."""
+    from engine.config import Config, load_config
+    from engine.demo import DEMO_CONFIG, ensure_demo_dataset
+    from engine.dist import init_distributed, shutdown
+    from engine.experiment import prepared_data, run_experiment
+    from engine.store import Store
+
+    overrides = set_ or []
+    if resume is not None:
+        if config is not None or overrides:
+            raise TcfError("--resume takes the run's stored config; give no CONFIG or -S with it")
+        if not db.exists():
+            raise TcfError(f"{db}: no such result store")
+        row = Store(db).get_run(resume)
+        if row["status"] == "finished":
+            raise TcfError(f"run {resume} already finished")
+        configs = [Config.model_validate(json.loads(row["config_json"]))]
+    elif config is None:
+        base = dict(DEMO_CONFIG)
+        configs = load_config(None, overrides, base=base)
+        if ensure_demo_dataset(configs[0].dataset.path):
+            err.print(f"synthesized the demo dataset in {configs[0].dataset.path}")
+    else:
+        configs = load_config(config, overrides)
+    for cfg in configs:  # validate every dataset before anything is written
+        prepared_data(cfg)
+
+    from tcf_tui.progress import RichReporter
+
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed run is recorded as interrupted, not left running
+    ctx = init_distributed(configs[0].train.device)
+    results = []
+    try:
+        for cfg in configs:
+            with RichReporter(cfg.run_name, err) as reporter:
+                results.append(run_experiment(cfg, db, reporter=reporter, resume_run_id=resume, ctx=ctx))
+    finally:
+        shutdown()
+    if ctx.is_main:
+        _print_comparison(results)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_comparison(results: list) -> None:
+    table = Table(title="test metrics (full ranking, x100)")
+    table.add_column("run")
+    table.add_column("name")
+    keys = sorted({k for r in results for k in r.metrics if k.startswith("test_")},
+                  key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
+    for k in keys:
+        table.add_column(k.removeprefix("test_").upper(), justify="right")
+    table.add_column("best epoch", justify="right")
+    for r in results:
+        table.add_row(str(r.run_id), r.name, *(f"{100 * r.metrics[k]:.2f}" for k in keys),
+                      str(r.best_epoch or "-"))
+    out.print(table)
+
+
+# -- results -------------------------------------------------------------------------------------
+@app.command()
+def results(
+    format: Annotated[str, typer.Option("--format", "-f", help="table, md, csv, latex or json.")] = "table",
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only runs on this dataset.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Only runs whose name matches this glob.")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """One row per run: best-validation checkpoint's test HR@K / NDCG@K."""
+    from engine.results import FORMATS, format_results
+    from engine.store import Store
+
+    if format not in FORMATS:
+        raise TcfError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    rows = Store(db).results(dataset=dataset, name_glob=name) if db.exists() else []
+    rendered = format_results(rows, format)
+    if isinstance(rendered, str):
+        sys.stdout.write(rendered if rendered.endswith("\n") else rendered + "\n")
+    else:
+        out.print(rendered)
+
+
+# -- data ----------------------------------------------------------------------------------------
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    item_file: Annotated[str | None, typer.Option(help="Item file name if not detected.")] = None,
+    lenient: Annotated[bool, typer.Option("--lenient", help="Skip bad lines and count them.")] = False,
+) -> None:
+    """Validate a dataset and print its statistics."""
+    from engine.data.reader import load_dataset
+    from engine.data.stats import dataset_stats
+
+    raw = load_dataset(path, item_file, lenient=lenient)
+    stats = dataset_stats(raw)
+    table = Table(title=f"{raw.path} ({raw.item_file})", show_header=False)
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            value = "  ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+        table.add_row(key, _fmt(value))
+    out.print(table)
+    if raw.skipped:
+        err.print("skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(raw.skipped.items())))
+
+
+def _fmt(v: object) -> str:
+    return f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
+
+@data_app.command("filter")
+def data_filter(
+    src: Annotated[Path, typer.Argument(help="Source dataset folder.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="New dataset folder.")],
+    min_item_interactions: Annotated[int, typer.Option(min=1, help="Drop items with fewer interactions.")],
+    item_file: Annotated[str | None, typer.Option(help="Item file name if not detected.")] = None,
+) -> None:
+    """Write the warm-item variant of a dataset (the paper's _20/_50/_200)."""
+    from engine.data.filter import filter_warm_items
+
+    _report(filter_warm_items(src, out_dir, min_item_interactions, item_file=item_file), out_dir)
+
+
+@import_app.command("movielens")
+def import_movielens(src: Annotated[Path, typer.Argument(help="Raw ml-100k or ml-1m folder.")],
+                     out_dir: Annotated[Path, typer.Argument(metavar="OUT")]) -> None:
+    """ml-100k (u.data + u.item) or ml-1m (ratings.dat + movies.dat)."""
+    from engine.data.importers import import_movielens as run_import
+
+    _report(run_import(src, out_dir), out_dir)
+
+
+@import_app.command("recbole")
+def import_recbole(src: Annotated[Path, typer.Argument(help="Folder with NAME.inter and NAME.item.")],
+                   out_dir: Annotated[Path, typer.Argument(metavar="OUT")]) -> None:
+    """RecBole atomic files (.inter + .item)."""
+    from engine.data.importers import import_recbole as run_import
+
+    _report(run_import(src, out_dir), out_dir)
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT")],
+    users: Annotated[int, typer.Option(min=1)] = 2000,
+    items: Annotated[int, typer.Option(min=10)] = 1000,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """A MIND-like dataset whose titles and sequences share latent topics."""
+    from engine.data.synth import synth_dataset
+
+    _report(synth_dataset(out_dir, users=users, items=items, seed=seed), out_dir)
+
+
+def _report(counts: dict, out_dir: Path) -> None:
+    err.print(f"wrote {out_dir}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in counts.items()))
+
+
+def main() -> None:
+    """Entry point: user errors become one line and exit code 2, never a traceback."""
+    try:
+        rv = app(standalone_mode=False)
+    except TcfError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

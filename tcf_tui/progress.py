@@ -1,0 +1,39 @@
+"""Rich rendering of training progress on stderr (stdout stays clean for tables and JSON)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from engine.rec.trainer import Reporter
+
+
+class RichReporter(Reporter):
+    def __init__(self, run_name: str, console: Console):
+        self.run_name = run_name
+        self.console = console
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self.task = None
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        desc = f"{self.run_name}: {name}"
+        if self.task is None:
+            self.task = self.progress.add_task(desc, total=total)
+        else:
+            self.progress.reset(self.task, total=total, description=desc)
+
+    def advance(self, n: int = 1) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, n)
+
+    def epoch_end(self, epoch: int, loss: float, seconds: float, metrics: dict[str, float]) -> None:
+        shown = "  ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items() if k.endswith("@10"))
+        self.console.print(f"[dim]{self.run_name}[/] epoch {epoch:3d}  loss {loss:.4f}  {seconds:5.2f}s  {shown}")

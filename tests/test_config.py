@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.config import load_config
+from engine.demo import DEMO_CONFIG
+from engine.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = write(tmp_path, "dataset:\n  path: data/x\ntrain:\n  epochs: 3\n")
+    (cfg,) = load_config(p, ["train.lr=0.01", "model.architecture=dssm", "eval.ks=[5, 20]"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.01
+    assert cfg.model.architecture == "dssm"
+    assert cfg.eval.ks == [5, 10, 20]  # HR@10 drives selection, so it is always there
+    assert cfg.run_name == "x-dssm-id"
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    p = write(tmp_path, "dataset:\n  path: d\ntrain:\n  epochz: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}:4: train.epochz: unknown key"
+
+
+def test_wrong_type_names_key(tmp_path):
+    p = write(tmp_path, "dataset:\n  path: d\ntrain:\n  batch_size: many\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}:4: train.batch_size: ")
+
+
+def test_bad_override_names_source(tmp_path):
+    p = write(tmp_path, "dataset:\n  path: d\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, ["model.num_heads=3"])  # does not divide 64
+    assert "num_heads (3) must divide embedding_dim (64)" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, ["train.nope=1"])
+    assert str(e.value) == f"{p}: train.nope: unknown key"
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(p, ["train.epochs"])
+
+
+def test_missing_dataset_and_escaping_item_file(tmp_path):
+    with pytest.raises(ConfigError, match="dataset: required key is missing"):
+        load_config(write(tmp_path, "seed: 1\n"))
+    with pytest.raises(ConfigError, match="item_file"):
+        load_config(write(tmp_path, "dataset:\n  path: d\n  item_file: ../x.tsv\n"))
+
+
+def test_sweep_expands_cartesian_product(tmp_path):
+    p = write(tmp_path, "name: s\ndataset:\n  path: d\nsweep:\n  model.architecture: [sasrec, dssm]\n"
+                        "  seed: [1, 2, 3]\n")
+    cfgs = load_config(p)
+    assert [(c.model.architecture, c.seed) for c in cfgs] == [
+        (a, s) for a in ("sasrec", "dssm") for s in (1, 2, 3)]
+    assert cfgs[0].name == "s[architecture=sasrec,seed=1]"
+    assert len({c.hash() for c in cfgs}) == 6
+
+
+def test_hash_ignores_name_but_not_settings(tmp_path):
+    p = write(tmp_path, "dataset:\n  path: d\n")
+    (a,) = load_config(p, ["name=one"])
+    (b,) = load_config(p, ["name=two"])
+    (c,) = load_config(p, ["train.lr=0.5"])
+    assert a.hash() == b.hash() != c.hash()
+
+
+def test_demo_yaml_equals_embedded_demo():
+    assert yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()) == DEMO_CONFIG
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_validate(name):
+    assert load_config(ROOT / "configs" / name)
+
+
+def test_runs_variants_times_sweep(tmp_path):
+    p = write(tmp_path, "name: v\ndataset:\n  path: d\nruns:\n  - {model.architecture: pop}\n"
+                        "  - {model.architecture: dssm, train.batch_size: 512, name: big-dssm}\n"
+                        "sweep:\n  seed: [1, 2]\n")
+    cfgs = load_config(p)
+    assert [(c.model.architecture, c.train.batch_size, c.seed) for c in cfgs] == [
+        ("pop", 64, 1), ("pop", 64, 2), ("dssm", 512, 1), ("dssm", 512, 2)]
+    assert cfgs[0].name == "v[architecture=pop,seed=1]" and cfgs[3].name == "big-dssm"
+    with pytest.raises(ConfigError, match="runs: must be a list"):
+        load_config(write(tmp_path, "dataset:\n  path: d\nruns: {a: 1}\n"))
