@@ -11,7 +11,7 @@ import copy
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -194,9 +194,8 @@ def _expand(data: dict, source: str) -> list[tuple[dict, dict[str, Any]]]:
     return out
 
 
-def load_config_data(path: str | Path | None, overrides: Iterable[str] = (), base: dict | None = None,
-                     ) -> tuple[dict, str, dict[str, int]]:
-    """Read YAML (or start from ``base``) and apply overrides; returns (data, source, key lines)."""
+def load_config_data(path: str | Path | None, base: dict | None = None) -> tuple[dict, str, dict[str, int]]:
+    """Read YAML (or start from ``base``); returns (data, source, dotted key -> line)."""
     data: dict = copy.deepcopy(base) if base else {}
     source = "<config>"
     lines: dict[str, int] = {}
@@ -221,20 +220,35 @@ def load_config_data(path: str | Path | None, overrides: Iterable[str] = (), bas
             raise ConfigError(source, None, "a config must be a YAML mapping")
         data.update(loaded)
         lines = _key_lines(text)
-    for ov in overrides:
-        key, value = _parse_override(ov)
-        _set_dotted(data, key, value, "-S")
-        lines.pop(key, None)
     return data, source, lines
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = (), base: dict | None = None,
                 ) -> list[Config]:
-    """Load a config file (plus overrides) and expand its runs and sweep into validated configs."""
-    data, source, lines = load_config_data(path, overrides, base)
-    configs = []
+    """Load a config file and expand its runs and sweep into validated configs.
+
+    Overrides win over the file, its ``runs`` and its ``sweep``: a key set with ``-S`` is no longer
+    varied, and variants that become identical collapse into one run.
+    """
+    data, source, lines = load_config_data(path, base)
+    parsed = [_parse_override(ov) for ov in overrides]
+    fixed = {key for key, _ in parsed}
+    if isinstance(data.get("sweep"), dict):
+        data["sweep"] = {k: v for k, v in data["sweep"].items() if k not in fixed}
+    if isinstance(data.get("runs"), list):
+        data["runs"] = [{k: v for k, v in r.items() if k not in fixed} if isinstance(r, dict) else r
+                        for r in data["runs"]]
+    for key in fixed:
+        lines.pop(key, None)
+    configs: list[Config] = []
+    seen: set[str] = set()
     for d, chosen in _expand(data, source):
+        for key, value in parsed:
+            _set_dotted(d, key, value, "-S")
         cfg = _validate(d, source, lines)
+        if (key := json.dumps(cfg.model_dump(mode="json"), sort_keys=True)) in seen:
+            continue
+        seen.add(key)
         varied = {k: v for k, v in chosen.items() if k != "name"}
         if varied and cfg.name and "name" not in chosen:
             suffix = ",".join(f"{k.split('.')[-1]}={v}" for k, v in varied.items())

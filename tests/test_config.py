@@ -95,3 +95,12 @@ def test_runs_variants_times_sweep(tmp_path):
     assert cfgs[0].name == "v[architecture=pop,seed=1]" and cfgs[3].name == "big-dssm"
     with pytest.raises(ConfigError, match="runs: must be a list"):
         load_config(write(tmp_path, "dataset:\n  path: d\nruns: {a: 1}\n"))
+
+
+def test_override_wins_over_runs_and_sweep(tmp_path):
+    p = write(tmp_path, "dataset:\n  path: d\nruns:\n  - {model.architecture: pop}\n"
+                        "  - {model.architecture: dssm, train.batch_size: 512}\nsweep:\n  seed: [1, 2]\n")
+    cfgs = load_config(p, ["model.architecture=sasrec"])
+    assert [(c.model.architecture, c.train.batch_size, c.seed) for c in cfgs] == [
+        ("sasrec", 64, 1), ("sasrec", 64, 2), ("sasrec", 512, 1), ("sasrec", 512, 2)]
+    assert len(load_config(p, ["model.architecture=pop", "train.batch_size=8", "seed=0"])) == 1

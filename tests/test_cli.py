@@ -1,0 +1,145 @@
+"""The ``tcf`` command as a user meets it: exit codes, one-line errors, untouched stores, JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import tcf
+
+from engine import __version__
+
+
+def _dump(db: Path) -> list[str]:
+    with sqlite3.connect(db) as c:
+        return list(c.iterdump())
+
+
+def _config(tmp_path: Path, dataset: Path, name: str = "exp.yaml") -> str:
+    p = tmp_path / name
+    p.write_text(f"dataset:\n  path: {dataset}\nmodel:\n  architecture: pop\n")
+    return str(p)
+
+
+def _dataset(tmp_path: Path, behaviors: bytes, items: bytes) -> Path:
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "behaviors.tsv").write_bytes(b"user_id\titems\n" + behaviors)
+    (d / "news.tsv").write_bytes(b"item_id\ttext\n" + items)
+    return d
+
+
+GOOD_ITEMS = b"".join(b"N%d\ttitle number %d\n" % (i, i) for i in range(1, 9))
+GOOD_USERS = b"".join(b"U%d\tN1 N2 N3 N4 N5 N%d\n" % (u, 6 + u % 3) for u in range(1, 6))
+
+BAD_INPUTS = {
+    "no tab in behaviors": (GOOD_USERS + b"U9 N1 N2\n", GOOD_ITEMS, "behaviors.tsv:7: "),
+    "unknown item key": (GOOD_USERS + b"U9\tN1 N5531 N2\n", GOOD_ITEMS,
+                         "behaviors.tsv:7: unknown item key 'N5531'"),
+    "empty text": (GOOD_USERS, GOOD_ITEMS + b"N9\t\n", "news.tsv:10: "),
+    "duplicated item key": (GOOD_USERS, GOOD_ITEMS + b"N3\tagain\n", "news.tsv:10: "),
+    "duplicated user": (GOOD_USERS + b"U2\tN1 N2 N3 N4 N5\n", GOOD_ITEMS, "behaviors.tsv:7: "),
+    "invalid utf-8": (GOOD_USERS, GOOD_ITEMS + b"N9\tcaf\xe9 \xff\n", "news.tsv:10: "),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_one_line_exit_2_store_unchanged(tmp_path, small_dataset, case):
+    behaviors, items, expected = BAD_INPUTS[case]
+    bad = _dataset(tmp_path, behaviors, items)
+    db = tmp_path / "experiments.db"
+    ok = tcf("run", _config(tmp_path, small_dataset), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    before = _dump(db)
+
+    r = tcf("run", _config(tmp_path, bad, "bad.yaml"), cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
+    assert expected in lines[0] and str(bad) in lines[0]
+    assert _dump(db) == before
+
+    check = tcf("data", "check", str(bad), cwd=tmp_path)
+    assert check.returncode == 2 and check.stderr.strip() == lines[0]
+
+
+def test_bad_input_does_not_create_a_store(tmp_path):
+    bad = _dataset(tmp_path, GOOD_USERS + b"U9\tN1 N5531 N2\n", GOOD_ITEMS)
+    r = tcf("run", _config(tmp_path, bad), cwd=tmp_path)
+    assert r.returncode == 2
+    assert not (tmp_path / "experiments.db").exists()
+
+
+def test_lenient_skips_and_counts(tmp_path):
+    bad = _dataset(tmp_path, GOOD_USERS + b"U9 N1\nU10\tN1 N5531 N2 N3 N4 N5\n", GOOD_ITEMS + b"N3\tagain\n")
+    r = tcf("data", "check", str(bad), "--lenient", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "duplicate_item 1" in r.stderr and "no_tab 1" in r.stderr and "unknown_item 1" in r.stderr
+    assert "users" in r.stdout
+
+
+def test_config_errors_are_one_line(tmp_path, small_dataset):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"dataset:\n  path: {small_dataset}\ntrain:\n  epoch: 3\n")
+    r = tcf("run", str(cfg), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {cfg}:4: train.epoch: unknown key"
+    r = tcf("run", str(tmp_path / "missing.yaml"), cwd=tmp_path)
+    assert r.returncode == 2 and "config file not found" in r.stderr
+    assert not (tmp_path / "experiments.db").exists()
+
+
+def test_results_json_and_db_override(tmp_path, small_dataset):
+    db = tmp_path / "elsewhere" / "my.db"
+    db.parent.mkdir()
+    r = tcf("run", _config(tmp_path, small_dataset), "-S", "eval.ks=[5,20]", cwd=tmp_path,
+            env={"TCF_DB": str(db)})
+    assert r.returncode == 0, r.stderr
+    assert db.exists() and not (tmp_path / "experiments.db").exists()
+    rows = json.loads(tcf("results", "--format", "json", "--db", str(db), cwd=tmp_path).stdout)
+    (row,) = rows
+    assert row["architecture"] == "pop" and row["item_tower"] == "id" and row["status"] == "finished"
+    assert row["dataset"] == small_dataset.name
+    for k in (5, 10, 20):
+        assert 0.0 <= row[f"test_hr@{k}"] <= 1.0 and 0.0 <= row[f"test_ndcg@{k}"] <= row[f"test_hr@{k}"]
+    assert row["test_hr@5"] <= row["test_hr@10"] <= row["test_hr@20"]
+    empty = tcf("results", "--format", "json", "--dataset", "nope", "--db", str(db), cwd=tmp_path)
+    assert json.loads(empty.stdout) == []
+
+
+def test_version_and_bad_format(tmp_path):
+    r = tcf("--version", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == f"tcf {__version__}"
+    r = tcf("results", "--format", "xml", cwd=tmp_path)
+    assert r.returncode == 2 and "--format must be one of" in r.stderr
+
+
+def test_data_commands_round_trip(tmp_path):
+    synth = tmp_path / "s"
+    assert tcf("data", "synth", str(synth), "--users", "200", "--items", "80", cwd=tmp_path).returncode == 0
+    warm = tmp_path / "s_5"
+    r = tcf("data", "filter", str(synth), str(warm), "--min-item-interactions", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    counts: dict[str, int] = {}
+    for line in (synth / "behaviors.tsv").read_text().splitlines()[1:]:
+        for item in line.split("\t")[1].split():
+            counts[item] = counts.get(item, 0) + 1
+    kept = {line.split("\t")[0] for line in (warm / "news.tsv").read_text().splitlines()[1:]}
+    assert kept == {i for i, c in counts.items() if c >= 5}
+    again = tcf("data", "synth", str(synth), cwd=tmp_path)
+    assert again.returncode == 2  # never overwrites an existing dataset
+    shutil.rmtree(warm)
+
+
+def test_embedded_demo_synthesizes_data_and_compares_models(tmp_path):
+    r = tcf("run", "-S", "train.epochs=3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "synthesized the demo dataset in data/demo" in r.stderr
+    assert (tmp_path / "data" / "demo" / "behaviors.tsv").exists()
+    for name in ("demo-pop-id", "demo-sasrec-id", "demo-dssm-id"):
+        assert name in r.stdout
+    rows = json.loads(tcf("results", "--format", "json", cwd=tmp_path).stdout)
+    assert sorted(row["architecture"] for row in rows) == ["dssm", "pop", "sasrec"]
+    assert all(row["status"] == "finished" for row in rows)

@@ -1,0 +1,108 @@
+"""engine.results: every format renders rows of the real `results` view."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import pytest
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import TcfError
+from engine.results import FORMATS, format_results, result_columns
+from engine.store import Store
+
+
+@pytest.fixture()
+def rows(tmp_path) -> list[dict]:
+    store = Store(tmp_path / "experiments.db")
+    a = store.create_run(name="mind_sasrec 5%", config={}, config_hash="h1", dataset="mind",
+                         architecture="sasrec", item_tower="opt_125m")
+    store.log_final(a, "valid", {"hr@10": 0.1111}, best_epoch=4, stopped_epoch=9)
+    store.log_final(a, "test", {"hr@10": 0.1234, "ndcg@10": 0.0567}, best_epoch=4, stopped_epoch=9)
+    store.set_status(a, "finished")
+    b = store.create_run(name="pop|base", config={}, config_hash="h2", dataset="mind",
+                         architecture="pop", item_tower="none")
+    store.log_final(b, "test", {"hr@10": 0.05}, best_epoch=None, stopped_epoch=None)
+    result = store.results()
+    store.close()
+    return result
+
+
+EXPECTED_COLUMNS = ["run_id", "name", "status", "dataset", "architecture", "item_tower", "best_epoch",
+                    "test_hr@10", "test_ndcg@10", "valid_hr@10"]
+
+
+def test_columns_order_and_empty_columns_dropped(rows):
+    assert result_columns(rows) == EXPECTED_COLUMNS  # stopped_epoch/created_at are not shown
+    assert "best_epoch" not in result_columns(rows[1:])  # pop has no best epoch
+    assert "valid_hr@10" not in result_columns(rows[1:])
+
+
+def test_csv_parses_back_with_fractions(rows):
+    text = format_results(rows, "csv")
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert list(parsed[0]) == EXPECTED_COLUMNS
+    assert parsed[0]["name"] == "mind_sasrec 5%"
+    assert float(parsed[0]["test_hr@10"]) == 0.1234
+    assert parsed[1]["valid_hr@10"] == "" and parsed[1]["name"] == "pop|base"
+
+
+def test_json_is_only_the_array_of_view_rows(rows):
+    parsed = json.loads(format_results(rows, "json"))
+    assert parsed == rows
+    assert parsed[0]["test_ndcg@10"] == 0.0567  # fractions, all view keys kept
+    assert "created_at" in parsed[0]
+
+
+def test_latex_booktabs_escaped_percent(rows):
+    text = format_results(rows, "latex")
+    lines = text.splitlines()
+    assert lines[0] == r"\begin{tabular}{rlllllrrrr}"
+    assert [ln for ln in lines if ln in (r"\toprule", r"\midrule", r"\bottomrule")] == [
+        r"\toprule", r"\midrule", r"\bottomrule"]
+    assert r"test\_hr@10" in lines[2]
+    assert r"mind\_sasrec 5\%" in text and r"opt\_125m" in text
+    assert "12.34 & 5.67 & 11.11" in text  # x100, two decimals
+    assert re.search(r"(?<!\\)_", text) is None  # no unescaped underscore anywhere
+
+
+def test_markdown_header_separator_and_pipes(rows):
+    lines = format_results(rows, "md").splitlines()
+    assert lines[0] == "| " + " | ".join(EXPECTED_COLUMNS) + " |"
+    assert lines[1] == "|---:|---|---|---|---|---|---:|---:|---:|---:|"
+    assert len(lines) == 2 + len(rows)
+    assert r"pop\|base" in lines[3] and "| 5.00 |" in lines[3]
+    assert "| 12.34 | 5.67 | 11.11 |" in lines[2]
+
+
+def test_rich_table_shows_percentages(rows):
+    table = format_results(rows, "table")
+    assert isinstance(table, Table)
+    assert [c.header for c in table.columns] == EXPECTED_COLUMNS
+    console = Console(width=250, record=True, file=io.StringIO())
+    console.print(table)
+    text = console.export_text()
+    assert "12.34" in text and "0.1234" not in text
+    assert "mind_sasrec 5%" in text
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_handles_no_rows(fmt):
+    out = format_results([], fmt)
+    if fmt == "json":
+        assert json.loads(out) == []
+    elif fmt == "csv":
+        assert next(csv.reader(io.StringIO(out))) == list(result_columns([]))
+    elif fmt == "table":
+        assert isinstance(out, Table) and out.row_count == 0
+    else:
+        assert ("run\\_id" if fmt == "latex" else "run_id") in out
+
+
+def test_unknown_format_is_a_user_error(rows):
+    with pytest.raises(TcfError, match="unknown results format 'xlsx'"):
+        format_results(rows, "xlsx")
