@@ -1,8 +1,8 @@
 """Experiment configs: YAML validated by pydantic, ``-S key=value`` overrides, sweeps, hashing.
 
 A config file describes one experiment; a ``sweep`` section (dotted key -> list of values) expands it
-into the cartesian product of runs, and a ``runs`` list adds variants that change several keys at once. Every error names the file (or ``-S``), the dotted key and, for
-YAML files, the line.
+into the cartesian product of runs, and a ``runs`` list adds variants that change several keys at
+once. Every error names the file (or ``-S``), the dotted key and, for YAML files, the line.
 """
 
 from __future__ import annotations
