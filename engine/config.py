@@ -59,7 +59,9 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    loss: Literal["ibce", "bce"] = Field("ibce", description="In-batch softmax with logQ, or BCE.")
+    loss: Literal["ibce", "ce", "bce"] = Field(
+        "ibce", description="ibce: in-batch softmax with logQ; ce: full softmax over all items; bce."
+    )
     batch_size: int = Field(64, ge=2, description="Global batch (users for SASRec, pairs for DSSM).")
     epochs: int = Field(50, ge=1, description="Maximum epochs.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")

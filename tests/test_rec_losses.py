@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.rec.losses import POP_FLOOR, bce_loss, ibce_loss, log_popularity, sample_negatives
+from engine.rec.losses import POP_FLOOR, bce_loss, ce_loss, ibce_loss, log_popularity, sample_negatives
 
 
 def slow_ibce(queries, query_user, target_slot, cand_vecs, cand_ids, user_windows, log_pop) -> float:
@@ -148,3 +148,12 @@ def test_bce_loss_is_a_sum():
                 + sum(-math.log(1 - 1 / (1 + math.exp(-x))) for x in neg.flatten().tolist()))
     assert float(bce_loss(pos, neg)) == pytest.approx(expected, rel=1e-6)
     assert float(bce_loss(pos.bfloat16(), neg.bfloat16())) == pytest.approx(expected, rel=1e-2)
+
+
+def test_ce_loss_is_full_softmax_without_padding():
+    g = torch.Generator().manual_seed(0)
+    q, table = torch.randn(6, 4, generator=g), torch.randn(9, 4, generator=g)
+    targets = torch.tensor([1, 8, 3, 3, 5, 2])
+    logits = q @ table[1:].T  # items 1..8 only
+    expected = -torch.log_softmax(logits, dim=1)[torch.arange(6), targets - 1].sum()
+    assert torch.allclose(ce_loss(q, targets, table), expected, atol=1e-5)

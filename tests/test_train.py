@@ -84,10 +84,11 @@ def test_resume_refuses_finished_run(tmp_path, small_dataset):
     assert r.returncode == 2 and r.stderr.strip() == "error: run 1 already finished"
 
 
-@pytest.mark.parametrize("arch", ["sasrec", "dssm"])
-def test_two_gloo_ranks_match_one_rank(tmp_path, small_dataset, arch):
+@pytest.mark.parametrize("arch,loss", [("sasrec", "ibce"), ("dssm", "ibce"), ("sasrec", "ce")])
+def test_two_gloo_ranks_match_one_rank(tmp_path, small_dataset, arch, loss):
     cfg = _config(tmp_path, small_dataset)
     args = ["run", str(cfg), *BASE, "-S", "train.epochs=3", "-S", f"model.architecture={arch}",
+            "-S", f"train.loss={loss}",
             "-S", "model.dropout=0.0", "-S", "train.device=cpu"]
     one = tmp_path / "one.db"
     r = tcf(*args, "--db", str(one), cwd=tmp_path)
@@ -106,3 +107,22 @@ def test_two_gloo_ranks_match_one_rank(tmp_path, small_dataset, arch):
     with sqlite3.connect(two) as c:  # only rank 0 wrote: one run, one row per epoch
         assert c.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
         assert c.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == 3
+
+
+def test_sigterm_marks_run_interrupted_and_resume_keeps_its_config(tmp_path, small_dataset):
+    cfg = _config(tmp_path, small_dataset)
+    db = tmp_path / "t.db"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tcf_tui.cli", "run", str(cfg), *BASE, "-S", "train.epochs=50",
+                             "--db", str(db)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while _epochs_done(db) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    (row,) = _results(db)
+    assert row["status"] == "interrupted"
+    r = tcf("run", "--resume", str(row["run_id"]), "-S", "train.epochs=3", "--db", str(db), cwd=tmp_path)
+    assert r.returncode == 2 and "give no CONFIG or -S" in r.stderr

@@ -1,4 +1,5 @@
-"""Training objectives (method §3.7): in-batch softmax with popularity correction (IBCE) and BCE.
+"""Training objectives: in-batch softmax with popularity correction (IBCE) and BCE (method §3.7),
+and the full softmax over all items (CE).
 
 Both return a SUM over rows/entries; the caller divides by what it wants to average over
 (e.g. the number of valid rows across all ranks).
@@ -55,6 +56,18 @@ def ibce_loss(queries: torch.Tensor, query_user: torch.Tensor, target_slot: torc
     z = (queries @ cand_vecs.T).float() - log_pop.to(dev)[cand_ids].float()[None, :]
     z = z.masked_fill(mask, float("-inf"))
     return F.cross_entropy(z, target_slot, reduction="sum")
+
+
+def ce_loss(queries: torch.Tensor, targets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Full softmax over every item (RecBole's ``CE``), summed over rows.
+
+    queries [R, d]; targets [R] item ids; table [I+1, d] vectors of all items (row 0, padding, is
+    never a candidate). Exact rather than sampled, so affordable when the item table is cheap to
+    compute (ID towers, frozen text towers).
+    """
+    z = (queries @ table.T).float()
+    z[:, 0] = float("-inf")
+    return F.cross_entropy(z, targets, reduction="sum")
 
 
 def sample_negatives(windows: torch.Tensor, n_items: int, shape: tuple[int, ...],

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from engine.dist import DistContext, gather_padded
-from engine.rec.losses import bce_loss, ibce_loss, sample_negatives
+from engine.rec.losses import bce_loss, ce_loss, ibce_loss, sample_negatives
 
 
 class SASRecObjective(nn.Module):
@@ -29,6 +29,10 @@ class SASRecObjective(nn.Module):
         hidden, vecs = self.model(seq)  # [b, L, d], [b, L+1, d]
         rows_b, rows_t = (seq[:, :-1] != 0).nonzero(as_tuple=True)
         queries = hidden[rows_b, rows_t]
+        if self.loss == "ce":
+            table = self.model.item_tower(torch.arange(self.n_items + 1, device=seq.device))
+            total = ce_loss(queries, seq[rows_b, rows_t + 1], table)
+            return total, torch.tensor(float(len(rows_b)), device=seq.device)
         if self.loss == "ibce":
             slots = seq.shape[1]
             g_vecs = gather_padded(vecs, ctx, width, with_grad=True)
@@ -60,6 +64,9 @@ class DSSMObjective(nn.Module):
         u = self.model.user_vectors(users)
         v = self.model.item_vectors(items)
         b = len(users)
+        if self.loss == "ce":
+            table = self.model.item_vectors(torch.arange(self.n_items + 1, device=users.device))
+            return ce_loss(u, items, table), torch.tensor(float(b), device=users.device)
         if self.loss == "ibce":
             g_v = gather_padded(v, ctx, width, with_grad=True)
             g_items = gather_padded(items, ctx, width)

@@ -174,8 +174,9 @@ class Trainer:
                     state["bad"] += 1
                 stop = state["bad"] > cfg.train.patience
             state["epoch"] = stopped = epoch
-            self._save_last(model, optimizer, scaler, state)
+            # record first, then checkpoint: a crash in between replays (and re-records) this epoch
             self.reporter.epoch_end(epoch, epoch_loss, state["epoch_seconds"][-1], metrics)
+            self._save_last(model, optimizer, scaler, state)
 
         barrier(ctx)  # best.pt is complete before any rank reads it
         best = checkpoint.load(self.ckpt_dir / "best.pt", device)
