@@ -48,6 +48,9 @@ class ModelConfig(_Section):
     num_heads: int = Field(2, ge=1, description="SASRec attention heads (must divide embedding_dim).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout in SASRec and the MLPs.")
     n_mlp_layers: int = Field(0, ge=0, description="DSSM: MLP layers on the user and item towers.")
+    init: Literal["xavier", "normal"] = Field(
+        "xavier", description="Weight init of the recommender's own layers: xavier (the method) or N(0, 0.02)."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> ModelConfig:

@@ -7,7 +7,7 @@ from torch import nn
 from engine.rec.dssm import DSSM
 from engine.rec.losses import ibce_loss, log_popularity
 from engine.rec.sasrec import SASRec
-from engine.rec.towers import MLP, IDTower
+from engine.rec.towers import MLP, IDTower, init_weights_
 
 N_ITEMS, DIM, L = 50, 16, 8
 
@@ -170,3 +170,15 @@ def test_dssm_shapes(n_mlp):
     ids = torch.tensor([1, 17, N_ITEMS])
     torch.testing.assert_close(table[ids], model.item_vectors(ids).detach())
     assert model.user_embedding.num_embeddings == 12
+
+
+def test_init_schemes_apply_to_own_layers_only():
+    tower = IDTower(500, 64, init="normal")
+    assert abs(float(tower.embedding.weight[1:].detach().std()) - 0.02) < 0.002
+    assert float(tower.embedding.weight[0].detach().abs().sum()) == 0.0
+    model = SASRec(tower, 64, max_len=10, init="xavier")
+    q = model.blocks[0].q.weight.detach()
+    assert abs(float(q.std()) - (2 / 128) ** 0.5) < 0.02  # xavier-normal for a 64x64 layer
+    assert abs(float(tower.embedding.weight[1:].detach().std()) - 0.02) < 0.002  # the tower kept its own init
+    with pytest.raises(ValueError, match="init must be one of"):
+        init_weights_([tower], "uniform")

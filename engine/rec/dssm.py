@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.rec.towers import MLP, encode_all_items, xavier_init_
+from engine.rec.towers import MLP, encode_all_items, init_weights_
 
 
 class DSSM(nn.Module):
@@ -15,13 +15,13 @@ class DSSM(nn.Module):
     """
 
     def __init__(self, item_tower: nn.Module, n_users: int, dim: int, n_mlp_layers: int = 0,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, init: str = "xavier"):
         super().__init__()
         self.item_tower = item_tower
         self.user_embedding = nn.Embedding(n_users, dim)
-        self.user_mlp = MLP(dim, dim, n_mlp_layers, dropout)
-        self.item_mlp = MLP(dim, dim, n_mlp_layers, dropout)
-        xavier_init_([self.user_embedding])  # the MLPs initialised themselves; the tower too
+        self.user_mlp = MLP(dim, dim, n_mlp_layers, dropout, init)
+        self.item_mlp = MLP(dim, dim, n_mlp_layers, dropout, init)
+        init_weights_([self.user_embedding], init)  # the MLPs initialised themselves; the tower too
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         """users [B] row indices -> [B, d]."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.rec.towers import encode_all_items, xavier_init_
+from engine.rec.towers import encode_all_items, init_weights_
 
 LN_EPS = 1e-6
 
@@ -54,7 +54,7 @@ class SASRec(nn.Module):
     """Sequential recommender: item tower + causal transformer; score = <query, item vector>."""
 
     def __init__(self, item_tower: nn.Module, dim: int, max_len: int, n_blocks: int = 2,
-                 n_heads: int = 2, dropout: float = 0.1):
+                 n_heads: int = 2, dropout: float = 0.1, init: str = "xavier"):
         super().__init__()
         self.item_tower = item_tower
         self.max_len = max_len
@@ -63,7 +63,7 @@ class SASRec(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(_Block(dim, n_heads, dropout) for _ in range(n_blocks))
         # Only the encoder's own layers: the tower (maybe a pretrained LM) initialised itself.
-        xavier_init_([self.positions, self.blocks])
+        init_weights_([self.positions, self.blocks], init)
 
     def encode(self, item_vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """item_vecs [B, L, d] (left-padded), mask [B, L] bool (True = real item) -> hidden [B, L, d].

@@ -12,33 +12,40 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+INITS = ("xavier", "normal")
 
-def xavier_init_(modules: Iterable[nn.Module]) -> None:
-    """Xavier-normal weights and zero biases for every Linear/Embedding inside ``modules``.
 
-    Pass only the recommender's own sub-modules, never a tower that may hold pretrained weights.
-    Embedding padding rows are zeroed again afterwards, so padding stays a zero vector.
+def init_weights_(modules: Iterable[nn.Module], scheme: str = "xavier") -> None:
+    """Initialise every Linear/Embedding inside ``modules``; biases zero, padding rows zero.
+
+    ``xavier``: Xavier-normal, as the TCF reference does. ``normal``: N(0, 0.02), as BERT and
+    RecBole do; it trains small ID models markedly faster. Pass only the recommender's own
+    sub-modules, never a tower that may hold pretrained weights.
     """
+    if scheme not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {scheme!r}")
     for root in modules:
         for m in root.modules():
-            if isinstance(m, nn.Linear):
+            if not isinstance(m, (nn.Linear, nn.Embedding)):
+                continue
+            if scheme == "xavier":
                 nn.init.xavier_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.xavier_normal_(m.weight)
-                if m.padding_idx is not None:
-                    with torch.no_grad():
-                        m.weight[m.padding_idx].zero_()
+            else:
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
 
 
 class IDTower(nn.Module):
     """ID-based item tower: one learned vector per item id 1..I; id 0 (padding) is a zero vector."""
 
-    def __init__(self, n_items: int, dim: int):
+    def __init__(self, n_items: int, dim: int, init: str = "xavier"):
         super().__init__()
         self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
-        xavier_init_([self.embedding])
+        init_weights_([self.embedding], init)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [...] (long) -> vectors [..., dim]."""
@@ -52,7 +59,7 @@ class MLP(nn.Sequential):
     (n - 1) x [Dropout -> Linear(d_out, d_out) -> GELU].
     """
 
-    def __init__(self, d_in: int, d_out: int, n_layers: int, dropout: float = 0.1):
+    def __init__(self, d_in: int, d_out: int, n_layers: int, dropout: float = 0.1, init: str = "xavier"):
         if n_layers < 0:
             raise ValueError(f"n_layers must be >= 0, got {n_layers}")
         if n_layers == 0 and d_in != d_out:
@@ -63,7 +70,7 @@ class MLP(nn.Sequential):
         for _ in range(n_layers - 1):
             layers += [nn.Dropout(dropout), nn.Linear(d_out, d_out), nn.GELU()]
         super().__init__(*layers)
-        xavier_init_([self])
+        init_weights_([self], init)
 
 
 def encode_all_items(

@@ -60,10 +60,10 @@ def build_model(cfg: Config, data: Prepared) -> nn.Module | Popularity:
     if m.architecture == "pop":
         return Popularity(data.popularity)
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank and every resume
-    tower = IDTower(data.n_items, m.embedding_dim)
+    tower = IDTower(data.n_items, m.embedding_dim, m.init)
     if m.architecture == "sasrec":
-        return SASRec(tower, m.embedding_dim, data.max_seq_len, m.num_blocks, m.num_heads, m.dropout)
-    return DSSM(tower, data.n_users, m.embedding_dim, m.n_mlp_layers, m.dropout)
+        return SASRec(tower, m.embedding_dim, data.max_seq_len, m.num_blocks, m.num_heads, m.dropout, m.init)
+    return DSSM(tower, data.n_users, m.embedding_dim, m.n_mlp_layers, m.dropout, m.init)
 
 
 def _amp(cfg: Config, device: torch.device) -> torch.dtype | None:
