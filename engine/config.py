@@ -76,6 +76,11 @@ class TrainConfig(_Section):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (torchrun sets one per rank).")
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
+
 
 class EvalConfig(_Section):
     ks: list[int] = Field(default_factory=lambda: [10], description="Cut-offs for HR@K and NDCG@K.")

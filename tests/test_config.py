@@ -104,3 +104,10 @@ def test_override_wins_over_runs_and_sweep(tmp_path):
     assert [(c.model.architecture, c.train.batch_size, c.seed) for c in cfgs] == [
         ("sasrec", 64, 1), ("sasrec", 64, 2), ("sasrec", 512, 1), ("sasrec", 512, 2)]
     assert len(load_config(p, ["model.architecture=pop", "train.batch_size=8", "seed=0"])) == 1
+
+
+def test_bare_off_means_off(tmp_path):
+    (cfg,) = load_config(write(tmp_path, "dataset:\n  path: d\ntrain:\n  amp: off\n"))
+    assert cfg.train.amp == "off"
+    (cfg,) = load_config(write(tmp_path, "dataset:\n  path: d\n"), ["train.amp=off"])
+    assert cfg.train.amp == "off"

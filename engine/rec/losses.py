@@ -53,7 +53,8 @@ def ibce_loss(queries: torch.Tensor, query_user: torch.Tensor, target_slot: torc
     mask |= cand_ids[None, :] == cand_ids[target_slot][:, None]
     mask[rows, target_slot] = False
 
-    z = (queries @ cand_vecs.T).float() - log_pop.to(dev)[cand_ids].float()[None, :]
+    with torch.autocast(queries.device.type, enabled=False):  # logits in fp32, even under bf16 AMP
+        z = queries.float() @ cand_vecs.float().T - log_pop.to(dev)[cand_ids].float()[None, :]
     z = z.masked_fill(mask, float("-inf"))
     return F.cross_entropy(z, target_slot, reduction="sum")
 
@@ -65,7 +66,8 @@ def ce_loss(queries: torch.Tensor, targets: torch.Tensor, table: torch.Tensor) -
     never a candidate). Exact rather than sampled, so affordable when the item table is cheap to
     compute (ID towers, frozen text towers).
     """
-    z = (queries @ table.T).float()
+    with torch.autocast(queries.device.type, enabled=False):  # logits in fp32, even under bf16 AMP
+        z = queries.float() @ table.float().T
     z[:, 0] = float("-inf")
     return F.cross_entropy(z, targets, reduction="sum")
 
