@@ -497,10 +497,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {tool} seed {seed}", flush=True)
             c = cfg.model_copy(deep=True)
             c.seed = seed
+            if args.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             if tool == "tcf":
                 runs.append(run_tcf(c, data, work, args.device))
             else:
                 runs.append(run_recbole(c, data, work, args.device, extra, args.recbole_max_seconds))
+            runs[-1]["peak_gpu_mib"] = (torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda"
+                                        else None)
         results[tool] = _over_seeds(runs, seeds)
         report["ratios"] = _ratios(results)
         # written after each tool, so a run cut short still leaves the finished tool's figures
@@ -509,11 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("epoch s = mean training seconds per epoch, first epoch excluded as warm-up; "
           "eval s = one full-ranking validation")
-    print(f"{'tool':<8} {'epoch s':>9} {'eval s':>8} {'epochs':>6} {'best':>5} {'HR@10':>8} {'NDCG@10':>8}")
+    print(f"{'tool':<8} {'epoch s':>9} {'eval s':>8} {'epochs':>6} {'best':>5} {'HR@10':>8} {'NDCG@10':>8} "
+          f"{'peak MiB':>9}")
     for tool, r in results.items():
         print(f"{tool:<8} {_fmt(r['epoch_seconds_mean'], '9.3f')} {_fmt(r['eval_seconds'], '8.3f')} "
               f"{r['epochs']:>6} {_fmt(r['best_epoch'], '>5')} {_fmt(r['test_hr@10'], '8.4f')} "
-              f"{_fmt(r['test_ndcg@10'], '8.4f')}  (mean of {len(r['seeds'])} seeds; "
+              f"{_fmt(r['test_ndcg@10'], '8.4f')} {_fmt(r['peak_gpu_mib'], '9.1f')}  (mean of {len(r['seeds'])} seeds; "
               f"HR@10 std {r['test_hr@10_std']:.4f})")
     for k, v in report["ratios"].items():
         print(f"{k}: {v:.3f}")
