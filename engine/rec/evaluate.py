@@ -44,4 +44,4 @@ def evaluate(model: nn.Module | Popularity, split: EvalSplit, n_items: int, ks: 
     all_ranks = gather_uneven(local, ctx)
     if table is not None and was_training:
         model.train()
-    return {name: float(v.float().mean()) for name, v in rank_metrics(all_ranks, ks).items()}
+    return {name: float(v.double().mean()) for name, v in rank_metrics(all_ranks, ks).items()}
