@@ -116,6 +116,25 @@ class _Sink:
         self.counts[kind] += 1
 
 
+def _key_and_rest(sink: _Sink, no: int, s: str | None, what: str, expected: str) -> tuple[str, str] | None:
+    """Split ``key<TAB>rest``; report (or, leniently, count) the line and return None when it is bad."""
+    if s is None:
+        sink.bad("invalid_utf8", no, "invalid UTF-8")
+        return None
+    key, tab, rest = s.partition("\t")
+    if not tab:
+        if not s.strip():
+            sink.bad("blank_line", no, "blank line")
+        else:
+            sink.bad("no_tab", no, f"no tab: expected '{expected}'")
+        return None
+    key = key.strip()
+    if not key:
+        sink.bad("empty_key", no, f"empty {what} key")
+        return None
+    return key, rest
+
+
 def _read_items(path: Path, lenient: bool) -> tuple[list[str], list[str], Counter | None]:
     sink = _Sink(path, lenient)
     lines = _read_lines(path, lenient)
@@ -123,20 +142,9 @@ def _read_items(path: Path, lenient: bool) -> tuple[list[str], list[str], Counte
     texts: list[str] = []
     first_line: dict[str, int] = {}
     for no, s in enumerate(lines[1:], start=2):
-        if s is None:
-            sink.bad("invalid_utf8", no, "invalid UTF-8")
+        if (parsed := _key_and_rest(sink, no, s, "item", "item_key<TAB>text")) is None:
             continue
-        key, tab, text = s.partition("\t")
-        if not tab:
-            if not s.strip():
-                sink.bad("blank_line", no, "blank line")
-            else:
-                sink.bad("no_tab", no, "no tab: expected 'item_key<TAB>text'")
-            continue
-        key = key.strip()
-        if not key:
-            sink.bad("empty_key", no, "empty item key")
-            continue
+        key, text = parsed
         if len(key.split()) != 1:
             sink.bad("bad_key", no, f"item key {key!r} contains whitespace")
             continue
@@ -166,20 +174,9 @@ def _parse_behaviors(
     seqs: list[list[str]] = []
     first_line: dict[str, int] = {}
     for no, s in enumerate(lines[1:], start=2):
-        if s is None:
-            sink.bad("invalid_utf8", no, "invalid UTF-8")
+        if (parsed := _key_and_rest(sink, no, s, "user", "user_key<TAB>item_key item_key ...")) is None:
             continue
-        user, tab, rest = s.partition("\t")
-        if not tab:
-            if not s.strip():
-                sink.bad("blank_line", no, "blank line")
-            else:
-                sink.bad("no_tab", no, "no tab: expected 'user_key<TAB>item_key item_key ...'")
-            continue
-        user = user.strip()
-        if not user:
-            sink.bad("empty_key", no, "empty user key")
-            continue
+        user, rest = parsed
         if user in first_line:
             sink.bad("duplicate_user", no, f"duplicated user {user!r} (first on line {first_line[user]})")
             continue

@@ -14,15 +14,17 @@ from engine.dist import DistContext, gather_padded
 from engine.rec.losses import bce_loss, ce_loss, ibce_loss, sample_negatives
 
 
-class SASRecObjective(nn.Module):
-    """Next-item prediction at every real position of each user's training window."""
-
+class _Objective(nn.Module):
     def __init__(self, model: nn.Module, log_pop: torch.Tensor, loss: str, n_items: int):
         super().__init__()
         self.model = model
         self.register_buffer("log_pop", log_pop, persistent=False)
         self.loss = loss
         self.n_items = n_items
+
+
+class SASRecObjective(_Objective):
+    """Next-item prediction at every real position of each user's training window."""
 
     def forward(self, seq: torch.Tensor, offset: int, width: int, ctx: DistContext,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,15 +50,8 @@ class SASRecObjective(nn.Module):
         return bce_loss(pos, negs), torch.tensor(2.0 * len(rows_b), device=seq.device)
 
 
-class DSSMObjective(nn.Module):
+class DSSMObjective(_Objective):
     """Two-tower matching of (user, positive item) pairs."""
-
-    def __init__(self, model: nn.Module, log_pop: torch.Tensor, loss: str, n_items: int):
-        super().__init__()
-        self.model = model
-        self.register_buffer("log_pop", log_pop, persistent=False)
-        self.loss = loss
-        self.n_items = n_items
 
     def forward(self, users: torch.Tensor, items: torch.Tensor, windows: torch.Tensor, offset: int,
                 width: int, ctx: DistContext, generator: torch.Generator,
