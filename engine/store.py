@@ -94,8 +94,21 @@ def _m001_initial(db: Database) -> None:
         db.execute(sql)
 
 
+def _m002_artifacts(db: Database) -> None:
+    """Registry of content-addressed artifacts (token ids, latents, ...) and the run that made them."""
+    db.execute("""CREATE TABLE artifacts (
+        hash TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        path TEXT NOT NULL,
+        meta_json TEXT NOT NULL,
+        run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (kind, hash)
+    )""")
+
+
 # Append only: never edit or reorder an applied migration; user_version = len(applied).
-MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial]
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts]
 
 
 def _now() -> str:
@@ -383,3 +396,24 @@ class Store:
             "AND (:glob IS NULL OR name GLOB :glob) ORDER BY run_id",
             {"dataset": dataset, "glob": name_glob},
         ))
+
+    # -- artifacts -----------------------------------------------------------------------------
+
+    def register_artifact(self, kind: str, hash: str, path: str | Path, meta: dict[str, Any],
+                          run_id: int | None = None) -> None:
+        """Record a complete artifact (idempotent: registering it again updates the row)."""
+        with self._write():
+            self.db.execute(
+                "INSERT INTO artifacts (hash, kind, path, meta_json, run_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, hash) DO UPDATE SET path = excluded.path, "
+                "meta_json = excluded.meta_json, run_id = ifnull(excluded.run_id, artifacts.run_id)",
+                [hash, kind, str(path), json.dumps(meta, sort_keys=True, default=str), run_id, _now()],
+            )
+
+    def artifacts(self, kind: str | None = None) -> list[dict]:
+        """Registered artifacts, oldest first, with ``meta`` parsed."""
+        rows = self.db.query(
+            "SELECT * FROM artifacts WHERE (:kind IS NULL OR kind = :kind) ORDER BY created_at, rowid",
+            {"kind": kind},
+        )
+        return [{**row, "meta": json.loads(row["meta_json"])} for row in rows]

@@ -1,6 +1,6 @@
 """Block-wise pre-inference support: GPU providers, checkpoint footprints and the block-range planner.
 
-Engine code only; nothing here imports textual. ``from engine.infer import plan_ranges, get_provider``.
+Engine code only, no UI imports. ``from engine.infer import plan_ranges, get_provider``.
 """
 
 from engine.infer.checkpoint_info import (

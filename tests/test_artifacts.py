@@ -1,0 +1,57 @@
+import pytest
+
+from engine.artifacts import artifact_hash, build_artifact, find_artifact, read_meta
+from engine.errors import TcfError
+
+KEY = {"dataset": "abc", "tokenizer": "opt", "max_tokens": 30}
+
+
+def test_built_artifact_is_found_by_key_in_any_order(tmp_path):
+    assert find_artifact(tmp_path, "tokens", KEY) is None
+    with build_artifact(tmp_path, "tokens", KEY, extra={"items": 3}) as tmp:
+        (tmp / "ids.bin").write_bytes(b"123")
+    found = find_artifact(tmp_path, "tokens", dict(reversed(list(KEY.items()))))
+    assert found is not None and (found / "ids.bin").read_bytes() == b"123"
+    assert read_meta(found) == {"kind": "tokens", "hash": artifact_hash(KEY), "key": KEY, "items": 3}
+    assert find_artifact(tmp_path, "tokens", {**KEY, "max_tokens": 20}) is None
+
+
+def test_a_failed_build_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError), build_artifact(tmp_path, "latents", KEY) as tmp:
+        (tmp / "part.bin").write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert find_artifact(tmp_path, "latents", KEY) is None
+    assert list((tmp_path / "latents").iterdir()) == []
+
+
+def test_incomplete_leftover_is_replaced(tmp_path):
+    stale = tmp_path / "latents" / artifact_hash(KEY)
+    stale.mkdir(parents=True)
+    (stale / "part.bin").write_bytes(b"half")  # no meta.json: a crash left it
+    assert find_artifact(tmp_path, "latents", KEY) is None
+    with build_artifact(tmp_path, "latents", KEY) as tmp:
+        (tmp / "full.bin").write_bytes(b"full")
+    found = find_artifact(tmp_path, "latents", KEY)
+    assert sorted(p.name for p in found.iterdir()) == ["full.bin", "meta.json"]
+
+
+@pytest.mark.parametrize("kind", ["", "../x", "a/b", ".hidden"])
+def test_kind_cannot_escape_the_root(tmp_path, kind):
+    with pytest.raises(TcfError):
+        find_artifact(tmp_path, kind, KEY)
+
+
+def test_store_registers_artifacts_once(tmp_path):
+    from engine.store import Store
+
+    store = Store(tmp_path / "e.db")
+    run = store.create_run(name="r", config={}, config_hash="h", dataset="d", architecture="sasrec",
+                           item_tower="id")
+    with build_artifact(tmp_path / "artifacts", "tokens", KEY) as tmp:
+        (tmp / "ids.bin").write_bytes(b"1")
+    path = find_artifact(tmp_path / "artifacts", "tokens", KEY)
+    store.register_artifact("tokens", artifact_hash(KEY), path, read_meta(path), run_id=run)
+    store.register_artifact("tokens", artifact_hash(KEY), path, read_meta(path))  # reuse: same row
+    (row,) = store.artifacts("tokens")
+    assert row["run_id"] == run and row["path"] == str(path) and row["meta"]["key"] == KEY
+    assert store.artifacts("latents") == []
