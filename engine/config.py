@@ -94,6 +94,20 @@ class EvalConfig(_Section):
         return sorted(set(v) | {10})  # HR@10 drives model selection, so it is always computed
 
 
+class TextEncoderConfig(_Section):
+    model: str = Field(description="Local Hugging Face model directory (config.json + safetensors).")
+    max_tokens: int = Field(30, ge=1, description="Tokens per item text (longer texts are truncated).")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Compute dtype of pre-inference.")
+    latent_dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="Dtype of the latents stored between block ranges."
+    )
+    gpu_memory_budget: str | None = Field(
+        None, description="GPU memory for pre-inference, e.g. 8GiB; unset = the GPU's free memory."
+    )
+    ranges: str | None = Field(None, description="Pinned block ranges, e.g. 0:6,6:16,16:24; unset = planned.")
+    batch_size: int | None = Field(None, ge=1, description="Pinned pre-inference batch; unset = planned.")
+
+
 class Config(_Section):
     name: str | None = Field(None, description="Run name; defaults to dataset-architecture-tower.")
     seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
@@ -101,6 +115,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    text_encoder: TextEncoderConfig | None = Field(None, description="Language model that encodes item texts.")
 
     @property
     def run_name(self) -> str:

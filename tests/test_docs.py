@@ -2,6 +2,7 @@
 
 import ast
 from pathlib import Path
+from typing import get_args
 
 from engine.config import Config
 
@@ -10,8 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _keys(model, prefix=""):
     for name, field in model.model_fields.items():
-        if hasattr(field.annotation, "model_fields"):
-            yield from _keys(field.annotation, f"{prefix}{name}.")
+        section = next((a for a in (field.annotation, *get_args(field.annotation)) if hasattr(a, "model_fields")),
+                       None)
+        if section is not None:
+            yield from _keys(section, f"{prefix}{name}.")
         else:
             yield prefix + name
 

@@ -1,0 +1,248 @@
+"""Block stacks chained over every split of the blocks reproduce the whole HF model, reading only their tensors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    BertConfig,
+    BertModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralModel,
+    OPTConfig,
+    OPTForCausalLM,
+    OPTModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    T5Config,
+    T5EncoderModel,
+)
+
+from engine.errors import TcfError
+from engine.lm import CheckpointReader, load_stage, supported_model_types
+
+N_BLOCKS = 3
+VOCAB = 99
+SMALL = dict(vocab_size=VOCAB, num_hidden_layers=N_BLOCKS, hidden_size=32, num_attention_heads=4)
+
+
+def _opt(**extra):
+    return OPTConfig(**SMALL, ffn_dim=64, max_position_embeddings=64, pad_token_id=1, **extra)
+
+
+def _bert(cls):
+    return cls(**SMALL, intermediate_size=64, max_position_embeddings=64, pad_token_id=1)
+
+
+def _decoder(cls, **extra):
+    return cls(
+        **SMALL, intermediate_size=64, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, **extra
+    )
+
+
+# name -> (model class to save, config factory, the saved model's base model (the reference))
+FAMILIES = {
+    "opt": (OPTForCausalLM, lambda: _opt(), lambda m: m.model.decoder),
+    "opt-model": (OPTModel, lambda: _opt(), lambda m: m.decoder),
+    "opt-350m-like": (
+        OPTForCausalLM,
+        lambda: _opt(word_embed_proj_dim=16, do_layer_norm_before=False),
+        lambda m: m.model.decoder,
+    ),
+    "bert": (BertModel, lambda: _bert(BertConfig), lambda m: m),
+    "roberta": (RobertaForMaskedLM, lambda: _bert(RobertaConfig), lambda m: m.roberta),
+    "t5": (
+        T5EncoderModel,
+        lambda: T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=N_BLOCKS, num_heads=4),
+        lambda m: m,
+    ),
+    "llama": (LlamaForCausalLM, lambda: _decoder(LlamaConfig), lambda m: m.model),
+    "mistral": (MistralModel, lambda: _decoder(MistralConfig, sliding_window=3), lambda m: m),
+    "qwen2": (
+        Qwen2ForCausalLM,
+        lambda: _decoder(Qwen2Config, use_sliding_window=True, sliding_window=3, max_window_layers=1),
+        lambda m: m.model,
+    ),
+}
+
+
+def _batch(pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids of lengths 7, 4, 1 and 6 with their 0/1 mask."""
+    gen = torch.Generator().manual_seed(1)
+    lengths = [7, 4, 1, 6]
+    ids = torch.randint(3, VOCAB, (len(lengths), max(lengths)), generator=gen)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    ids[mask == 0] = pad_id
+    return ids, mask
+
+
+def _reference(base, ids, mask) -> torch.Tensor:
+    project_out = getattr(base, "project_out", None)
+    if project_out is not None:
+        base.project_out = None  # the method stores hidden_size-wide states: no OPT project_out
+    try:
+        with torch.no_grad():
+            return base(input_ids=ids, attention_mask=mask).last_hidden_state
+    finally:
+        if project_out is not None:
+            base.project_out = project_out
+
+
+def _save(family: str, path, sharded: bool):
+    model_cls, make_config, base_of = FAMILIES[family]
+    torch.manual_seed(0)
+    model = model_cls(make_config()).eval()
+    model.save_pretrained(path, max_shard_size="20KB" if sharded else "10GB")
+    return model, base_of(model)
+
+
+def _splits(n: int):
+    """Every chain of stages: embedding + blocks [0, c1), [c1, c2), ..., [ck, n) + final norm."""
+    for k in range(n + 1):
+        for cuts in itertools.combinations(range(n), k):
+            yield list(itertools.pairwise([0, *cuts, n]))  # a cut at 0 makes an embedding-only first stage
+
+
+_BLOCK = re.compile(r"(?:^|\.)(?:layers|layer|block)\.(\d+)\.")
+
+
+def _check_reads(family: str, stage, start: int, stop: int, include_embedding: bool) -> None:
+    blocks_read = set()
+    for name in stage.tensors_read:
+        found = _BLOCK.search(name)
+        if found is None:
+            assert include_embedding or stage.include_final, f"{name} read by a blocks-only stage"
+            continue
+        index = int(found.group(1))
+        if family == "t5" and name.endswith("relative_attention_bias.weight"):
+            assert index == 0
+            continue
+        assert start <= index < stop, f"{name} read for blocks [{start}, {stop})"
+        blocks_read.add(index)
+    assert blocks_read == set(range(start, stop))
+    assert len(stage.tensors_read) == len(set(stage.tensors_read))
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_chained_ranges_match_whole_model(tmp_path, family, sharded):
+    if sharded and family not in ("opt", "llama", "t5", "bert"):
+        pytest.skip("sharding is exercised on a subset of families to keep the suite fast")
+    model, base = _save(family, tmp_path, sharded)
+    if sharded:
+        assert (tmp_path / "model.safetensors.index.json").is_file()
+        assert len(set(json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"].values())) > 1
+    ids, mask = _batch(model.config.pad_token_id)
+    expected = _reference(base, ids, mask)
+
+    stages = {}
+    for chain in _splits(N_BLOCKS):
+        hidden = ids
+        for position, (start, stop) in enumerate(chain):
+            key = (start, stop, position == 0, position == len(chain) - 1)
+            if key not in stages:
+                stages[key] = load_stage(tmp_path, start, stop, include_embedding=key[2], include_final=key[3])
+                _check_reads(family, stages[key], start, stop, key[2])
+            with torch.no_grad():
+                hidden = stages[key](hidden, mask)
+        assert hidden.shape == expected.shape
+        diff = (hidden - expected).abs().max().item()
+        assert diff <= 1e-5, f"{family} chain {chain}: max abs diff {diff}"
+
+
+def test_split_enumeration_covers_every_chain():
+    chains = list(_splits(3))
+    assert len(chains) == 8
+    assert [(0, 3)] in chains and [(0, 0), (0, 1), (1, 2), (2, 3)] in chains
+
+
+def test_stage_reads_only_its_blocks(tmp_path):
+    _save("opt", tmp_path, sharded=True)
+    stage = load_stage(tmp_path, 1, 2, include_embedding=False, include_final=False)
+    assert stage.tensors_read
+    assert all(name.startswith("model.decoder.layers.1.") for name in stage.tensors_read)
+    assert set(stage.layers) == {"1"}
+
+
+def test_project_out_is_never_read_and_350m_like_has_no_final_norm(tmp_path):
+    _save("opt-350m-like", tmp_path, sharded=False)
+    stage = load_stage(tmp_path, 0, N_BLOCKS, include_embedding=True, include_final=True)
+    assert "model.decoder.project_in.weight" in stage.tensors_read
+    assert not any("project_out" in n or n.endswith("decoder.final_layer_norm.weight") for n in stage.tensors_read)
+    with torch.no_grad():
+        out = stage(*_batch(1))
+    assert out.shape[-1] == 32  # hidden_size, not word_embed_proj_dim
+
+
+def test_t5_range_after_block_0_reads_block_0_bias_only(tmp_path):
+    _save("t5", tmp_path, sharded=False)
+    stage = load_stage(tmp_path, 2, 3, include_embedding=False, include_final=False)
+    block0 = [n for n in stage.tensors_read if n.startswith("encoder.block.0.")]
+    assert block0 == ["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+
+
+def test_dtype_and_device(tmp_path):
+    _save("llama", tmp_path, sharded=False)
+    stage = load_stage(tmp_path, 0, 1, include_embedding=True, include_final=False, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in stage.parameters())
+    with torch.no_grad():
+        assert stage(*_batch(0)).dtype == torch.bfloat16
+
+
+def test_bad_ranges_are_user_errors(tmp_path):
+    _save("bert", tmp_path, sharded=False)
+    with pytest.raises(TcfError, match="outside"):
+        load_stage(tmp_path, 0, N_BLOCKS + 1, include_embedding=True, include_final=False)
+    with pytest.raises(TcfError, match="embedding"):
+        load_stage(tmp_path, 1, 2, include_embedding=True, include_final=False)
+    with pytest.raises(TcfError, match="final"):
+        load_stage(tmp_path, 0, 1, include_embedding=False, include_final=True)
+    stage = load_stage(tmp_path, 1, 2, include_embedding=False, include_final=False)
+    with pytest.raises(TcfError, match="not loaded"):
+        stage.run_blocks(torch.zeros(1, 2, 32), torch.ones(1, 2), 0, 2)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(TcfError, match="not found"):
+        load_stage(tmp_path / "nope", 0, 1, include_embedding=True, include_final=False)
+
+
+def test_unsupported_model_type_names_supported_ones(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(TcfError, match="unsupported model_type 'gpt2'.*opt") as err:
+        load_stage(tmp_path, 0, 1, include_embedding=True, include_final=False)
+    for model_type in ("bert", "llama", "mistral", "opt", "qwen2", "roberta", "t5"):
+        assert model_type in str(err.value)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-family"}))
+    with pytest.raises(TcfError, match="unsupported model_type 'no-such-family'; supported: bert, llama"):
+        load_stage(tmp_path, 0, 1, include_embedding=True, include_final=False)
+    assert set(supported_model_types()) == {"bert", "llama", "mistral", "opt", "qwen2", "roberta", "t5"}
+
+
+def test_missing_tensor_names_tensor_and_directory(tmp_path):
+    _save("opt", tmp_path, sharded=False)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.decoder.layers.2.fc1.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    load_stage(tmp_path, 0, 2, include_embedding=True, include_final=False)  # blocks 0-1 still load
+    with pytest.raises(TcfError, match=r"layers\.2\.fc1\.weight") as err:
+        load_stage(tmp_path, 2, 3, include_embedding=False, include_final=True)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_no_safetensors_is_a_user_error(tmp_path):
+    _save("bert", tmp_path, sharded=False)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(TcfError, match="no model.safetensors"):
+        CheckpointReader(tmp_path)
