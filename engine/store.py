@@ -107,8 +107,21 @@ def _m002_artifacts(db: Database) -> None:
     )""")
 
 
+def _m003_events(db: Database) -> None:
+    """Structured progress events (stage, block range, items done/total, items/s, GPU memory) of any job."""
+    db.execute("""CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE,
+        time TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload_json TEXT NOT NULL
+    )""")
+    db.execute("CREATE INDEX events_source ON events(source, id)")
+
+
 # Append only: never edit or reorder an applied migration; user_version = len(applied).
-MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts]
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events]
 
 
 def _now() -> str:
@@ -417,3 +430,21 @@ class Store:
             {"kind": kind},
         )
         return [{**row, "meta": json.loads(row["meta_json"])} for row in rows]
+
+    # -- progress events -----------------------------------------------------------------------
+
+    def log_event(self, source: str, kind: str, payload: dict[str, Any], run_id: int | None = None) -> None:
+        """One progress event of a job (``source``, e.g. 'infer:<artifact hash>'); callers rate-limit."""
+        with self._write():
+            self.db.execute(
+                "INSERT INTO events (source, run_id, time, kind, payload_json) VALUES (?, ?, ?, ?, ?)",
+                [source, run_id, _now(), kind, json.dumps(payload, sort_keys=True, default=str)],
+            )
+
+    def events(self, source: str | None = None, after_id: int = 0) -> list[dict]:
+        """Events after ``after_id`` (for tailing), oldest first, with ``payload`` parsed."""
+        rows = self.db.query(
+            "SELECT * FROM events WHERE (:source IS NULL OR source = :source) AND id > :after ORDER BY id",
+            {"source": source, "after": after_id},
+        )
+        return [{**row, "payload": json.loads(row["payload_json"])} for row in rows]

@@ -275,3 +275,14 @@ def test_two_processes_write_concurrently(tmp_path):
         assert all(e["metrics"] == {"hr@10": e["epoch"] / 1000, "ndcg@10": worker / 10} for e in epochs)
     n_metrics = store.db.execute("SELECT count(*) FROM metrics WHERE split = 'epoch'").fetchone()[0]
     assert n_metrics == 2 * 2 * n_epochs
+
+
+def test_events_are_tailed_in_order(tmp_path):
+    store = Store(tmp_path / "e.db")
+    for i in range(5):
+        store.log_event("infer:abc", "progress", {"items_done": i * 10, "n_items": 40})
+    store.log_event("infer:other", "range_start", {"start": 0, "stop": 6})
+    first = store.events("infer:abc")
+    assert [e["payload"]["items_done"] for e in first] == [0, 10, 20, 30, 40]
+    assert store.events("infer:abc", after_id=first[2]["id"]) == first[3:]
+    assert [e["kind"] for e in store.events()] == ["progress"] * 5 + ["range_start"]
