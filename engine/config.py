@@ -106,6 +106,7 @@ class TextEncoderConfig(_Section):
     )
     ranges: str | None = Field(None, description="Pinned block ranges, e.g. 0:6,6:16,16:24; unset = planned.")
     batch_size: int | None = Field(None, ge=1, description="Pinned pre-inference batch; unset = planned.")
+    unfreeze: int = Field(0, ge=0, description="Top blocks to fine-tune; pre-inference keeps the latents below them.")
 
 
 class Config(_Section):

@@ -149,30 +149,39 @@ def plan(
     """Plan block-wise pre-inference of the item texts under a GPU-memory budget."""
     from engine.config import load_config
     from engine.experiment import prepared_data
-    from engine.infer.checkpoint_info import block_weight_bytes, model_shape
-    from engine.infer.gpu import free_memory, get_provider
-    from engine.infer.planner import format_plan, plan_ranges
+    from engine.infer.job import make_plan
+    from engine.infer.planner import format_plan
 
     cfg = load_config(config, set_ or [])[0]
-    te = cfg.text_encoder
-    if te is None:
+    if cfg.text_encoder is None:
         raise TcfError(f"{config}: text_encoder: the config has no text_encoder section to plan for")
-    model_dir = Path(te.model)
-    if not (model_dir / "config.json").is_file():
-        raise TcfError(f"{model_dir}: not a model directory (no config.json)")
-    budget = gpu_memory_budget or te.gpu_memory_budget
-    if budget is None:
-        provider = get_provider()
-        budget = free_memory(gpu, provider)
-        if budget is None:
-            reason = getattr(provider, "reason", None) or "no GPU"
-            raise TcfError(f"no GPU memory budget: {reason}; pass --gpu-memory-budget (e.g. 8GiB)")
-    data = prepared_data(cfg)
-    result = plan_ranges(block_weight_bytes(model_dir, compute_dtype=te.dtype), model_shape(model_dir),
-                         max_tokens=te.max_tokens, budget=budget, n_items=data.n_items, compute_dtype=te.dtype,
-                         latent_dtype=te.latent_dtype, ranges=ranges or te.ranges,
-                         batch_size=batch_size or te.batch_size)
+    n_items = prepared_data(cfg).n_items
+    result = make_plan(cfg, n_items, budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size, gpu=gpu)
     sys.stdout.write(format_plan(result).rstrip("\n") + "\n")
+
+
+@app.command()
+def infer(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML with a text_encoder section.")],
+    set_: Annotated[list[str] | None, typer.Option("-S", "--set", help="Override a key.")] = None,
+    gpu_memory_budget: Annotated[str | None, typer.Option(help="e.g. 8GiB; default: config, else free memory.")] = None,
+    ranges: Annotated[str | None, typer.Option(help="Pin block ranges, e.g. 0:6,6:16,16:24.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Pin the batch size.")] = None,
+    gpu: Annotated[int, typer.Option(min=0, help="GPU to run on.")] = 0,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Encode every item text block range by block range; resumes after a crash, reuses finished work."""
+    from engine.config import load_config
+    from engine.infer.job import run_infer_job
+    from tcf_tui.progress import InferProgress
+
+    cfg = load_config(config, set_ or [])[0]
+    signal.signal(signal.SIGTERM, _interrupt)
+    with InferProgress(err) as ui:
+        path, reused = run_infer_job(cfg, db, budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size,
+                                     gpu=gpu, ui=ui)
+    err.print(("reused " if reused else "wrote ") + str(path))
+    print(path)
 
 
 # -- data ----------------------------------------------------------------------------------------

@@ -37,3 +37,30 @@ class RichReporter(Reporter):
     def epoch_end(self, epoch: int, loss: float, seconds: float, metrics: dict[str, float]) -> None:
         shown = "  ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items() if k.endswith("@10"))
         self.console.print(f"[dim]{self.run_name}[/] epoch {epoch:3d}  loss {loss:.4f}  {seconds:5.2f}s  {shown}")
+
+
+class InferProgress:
+    """One rich progress bar per block range: items done / total and items/s."""
+
+    def __init__(self, console: Console):
+        self.bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
+        self.task = None
+
+    def __enter__(self) -> InferProgress:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def range_start(self, i: int, start: int, stop: int, n_items: int) -> None:
+        self.task = self.bars.add_task(f"range {i}: blocks {start}:{stop}", total=n_items, rate="")
+
+    def progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
+        if self.task is not None:
+            self.bars.update(self.task, completed=items_done, rate=f"{items_per_s:,.0f} items/s")
+
+    def range_end(self, i: int, seconds: float) -> None:
+        if self.task is not None:
+            self.bars.update(self.task, completed=self.bars.tasks[-1].total)

@@ -72,16 +72,15 @@ class LlamaStack(BlockStack):
         if not blocks:
             return hidden
         position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-        kwargs = dict(
-            config=self.config, inputs_embeds=hidden, attention_mask=mask, cache=None, position_ids=position_ids
-        )
+        # config, embeds, mask and (no) cache positionally: transformers 5.x renamed the cache argument
+        args = (self.config, hidden, mask, None)
         masks: dict[str, torch.Tensor | None] = {}
         position_embeddings = self.rotary_emb(hidden, position_ids)
         for index, block in zip(range(start, stop), blocks, strict=True):
             kind = self._layer_type(index)
             if kind not in masks:
                 make = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
-                masks[kind] = make(**kwargs)
+                masks[kind] = make(*args, position_ids=position_ids)
             hidden = block(
                 hidden, attention_mask=masks[kind], position_ids=position_ids, position_embeddings=position_embeddings
             )

@@ -54,7 +54,8 @@ class OPTStack(BlockStack):
         blocks = self._blocks(start, stop)
         if not blocks:
             return hidden
-        attn_mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask, cache=None)
+        # positional: transformers 5.x renamed the 4th (cache) argument between minor releases
+        attn_mask = create_causal_mask(self.config, hidden, mask, None)
         for block in blocks:
             hidden = block(hidden, attention_mask=attn_mask)
         return hidden

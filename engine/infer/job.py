@@ -1,0 +1,194 @@
+"""A pre-inference job from a config: tokens -> plan -> block ranges -> a registered latents artifact.
+
+The latents of a (dataset, model, tokenizer, max tokens, dtypes) combination are computed once: the
+job works in ``artifacts/latents/.work-<hash>/`` (resumable, range by range) and renames it to
+``artifacts/latents/<hash>/`` only when every range is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.artifacts import META, artifact_path, find_artifact, read_meta
+from engine.config import Config, TextEncoderConfig
+from engine.data.reader import load_dataset
+from engine.errors import TcfError
+from engine.infer.checkpoint_info import block_weight_bytes, model_shape
+from engine.infer.gpu import free_memory, get_provider
+from engine.infer.planner import Plan, plan_ranges
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+FORMAT = 1
+
+
+def model_dir_of(te: TextEncoderConfig) -> Path:
+    """The resolved model directory, checked to hold a config.json of a supported family."""
+    model_dir = Path(te.model).resolve()
+    if not (model_dir / "config.json").is_file():
+        raise TcfError(f"{model_dir}: not a model directory (no config.json)")
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise TcfError(f"{model_dir / 'config.json'}: not a JSON object ({e})") from None
+    from engine.lm import adapter_class
+
+    adapter_class(model_type)  # an unsupported family fails here, naming the supported ones
+    return model_dir
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Identity of a local checkpoint without reading its weights: path, config, and each weight file's
+    safetensors header, size and modification time (a checkpoint rewritten in place gets a new one)."""
+    h = hashlib.sha256(str(model_dir).encode())
+    h.update((model_dir / "config.json").read_bytes())
+    for f in sorted(model_dir.glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            h.update(fh.read(min(n, 1 << 24)))
+    return h.hexdigest()[:20]
+
+
+def resolve_budget(te: TextEncoderConfig, override: str | None, gpu: int) -> str | int:
+    """--gpu-memory-budget, else the config's, else the GPU's free memory (NVML, then CUDA)."""
+    budget = override or te.gpu_memory_budget
+    if budget is not None:
+        return budget
+    provider = get_provider()
+    free = free_memory(gpu, provider)
+    if free is None:
+        reason = getattr(provider, "reason", None) or "no GPU"
+        raise TcfError(f"no GPU memory budget: {reason}; pass --gpu-memory-budget (e.g. 8GiB)")
+    return free
+
+
+def make_plan(cfg: Config, n_items: int, *, budget: str | None = None, ranges: str | None = None,
+              batch_size: int | None = None, gpu: int = 0) -> Plan:
+    """The block-range plan for encoding ``n_items`` texts with the config's text encoder."""
+    te = cfg.text_encoder
+    if te is None:
+        raise TcfError("text_encoder: the config has no text_encoder section")
+    model_dir = model_dir_of(te)
+    return plan_ranges(block_weight_bytes(model_dir, compute_dtype=te.dtype), model_shape(model_dir),
+                       max_tokens=te.max_tokens, budget=resolve_budget(te, budget, gpu), n_items=n_items,
+                       compute_dtype=te.dtype, latent_dtype=te.latent_dtype, ranges=ranges or te.ranges,
+                       batch_size=batch_size or te.batch_size)
+
+
+def latents_key(cfg: Config, tokens_hash: str, keep_depths: list[int], compute_dtype: str) -> dict[str, Any]:
+    """Everything that determines the latents: the token artifact (items + tokenizer + max tokens), the
+    checkpoint, the dtypes and which intermediate depths are kept."""
+    te = cfg.text_encoder
+    assert te is not None
+    return {"tokens": tokens_hash, "model": model_fingerprint(model_dir_of(te)), "dtype": compute_dtype,
+            "latent_dtype": te.latent_dtype, "keep_depths": sorted(keep_depths), "format": FORMAT}
+
+
+class RateLimited:
+    """Calls ``fn`` at most once per ``interval`` seconds (the last call of a burst may be dropped)."""
+
+    def __init__(self, fn, interval: float = 1.0):
+        self.fn, self.interval, self.last = fn, interval, 0.0
+
+    def __call__(self, *args: Any, force: bool = False, **kwargs: Any) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            self.fn(*args, **kwargs)
+
+
+def finish_artifact(work: Path, final: Path, meta: dict[str, Any]) -> None:
+    """Write meta.json last and rename the work folder into place."""
+    tmp = work / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, work / META)
+    os.replace(work, final)
+
+
+class EventReporter:
+    """Runner progress -> experiments.db events (progress at most once a second) and an optional UI."""
+
+    def __init__(self, store: Any, source: str, ui: Any = None):
+        self.store, self.source, self.ui = store, source, ui
+        self._progress = RateLimited(self._log_progress, 1.0)
+        self._range: dict[str, Any] = {}
+
+    def _gpu(self) -> dict[str, Any]:
+        if not torch.cuda.is_available():
+            return {}
+        return {"gpu_mem_bytes": torch.cuda.memory_allocated(), "gpu_peak_bytes": torch.cuda.max_memory_allocated()}
+
+    def _log_progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
+        self.store.log_event(self.source, "progress", {**self._range, "items_done": items_done,
+                                                       "n_items": n_items, "items_per_s": items_per_s, **self._gpu()})
+
+    def range_start(self, i: int, start: int, stop: int, n_items: int) -> None:
+        self._range = {"range": i, "start": start, "stop": stop}
+        self.store.log_event(self.source, "range_start", {**self._range, "n_items": n_items})
+        if self.ui is not None:
+            self.ui.range_start(i, start, stop, n_items)
+
+    def progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
+        self._progress(items_done, n_items, items_per_s, force=items_done >= n_items)
+        if self.ui is not None:
+            self.ui.progress(items_done, n_items, items_per_s)
+
+    def range_end(self, i: int, seconds: float) -> None:
+        self.store.log_event(self.source, "range_end", {**self._range, "seconds": seconds, **self._gpu()})
+        if self.ui is not None:
+            self.ui.range_end(i, seconds)
+
+
+def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, ranges: str | None = None,
+                  batch_size: int | None = None, gpu: int = 0, ui: Any = None) -> tuple[Path, bool]:
+    """Tokenize (once) and pre-infer the config's items; returns (latents artifact, whether it was reused).
+
+    Interrupted jobs resume from their last committed block range when run again.
+    """
+    from engine.infer.runner import run_preinference
+    from engine.lm.tokenize import token_table
+    from engine.store import Store
+
+    te = cfg.text_encoder
+    if te is None:
+        raise TcfError("text_encoder: the config has no text_encoder section")
+    model_dir = model_dir_of(te)
+    n_blocks = model_shape(model_dir).n_blocks
+    if te.unfreeze > n_blocks:
+        raise TcfError(f"text_encoder.unfreeze: {te.unfreeze} exceeds the model's {n_blocks} blocks")
+    raw = load_dataset(cfg.dataset.path, cfg.dataset.item_file, lenient=cfg.dataset.lenient)
+    root = db_path.resolve().parent / "artifacts"
+    table, tokens_path, _ = token_table(raw, model_dir, te.max_tokens, root)
+    keep = [n_blocks - te.unfreeze] if te.unfreeze else []
+    device = torch.device("cuda", gpu) if torch.cuda.is_available() else torch.device("cpu")
+    compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
+    key = latents_key(cfg, tokens_path.name, keep, compute)
+    store = Store(db_path)
+    store.register_artifact("tokens", tokens_path.name, tokens_path, read_meta(tokens_path))
+    found = find_artifact(root, "latents", key)
+    if found is not None:
+        store.register_artifact("latents", found.name, found, read_meta(found))
+        return found, True
+    final = artifact_path(root, "latents", key)
+    work = final.parent / f".work-{final.name}"
+    work.parent.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(cfg, len(table.item_keys), budget=budget, ranges=ranges, batch_size=batch_size, gpu=gpu)
+    reporter = EventReporter(store, f"infer:{final.name}", ui)
+    run_preinference(model_dir, table.ids, table.lengths, table.item_keys, plan, work, dtype=DTYPES[compute],
+                     latent_dtype=DTYPES[te.latent_dtype], device=device, keep_depths=tuple(keep),
+                     reporter=reporter)
+    meta = {"kind": "latents", "hash": final.name, "key": key, "model": str(model_dir), "n_items": len(table.item_keys),
+            "n_blocks": n_blocks, "max_tokens": te.max_tokens, "latent_dtype": te.latent_dtype,
+            "depths": sorted({n_blocks, *keep}), "tokens": str(tokens_path),
+            "ranges": [(r.start, r.stop) for r in plan.ranges]}
+    finish_artifact(work, final, meta)
+    store.register_artifact("latents", final.name, final, meta)
+    return final, False

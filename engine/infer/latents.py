@@ -1,0 +1,249 @@
+"""The latent store of one pre-inference job: hidden states after k blocks, one memory-mapped file per k.
+
+Boundary k (the method's ``freeze@k``: k blocks applied, k = N after the final norm) is
+``boundary-{k:03d}.npy``, a plain ``.npy`` of shape [n_items, max_tokens, hidden] in the latent dtype
+(bf16 has no numpy dtype, so it is stored as its uint16 bit patterns). Row r belongs to ``items.json[r]``;
+``lengths.npy`` holds each item's real token count (positions past it are zeros). ``state.json`` lists the
+committed boundaries; a boundary file that state.json does not list is not complete, whatever its name.
+
+    store = LatentStore("artifacts/latents/ab12")
+    with store.writer(4, (n, t, h), "bf16") as w:   # boundary-004.npy.tmp, renamed and committed on exit
+        w.write(rows, hidden)                         # rows: int array, hidden: [len(rows), <=t, h]
+    store.read(4, rows=[0, 5])                        # torch tensor [2, t, h], read through a memory map
+
+Each file is written to ``.tmp``, preallocated (disk full shows up at once, as a :class:`TcfError`,
+not as a crash halfway), flushed, fsynced and renamed; state.json is replaced atomically after it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import TcfError
+
+STATE = "state.json"
+ITEMS = "items.json"
+LENGTHS = "lengths.npy"
+
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+_NUMPY = {"bf16": np.uint16, "fp16": np.float16, "fp32": np.float32}
+_NAMES = {np.dtype(v): k for k, v in _NUMPY.items()}
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """'bf16' for torch.bfloat16, 'bfloat16' or 'bf16'; TcfError for dtypes latents cannot use."""
+    name = str(dtype).removeprefix("torch.").lower()
+    name = _ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise TcfError(f"unsupported latent dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return name
+
+
+def _to_numpy(t: torch.Tensor, name: str) -> np.ndarray:
+    t = t.detach().to("cpu", DTYPES[name]).contiguous()
+    return t.view(torch.int16).numpy().view(np.uint16) if name == "bf16" else t.numpy()
+
+
+def _to_torch(a: np.ndarray, name: str) -> torch.Tensor:
+    return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if name == "bf16" else torch.from_numpy(a)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every platform opens directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` via ``path.tmp`` + fsync + rename; TcfError naming the file on OSError."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TcfError(f"{path}: could not write ({exc.strerror or exc})") from exc
+    _fsync_dir(path.parent)
+
+
+class BoundaryWriter:
+    """Rows of one boundary being written; made by :meth:`LatentStore.writer`."""
+
+    def __init__(self, array: np.memmap, dtype: str):
+        self._array = array
+        self._dtype = dtype
+
+    def write(self, rows: Sequence[int] | np.ndarray, hidden: torch.Tensor) -> None:
+        """Store ``hidden`` [len(rows), L, H] (L <= max_tokens) as rows ``rows``, positions 0..L-1."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self._array[rows, : hidden.shape[1]] = _to_numpy(hidden, self._dtype)
+
+
+class LatentStore:
+    """One folder of boundaries plus ``state.json``; see the module docstring."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._maps: dict[int, tuple[np.ndarray, str]] = {}  # boundary -> (read-only memory map, dtype name)
+
+    # --- state ------------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The stored state ({} when there is none yet); a boundary listed but missing on disk is dropped."""
+        path = self.folder / STATE
+        if not path.is_file():
+            return {}
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise TcfError(f"{path}: unreadable pre-inference state ({exc}); delete the folder to start over") from exc
+        state["boundaries"] = [k for k in state.get("boundaries", []) if self.path(k).is_file()]
+        return state
+
+    def update_state(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into state.json (atomically) and return the new state."""
+        state = {**self.state(), **fields}
+        state["boundaries"] = sorted(set(state.get("boundaries", [])))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.folder / STATE, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
+        return state
+
+    def committed(self) -> list[int]:
+        """Boundaries written completely, ascending."""
+        return sorted(self.state().get("boundaries", []))
+
+    def path(self, k: int) -> Path:
+        return self.folder / f"boundary-{k:03d}.npy"
+
+    # --- items ------------------------------------------------------------------------------------------
+
+    def write_items(self, item_keys: Sequence[str], lengths: np.ndarray) -> None:
+        """Row order (``items.json``) and real token counts (``lengths.npy``), both atomic."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.folder / ITEMS, json.dumps(list(item_keys)).encode())
+        lengths_path = self.folder / LENGTHS
+        tmp = lengths_path.with_name(LENGTHS + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, np.asarray(lengths, dtype=np.int32))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, lengths_path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TcfError(f"{lengths_path}: could not write ({exc.strerror or exc})") from exc
+
+    def item_keys(self) -> list[str]:
+        return json.loads((self.folder / ITEMS).read_text())
+
+    def lengths(self) -> np.ndarray:
+        return np.load(self.folder / LENGTHS)
+
+    # --- boundaries -------------------------------------------------------------------------------------
+
+    @contextmanager
+    def writer(self, k: int, shape: tuple[int, int, int], dtype: str | torch.dtype) -> Iterator[BoundaryWriter]:
+        """Yield a writer for a fresh, zero-filled boundary ``k``; commit it if the block exits cleanly.
+
+        Any error removes the ``.tmp`` file; an OSError (disk full, …) becomes a TcfError naming it.
+        A ``.tmp`` left by a killed process is simply overwritten.
+        """
+        name = dtype_name(dtype)
+        final = self.path(k)
+        tmp = final.with_name(final.name + ".tmp")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        array = None
+        try:
+            try:
+                tmp.unlink(missing_ok=True)
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=_NUMPY[name], shape=tuple(shape))
+                _preallocate(tmp)
+            except OSError as exc:
+                raise TcfError(f"{tmp}: could not create latents of shape {list(shape)} {name} "
+                               f"({_gib(shape, name)}): {exc.strerror or exc}") from exc
+            writer = BoundaryWriter(array, name)
+            yield writer
+            writer._array = None  # no writes after commit
+            try:
+                array.flush()
+                del array
+                array = None
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, final)
+                _fsync_dir(self.folder)
+            except OSError as exc:
+                raise TcfError(f"{tmp}: could not finish writing latents: {exc.strerror or exc}") from exc
+        except BaseException:
+            del array
+            tmp.unlink(missing_ok=True)
+            raise
+        self._maps.pop(k, None)
+        self.update_state(boundaries=[*self.committed(), k], latent_dtype=name)
+
+    def read(self, k: int, rows: Sequence[int] | np.ndarray | None = None, length: int | None = None) -> torch.Tensor:
+        """Committed boundary ``k`` as a CPU tensor: all rows, or ``rows`` (any order), positions [0, length).
+
+        Only the requested rows are copied into memory (read boundaries larger than memory in row chunks).
+        """
+        if k not in self._maps:
+            state = self.state()
+            if k not in state.get("boundaries", []):
+                raise TcfError(f"{self.path(k)}: boundary {k} is not committed in {self.folder / STATE}")
+            array = np.load(self.path(k), mmap_mode="r")
+            self._maps[k] = (array, state.get("latent_dtype") or _NAMES.get(array.dtype, "fp32"))
+        array, name = self._maps[k]
+        picked = array[:, :length] if rows is None else array[np.asarray(rows, dtype=np.int64), :length]
+        return _to_torch(np.array(picked, copy=True, order="C"), name)
+
+    def delete(self, k: int) -> None:
+        """Forget boundary ``k`` (state first, so a crash leaves an unlisted file, never a listed missing one)."""
+        self._maps.pop(k, None)
+        if k in self.committed():
+            self.update_state(boundaries=[b for b in self.committed() if b != k])
+        self.path(k).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Remove every boundary, temporary file and the state: an empty store."""
+        self._maps.clear()
+        for path in self.folder.glob("boundary-*.npy*"):
+            path.unlink(missing_ok=True)
+        (self.folder / STATE).unlink(missing_ok=True)
+
+
+def _gib(shape: Sequence[int], name: str) -> str:
+    return f"{int(np.prod(shape)) * np.dtype(_NUMPY[name]).itemsize / (1 << 30):.2f} GiB"
+
+
+def _preallocate(path: Path) -> None:
+    """Reserve the file's blocks now: a full disk is an OSError here, not a SIGBUS on a later page write."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)

@@ -1,0 +1,233 @@
+"""Block-wise pre-inference: push every item through the plan's block ranges, one range in memory at a time.
+
+    plan = plan_ranges(footprint, shape, max_tokens=30, budget="40GiB", n_items=len(keys))
+    out = run_preinference("models/opt-13b", ids, lengths, keys, plan, "artifacts/latents/ab12")
+    LatentStore(out).read(shape.n_blocks)   # [n_items, T, H] after the final norm, zeros at padding
+
+Range i loads its stage (embedding for the first, final norm for the last), reads its input (token ids,
+or boundary ``start``), runs the items in length-sorted batches trimmed to each batch's longest item,
+writes boundary ``stop``, commits it, and deletes the consumed boundary unless asked to keep it.
+
+Resume: boundaries depend only on the model, the inputs and the dtypes, never on how the blocks are
+split, so a rerun on the same folder starts at the furthest committed boundary the (possibly new)
+plan can start a range from, and never recomputes a committed range. A folder holding latents of
+other inputs, dtypes or another model is an error, not something to overwrite silently.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import hashlib
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.errors import TcfError
+from engine.infer.latents import LatentStore, dtype_name
+from engine.infer.planner import Plan, RangePlan
+from engine.lm import adapter_class, load_config, load_stage
+
+FORMAT = 1
+
+
+class Reporter:
+    """Progress hooks; subclass and override what you need (every method is a no-op here)."""
+
+    def range_start(self, i: int, start: int, stop: int, n_items: int) -> None:
+        """Range ``i`` (blocks [start, stop)) begins; it will process ``n_items`` items."""
+
+    def progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
+        """Called at most every ``progress_every`` seconds within a range, and once at its end."""
+
+    def range_end(self, i: int, seconds: float) -> None:
+        """Range ``i`` is committed; ``seconds`` of wall time, loading included."""
+
+
+def inputs_fingerprint(ids: np.ndarray, lengths: np.ndarray, item_keys: Sequence[str]) -> str:
+    """Hash of what the latents are computed from (token ids, lengths, row order)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(lengths, dtype=np.int64).tobytes())
+    h.update("\0".join(item_keys).encode())
+    return h.hexdigest()[:20]
+
+
+def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of ``batch_size``, sorted by length (ties by row), shortest first."""
+    order = np.lexsort((np.arange(len(lengths)), lengths))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_preinference(
+    model_dir: str | Path,
+    ids: np.ndarray | torch.Tensor,
+    lengths: np.ndarray | torch.Tensor,
+    item_keys: Sequence[str],
+    plan: Plan,
+    out_dir: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    latent_dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    keep_depths: Sequence[int] = (),
+    reporter: Reporter | None = None,
+    progress_every: float = 0.5,
+) -> Path:
+    """Compute boundary N (hidden states after every block and the final norm) for all items into ``out_dir``.
+
+    ``ids`` [n, T] are right-padded token ids and ``lengths`` [n] the real token counts, row r being
+    ``item_keys[r]``. ``dtype`` is the compute dtype (bf16 on CUDA, fp32 on CPU by default);
+    ``latent_dtype`` the stored one (default: ``dtype``). Boundaries in ``keep_depths`` survive being
+    consumed; once kept, a boundary stays until :meth:`LatentStore.delete`. Returns ``out_dir``.
+    """
+    device = torch.device(device or default_device())
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    latent = dtype_name(latent_dtype or dtype)
+    reporter = reporter or Reporter()
+    ids = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    lengths = (lengths.numpy() if isinstance(lengths, torch.Tensor) else np.asarray(lengths)).astype(np.int64)
+    n_items, max_tokens = _check_inputs(ids, lengths, item_keys)
+
+    config = load_config(model_dir)
+    n_blocks = adapter_class(config.model_type).count_blocks(config)
+    hidden = config.d_model if config.model_type == "t5" else config.hidden_size
+    ranges = _check_plan(plan, n_blocks)
+    out_dir = Path(out_dir)
+    store = LatentStore(out_dir)
+    identity = {"format": FORMAT, "model": str(Path(model_dir).resolve()), "n_blocks": n_blocks,
+                "shape": [n_items, max_tokens, hidden], "compute_dtype": dtype_name(dtype), "latent_dtype": latent,
+                "inputs": inputs_fingerprint(ids, lengths, item_keys)}
+
+    with _exclusive(out_dir):
+        state = _open_state(store, identity)
+        if not state:
+            store.clear()
+            store.write_items(item_keys, lengths)
+        keep = sorted(set(state.get("kept", [])) | {int(k) for k in keep_depths})
+        store.update_state(**identity, plan=[[r.start, r.stop] for r in ranges], kept=keep)
+
+        first = _resume_index(ranges, store.committed(), n_blocks)
+        for i, r in enumerate(ranges):
+            if i < first:  # committed earlier: only finish its clean-up, in case the crash came before it
+                if r.start > 0 and r.start not in keep and r.start in store.committed():
+                    store.delete(r.start)
+                continue
+            began = time.perf_counter()
+            reporter.range_start(i, r.start, r.stop, n_items)
+            stage = load_stage(model_dir, r.start, r.stop, include_embedding=r.start == 0,
+                               include_final=r.stop == n_blocks, dtype=dtype, device=device)
+            try:
+                with store.writer(r.stop, (n_items, max_tokens, hidden), latent) as out:
+                    for rows, result in _run_range(stage, store, r, ids, lengths, device, dtype, reporter,
+                                                   progress_every):
+                        out.write(rows, result)
+            finally:
+                del stage
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if r.start > 0 and r.start not in keep:
+                store.delete(r.start)
+            reporter.range_end(i, time.perf_counter() - began)
+    return out_dir
+
+
+def _run_range(stage, store: LatentStore, r: RangePlan, ids: np.ndarray, lengths: np.ndarray, device: torch.device,
+               dtype: torch.dtype, reporter: Reporter, progress_every: float,
+               ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(rows, output [rows, L, H] with zeros past each item's length) for every length-sorted batch."""
+    n_items = len(lengths)
+    began = last = time.perf_counter()
+    done = 0
+    with torch.inference_mode():
+        for rows in length_batches(lengths, r.batch_size):
+            length = int(lengths[rows].max())
+            mask = torch.arange(length) < torch.from_numpy(lengths[rows])[:, None]
+            if r.start == 0:
+                x = torch.from_numpy(ids[rows, :length].astype(np.int64))
+            else:
+                x = store.read(r.start, rows, length).to(dtype)
+            out = stage(x.to(device), mask.long().to(device))
+            out = out.masked_fill(~mask.to(device)[..., None], 0)
+            yield rows, out
+            done += len(rows)
+            now = time.perf_counter()
+            if now - last >= progress_every or done == n_items:
+                reporter.progress(done, n_items, done / max(now - began, 1e-9))
+                last = now
+
+
+def _check_inputs(ids: np.ndarray, lengths: np.ndarray, item_keys: Sequence[str]) -> tuple[int, int]:
+    if ids.ndim != 2:
+        raise TcfError(f"token ids must be [n_items, max_tokens], got shape {list(ids.shape)}")
+    n, t = ids.shape
+    if lengths.shape != (n,) or len(item_keys) != n:
+        raise TcfError(f"{n} rows of token ids but {len(lengths)} lengths and {len(item_keys)} item keys")
+    if n == 0:
+        raise TcfError("no items to pre-infer")
+    if lengths.min() < 1 or lengths.max() > t:
+        raise TcfError(f"token lengths must be in 1..{t}, got {int(lengths.min())}..{int(lengths.max())}")
+    if len(set(item_keys)) != n:
+        raise TcfError("item keys are not unique")
+    return n, t
+
+
+def _check_plan(plan: Plan, n_blocks: int) -> list[RangePlan]:
+    ranges = list(plan.ranges)
+    expected = 0
+    for r in ranges:
+        if r.start != expected or r.stop <= r.start or r.batch_size < 1:
+            raise TcfError(f"plan range {r.start}:{r.stop} (batch {r.batch_size}) does not continue at block "
+                           f"{expected} with a positive batch")
+        expected = r.stop
+    if expected != n_blocks:
+        raise TcfError(f"plan covers blocks 0:{expected} but the model has {n_blocks}")
+    return ranges
+
+
+def _open_state(store: LatentStore, identity: dict) -> dict:
+    """The folder's state when it belongs to this job; {} when it is empty or holds nothing reusable."""
+    state = store.state()
+    if not state:
+        return {}
+    differs = [key for key, value in identity.items() if state.get(key) != value]
+    if not differs:
+        return state
+    if not state.get("boundaries"):
+        return {}  # nothing committed: start over cleanly
+    raise TcfError(f"{store.folder} holds latents of another job ({', '.join(differs)} differ); "
+                   "use another folder or delete this one")
+
+
+def _resume_index(ranges: list[RangePlan], committed: list[int], n_blocks: int) -> int:
+    """Index of the first range to run: past the furthest committed boundary a range can start from."""
+    if n_blocks in committed:
+        return len(ranges)
+    for i in range(len(ranges) - 1, -1, -1):
+        if ranges[i].start in committed:
+            return i
+    return 0
+
+
+@contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """One process per folder: a second run fails at once instead of corrupting the first one's files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TcfError(f"{folder}: another process is running pre-inference here") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

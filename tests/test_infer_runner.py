@@ -1,0 +1,238 @@
+"""Block-wise pre-inference reproduces the whole model for any split and bucketing, commits per range, resumes."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import OPTConfig, OPTModel
+
+from engine.errors import TcfError
+from engine.infer import latents as latents_mod
+from engine.infer import runner as runner_mod
+from engine.infer.latents import LatentStore
+from engine.infer.planner import Plan, RangePlan
+from engine.infer.runner import Reporter, length_batches, run_preinference
+
+N_BLOCKS = 4
+T = 12
+PAD, BOS = 1, 2
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny random OPT saved to disk, and its whole-model reference output."""
+    path = tmp_path_factory.mktemp("opt")
+    torch.manual_seed(0)
+    config = OPTConfig(hidden_size=32, num_hidden_layers=N_BLOCKS, ffn_dim=64, num_attention_heads=4,
+                       vocab_size=100, max_position_embeddings=64, pad_token_id=PAD)
+    opt = OPTModel(config).eval()
+    opt.save_pretrained(path)
+    gen = np.random.default_rng(5)
+    lengths = gen.integers(1, T + 1, size=17).astype(np.int32)
+    lengths[:2] = [T, 1]
+    ids = np.full((len(lengths), T), PAD, dtype=np.int32)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = gen.integers(3, 100, size=n)
+        ids[row, 0] = BOS
+    mask = torch.from_numpy((np.arange(T) < lengths[:, None]).astype(np.int64))
+    with torch.no_grad():
+        reference = opt(input_ids=torch.from_numpy(ids).long(), attention_mask=mask).last_hidden_state
+    reference = reference * mask[..., None]
+    keys = [f"item{r}" for r in range(len(lengths))]
+    return path, ids, lengths, keys, reference
+
+
+def make_plan(spans, batch=3) -> Plan:
+    ranges = [RangePlan(s, e, 0, 0, batch, s == 0, e == N_BLOCKS) for s, e in spans]
+    return Plan(ranges, 1 << 30, 0, 17, T, "fp32", "fp32", 0, 0, 1.0, 0.0)
+
+
+def run(model, out, spans, **kw):
+    path, ids, lengths, keys, _ = model
+    return run_preinference(path, ids, lengths, keys, make_plan(spans, kw.pop("batch", 3)), out,
+                            device="cpu", dtype=torch.float32, **kw)
+
+
+def count_loads(monkeypatch) -> list[tuple[int, int]]:
+    """The (start, stop) of every stage the runner loads from now on."""
+    loads, real_load = [], runner_mod.load_stage
+
+    def counting_load(model_dir, start, stop, **kw):
+        loads.append((start, stop))
+        return real_load(model_dir, start, stop, **kw)
+
+    monkeypatch.setattr(runner_mod, "load_stage", counting_load)
+    return loads
+
+
+class Recorder(Reporter):
+    def __init__(self, fail_in_range: int | None = None):
+        self.starts, self.ends, self.progress_calls = [], [], []
+        self.fail_in_range = fail_in_range
+        self.current = None
+
+    def range_start(self, i, start, stop, n_items):
+        self.starts.append((i, start, stop, n_items))
+        self.current = i
+
+    def progress(self, items_done, n_items, items_per_s):
+        self.progress_calls.append((self.current, items_done, n_items))
+        if self.current == self.fail_in_range and items_done >= 6:
+            raise RuntimeError("simulated crash")
+
+    def range_end(self, i, seconds):
+        self.ends.append(i)
+
+
+SPLITS = {
+    "one-range": [(0, 4)],
+    "three-ranges": [(0, 1), (1, 3), (3, 4)],
+    "per-block": [(0, 1), (1, 2), (2, 3), (3, 4)],
+}
+
+
+@pytest.mark.parametrize("batch", [3, 64])
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_final_boundary_equals_whole_model(model, tmp_path, split, batch):
+    *_, keys, reference = model
+    out = run(model, tmp_path / "lat", SPLITS[split], batch=batch)
+    store = LatentStore(out)
+    final = store.read(N_BLOCKS)
+    assert final.dtype == torch.float32 and final.shape == reference.shape
+    assert (final - reference).abs().max().item() <= 1e-5
+    assert store.committed() == [N_BLOCKS]  # consumed boundaries are deleted
+    assert sorted(p.name for p in out.glob("boundary-*")) == [f"boundary-{N_BLOCKS:03d}.npy"]
+    assert store.item_keys() == keys
+    np.testing.assert_array_equal(store.lengths(), model[2])
+    rows = [5, 0, 11]
+    assert torch.equal(store.read(N_BLOCKS, rows), final[rows])
+    assert torch.equal(store.read(N_BLOCKS, rows, length=4), final[rows, :4])
+
+
+def test_padding_is_zero_and_batches_are_length_sorted(model, tmp_path):
+    _, _, lengths, _, _ = model
+    final = LatentStore(run(model, tmp_path / "lat", SPLITS["three-ranges"])).read(N_BLOCKS)
+    for row, n in enumerate(lengths):
+        assert torch.all(final[row, n:] == 0) and torch.all(final[row, :n].abs().sum(-1) > 0)
+    batches = length_batches(lengths, 3)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    maxima = [int(lengths[b].max()) for b in batches]
+    assert maxima == sorted(maxima) and maxima[0] < T  # short batches really are trimmed
+
+
+def test_keep_depths_keeps_only_requested_boundaries(model, tmp_path):
+    reference = model[4]
+    out = run(model, tmp_path / "lat", SPLITS["per-block"], keep_depths=(2,))
+    store = LatentStore(out)
+    assert store.committed() == [2, N_BLOCKS]
+    # boundary 2 is a valid starting point: without the final one, a rerun finishes from it and keeps it
+    store.delete(N_BLOCKS)
+    recorder = Recorder()
+    run(model, out, SPLITS["per-block"], reporter=recorder)
+    assert [s[1:3] for s in recorder.starts] == [(2, 3), (3, 4)]
+    assert store.committed() == [2, N_BLOCKS]
+    assert (store.read(N_BLOCKS) - reference).abs().max().item() <= 1e-5
+
+
+def test_bf16_latents_are_stored_as_bf16(model, tmp_path):
+    reference = model[4]
+    out = run(model, tmp_path / "lat", SPLITS["three-ranges"], latent_dtype="bf16")
+    final = LatentStore(out).read(N_BLOCKS)
+    assert final.dtype == torch.bfloat16
+    assert np.load(out / f"boundary-{N_BLOCKS:03d}.npy", mmap_mode="r").dtype == np.uint16
+    assert (final.float() - reference).abs().max().item() < 0.1  # bf16 rounding at each boundary
+
+
+def test_resume_after_crash_does_not_recompute_committed_ranges(model, tmp_path, monkeypatch):
+    spans = SPLITS["three-ranges"]
+    clean = LatentStore(run(model, tmp_path / "clean", spans)).read(N_BLOCKS)
+
+    loads = count_loads(monkeypatch)
+    out = tmp_path / "crashy"
+    crash = Recorder(fail_in_range=1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(model, out, spans, reporter=crash, progress_every=0)
+    store = LatentStore(out)
+    assert crash.ends == [0] and store.committed() == [1]
+    assert not (out / "boundary-003.npy.tmp").exists()  # an exception cleans its temporary file
+    # a process killed outright leaves its .tmp (and maybe an unlisted file): neither counts as committed
+    (out / "boundary-003.npy.tmp").write_bytes(b"half written")
+    np.save(out / "boundary-004.npy", np.ones((3, 3), dtype=np.float32))
+    assert store.committed() == [1]
+
+    loads.clear()
+    again = Recorder()
+    run(model, out, spans, reporter=again)
+    assert loads == [(1, 3), (3, 4)]
+    assert [s[:3] for s in again.starts] == [(1, 1, 3), (2, 3, 4)]
+    assert again.progress_calls[-1] == (2, 17, 17)
+    assert torch.equal(store.read(N_BLOCKS), clean)  # bitwise identical to the uninterrupted run
+    assert store.committed() == [N_BLOCKS]
+    assert not list(out.glob("*.tmp"))
+
+    loads.clear()
+    run(model, out, spans)  # everything committed: nothing is loaded
+    assert loads == []
+
+
+def test_resume_under_a_different_split_reuses_committed_boundaries(model, tmp_path, monkeypatch):
+    reference = model[4]
+    out = tmp_path / "lat"
+    with pytest.raises(RuntimeError):
+        run(model, out, [(0, 2), (2, 4)], reporter=Recorder(fail_in_range=1), progress_every=0)
+    assert LatentStore(out).committed() == [2]
+    loads = count_loads(monkeypatch)
+    run(model, out, SPLITS["per-block"])
+    assert loads == [(2, 3), (3, 4)]  # starts at boundary 2, which the new split can start from
+    assert (LatentStore(out).read(N_BLOCKS) - reference).abs().max().item() <= 1e-5
+    assert json.loads((out / "state.json").read_text())["plan"] == [[0, 1], [1, 2], [2, 3], [3, 4]]
+
+
+def test_folder_of_other_inputs_is_refused(model, tmp_path):
+    path, ids, lengths, keys, _ = model
+    out = run(model, tmp_path / "lat", [(0, 4)])
+    other = ids.copy()
+    other[0, 1] = 7
+    with pytest.raises(TcfError, match="another job.*inputs"):
+        run_preinference(path, other, lengths, keys, make_plan([(0, 4)]), out, device="cpu", dtype=torch.float32)
+
+
+def test_disk_full_is_a_tcf_error_and_nothing_is_committed(model, tmp_path, monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(latents_mod.os, "posix_fallocate", full, raising=False)
+    out = tmp_path / "lat"
+    with pytest.raises(TcfError, match=r"boundary-001\.npy\.tmp.*No space left"):
+        run(model, out, SPLITS["three-ranges"])
+    assert LatentStore(out).committed() == []
+    assert not list(out.glob("boundary-*"))
+
+
+def test_error_while_finishing_a_boundary_removes_it(tmp_path, monkeypatch):
+    store = LatentStore(tmp_path / "lat")
+    monkeypatch.setattr(latents_mod.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    with pytest.raises(TcfError, match=r"boundary-002\.npy\.tmp.*I/O"):
+        with store.writer(2, (2, 3, 4), "fp32") as w:
+            w.write([1, 0], torch.ones(2, 3, 4))
+    assert store.committed() == [] and not list((tmp_path / "lat").glob("boundary-*"))
+
+
+def test_store_round_trip_and_delete(tmp_path):
+    store = LatentStore(tmp_path)
+    data = torch.randn(4, 5, 3).to(torch.bfloat16)
+    with store.writer(7, (4, 5, 3), torch.bfloat16) as w:
+        w.write([2, 0], data[[2, 0], :2])
+        w.write([1, 3], data[[1, 3]])
+    got = store.read(7)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got[[1, 3]], data[[1, 3]]) and torch.equal(got[[0, 2], :2], data[[0, 2], :2])
+    assert torch.all(got[[0, 2], 2:] == 0)
+    store.delete(7)
+    assert store.committed() == [] and not store.path(7).exists()
+    with pytest.raises(TcfError, match="not committed"):
+        store.read(7)
