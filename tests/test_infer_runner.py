@@ -236,3 +236,13 @@ def test_store_round_trip_and_delete(tmp_path):
     assert store.committed() == [] and not store.path(7).exists()
     with pytest.raises(TcfError, match="not committed"):
         store.read(7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_on_cuda_stays_close_to_fp32(model, tmp_path):
+    path, ids, lengths, keys, reference = model
+    out = run_preinference(path, ids, lengths, keys, make_plan([(0, 2), (2, 4)], batch=5), tmp_path / "gpu",
+                           device="cuda", dtype=torch.bfloat16, latent_dtype="bf16")
+    final = LatentStore(out).read(N_BLOCKS).float()
+    rel = (final - reference).norm() / reference.norm()
+    assert rel < 0.03, rel
