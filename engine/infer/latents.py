@@ -18,6 +18,7 @@ not as a crash halfway), flushed, fsynced and renamed; state.json is replaced at
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -141,17 +142,9 @@ class LatentStore:
         """Row order (``items.json``) and real token counts (``lengths.npy``), both atomic."""
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomic(self.folder / ITEMS, json.dumps(list(item_keys)).encode())
-        lengths_path = self.folder / LENGTHS
-        tmp = lengths_path.with_name(LENGTHS + ".tmp")
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, np.asarray(lengths, dtype=np.int32))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, lengths_path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise TcfError(f"{lengths_path}: could not write ({exc.strerror or exc})") from exc
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(lengths, dtype=np.int32))
+        write_atomic(self.folder / LENGTHS, buf.getvalue())
 
     def item_keys(self) -> list[str]:
         return json.loads((self.folder / ITEMS).read_text())
