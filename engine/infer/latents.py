@@ -99,6 +99,12 @@ class BoundaryWriter:
         rows = np.asarray(rows, dtype=np.int64)
         self._array[rows, : hidden.shape[1]] = _to_numpy(hidden, self._dtype)
 
+    def close(self) -> None:
+        """Flush and unmap (no writes after this)."""
+        if self._array is not None:
+            self._array.flush()
+            self._array = None
+
 
 class LatentStore:
     """One folder of boundaries plus ``state.json``; see the module docstring."""
@@ -154,6 +160,49 @@ class LatentStore:
 
     # --- boundaries -------------------------------------------------------------------------------------
 
+    def _tmp(self, k: int) -> Path:
+        return self.path(k).with_name(self.path(k).name + ".tmp")
+
+    def create(self, k: int, shape: tuple[int, int, int], dtype: str | torch.dtype) -> np.memmap:
+        """A fresh, zero-filled ``.tmp`` file for boundary ``k`` (disk space reserved now)."""
+        name = dtype_name(dtype)
+        tmp = self._tmp(k)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=_NUMPY[name], shape=tuple(shape))
+            _preallocate(tmp)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TcfError(f"{tmp}: could not create latents of shape {list(shape)} {name} "
+                           f"({_gib(shape, name)}): {exc.strerror or exc}") from exc
+        return array
+
+    def open_tmp(self, k: int, dtype: str | torch.dtype) -> BoundaryWriter:
+        """A writer on the ``.tmp`` file another process created: how several ranks fill one boundary."""
+        return BoundaryWriter(np.load(self._tmp(k), mmap_mode="r+"), dtype_name(dtype))
+
+    def commit(self, k: int, dtype: str | torch.dtype) -> None:
+        """fsync and rename boundary ``k``'s ``.tmp`` into place, then list it in state.json."""
+        tmp = self._tmp(k)
+        try:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path(k))
+            _fsync_dir(self.folder)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TcfError(f"{tmp}: could not finish writing latents: {exc.strerror or exc}") from exc
+        self._maps.pop(k, None)
+        self.update_state(boundaries=[*self.committed(), k], latent_dtype=dtype_name(dtype))
+
+    def release(self, k: int) -> None:
+        """Drop this process's memory map of boundary ``k`` (another process may delete the file)."""
+        self._maps.pop(k, None)
+
+    def discard(self, k: int) -> None:
+        self._tmp(k).unlink(missing_ok=True)
+
     @contextmanager
     def writer(self, k: int, shape: tuple[int, int, int], dtype: str | torch.dtype) -> Iterator[BoundaryWriter]:
         """Yield a writer for a fresh, zero-filled boundary ``k``; commit it if the block exits cleanly.
@@ -161,38 +210,15 @@ class LatentStore:
         Any error removes the ``.tmp`` file; an OSError (disk full, …) becomes a TcfError naming it.
         A ``.tmp`` left by a killed process is simply overwritten.
         """
-        name = dtype_name(dtype)
-        final = self.path(k)
-        tmp = final.with_name(final.name + ".tmp")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        array = None
+        writer = BoundaryWriter(self.create(k, shape, dtype), dtype_name(dtype))
         try:
-            try:
-                tmp.unlink(missing_ok=True)
-                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=_NUMPY[name], shape=tuple(shape))
-                _preallocate(tmp)
-            except OSError as exc:
-                raise TcfError(f"{tmp}: could not create latents of shape {list(shape)} {name} "
-                               f"({_gib(shape, name)}): {exc.strerror or exc}") from exc
-            writer = BoundaryWriter(array, name)
             yield writer
-            writer._array = None  # no writes after commit
-            try:
-                array.flush()
-                del array
-                array = None
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, final)
-                _fsync_dir(self.folder)
-            except OSError as exc:
-                raise TcfError(f"{tmp}: could not finish writing latents: {exc.strerror or exc}") from exc
+            writer.close()
         except BaseException:
-            del array
-            tmp.unlink(missing_ok=True)
+            writer.close()
+            self.discard(k)
             raise
-        self._maps.pop(k, None)
-        self.update_state(boundaries=[*self.committed(), k], latent_dtype=name)
+        self.commit(k, dtype)
 
     def read(self, k: int, rows: Sequence[int] | np.ndarray | None = None, length: int | None = None) -> torch.Tensor:
         """Committed boundary ``k`` as a CPU tensor: all rows, or ``rows`` (any order), positions [0, length).

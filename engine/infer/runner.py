@@ -16,6 +16,7 @@ other inputs, dtypes or another model is an error, not something to overwrite si
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import hashlib
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.dist import DistContext, barrier
 from engine.errors import TcfError
 from engine.infer.latents import LatentStore, dtype_name
 from engine.infer.planner import Plan, RangePlan
@@ -63,6 +65,11 @@ def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def share(lengths: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This rank's rows: every ``world``-th item in length order, so every share costs about the same."""
+    return np.lexsort((np.arange(len(lengths)), lengths))[rank::world]
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -81,6 +88,7 @@ def run_preinference(
     keep_depths: Sequence[int] = (),
     reporter: Reporter | None = None,
     progress_every: float = 0.5,
+    ctx: DistContext | None = None,
 ) -> Path:
     """Compute boundary N (hidden states after every block and the final norm) for all items into ``out_dir``.
 
@@ -88,6 +96,10 @@ def run_preinference(
     ``item_keys[r]``. ``dtype`` is the compute dtype (bf16 on CUDA, fp32 on CPU by default);
     ``latent_dtype`` the stored one (default: ``dtype``). Boundaries in ``keep_depths`` survive being
     consumed; once kept, a boundary stays until :meth:`LatentStore.delete`. Returns ``out_dir``.
+
+    Under torchrun (``ctx`` with several ranks, one GPU each) every rank encodes its own share of the
+    items (every W-th item in length order, so shares cost the same) straight into the same boundary
+    file; rank 0 creates, commits and reports. No item is encoded twice and none is lost.
     """
     device = torch.device(device or default_device())
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -107,49 +119,73 @@ def run_preinference(
                 "shape": [n_items, max_tokens, hidden], "compute_dtype": dtype_name(dtype), "latent_dtype": latent,
                 "inputs": inputs_fingerprint(ids, lengths, item_keys)}
 
-    with _exclusive(out_dir):
-        state = _open_state(store, identity)
-        if not state:
-            store.clear()
-            store.write_items(item_keys, lengths)
-        keep = sorted(set(state.get("kept", [])) | {int(k) for k in keep_depths})
-        store.update_state(**identity, plan=[[r.start, r.stop] for r in ranges], kept=keep)
+    ctx = ctx or DistContext(0, 1, device)
+    main = ctx.is_main
+    with _exclusive(out_dir) if main else contextlib.nullcontext():
+        if main:
+            state = _open_state(store, identity)
+            if not state:
+                store.clear()
+                store.write_items(item_keys, lengths)
+            keep = sorted(set(state.get("kept", [])) | {int(k) for k in keep_depths})
+            store.update_state(**identity, plan=[[r.start, r.stop] for r in ranges], kept=keep)
+        barrier(ctx)
+        keep = store.state().get("kept", [])
+        mine = share(lengths, ctx.rank, ctx.world_size)
 
         first = _resume_index(ranges, store.committed(), n_blocks)
         for i, r in enumerate(ranges):
             if i < first:  # committed earlier: only finish its clean-up, in case the crash came before it
-                if r.start > 0 and r.start not in keep and r.start in store.committed():
+                if main and r.start > 0 and r.start not in keep and r.start in store.committed():
                     store.delete(r.start)
                 continue
             began = time.perf_counter()
-            reporter.range_start(i, r.start, r.stop, n_items)
+            if main:
+                reporter.range_start(i, r.start, r.stop, n_items)
             stage = load_stage(model_dir, r.start, r.stop, include_embedding=r.start == 0,
                                include_final=r.stop == n_blocks, dtype=dtype, device=device)
             try:
-                with store.writer(r.stop, (n_items, max_tokens, hidden), latent) as out:
-                    for rows, result in _run_range(stage, store, r, ids, lengths, device, dtype, reporter,
-                                                   progress_every):
+                if main:
+                    store.create(r.stop, (n_items, max_tokens, hidden), latent).flush()
+                barrier(ctx)
+                out = store.open_tmp(r.stop, latent)
+                try:
+                    for rows, result in _run_range(stage, store, r, ids, lengths, mine, device, dtype,
+                                                   reporter if main else Reporter(), progress_every, ctx.world_size):
                         out.write(rows, result)
+                finally:
+                    out.close()
+            except BaseException:
+                if main:
+                    store.discard(r.stop)
+                raise
             finally:
                 del stage
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            if r.start > 0 and r.start not in keep:
-                store.delete(r.start)
-            reporter.range_end(i, time.perf_counter() - began)
+            barrier(ctx)  # every rank's rows are in the file
+            store.release(r.start)  # unmap the consumed input, so deleting it frees the disk
+            if main:
+                store.commit(r.stop, latent)
+                if r.start > 0 and r.start not in keep:
+                    store.delete(r.start)
+                reporter.range_end(i, time.perf_counter() - began)
+            barrier(ctx)
     return out_dir
 
 
-def _run_range(stage, store: LatentStore, r: RangePlan, ids: np.ndarray, lengths: np.ndarray, device: torch.device,
-               dtype: torch.dtype, reporter: Reporter, progress_every: float,
+def _run_range(stage, store: LatentStore, r: RangePlan, ids: np.ndarray, lengths: np.ndarray, mine: np.ndarray,
+               device: torch.device, dtype: torch.dtype, reporter: Reporter, progress_every: float, world: int,
                ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """(rows, output [rows, L, H] with zeros past each item's length) for every length-sorted batch."""
+    """(rows, output [rows, L, H] with zeros past each item's length) for every length-sorted batch of
+    this rank's rows ``mine``; progress counts all ranks' items, assuming they keep pace with this one."""
     n_items = len(lengths)
     began = last = time.perf_counter()
     done = 0
     with torch.inference_mode():
-        for rows in length_batches(lengths, r.batch_size):
+        for local in length_batches(lengths[mine], r.batch_size):
+            rows = mine[local]
             length = int(lengths[rows].max())
             mask = torch.arange(length) < torch.from_numpy(lengths[rows])[:, None]
             if r.start == 0:
@@ -161,8 +197,9 @@ def _run_range(stage, store: LatentStore, r: RangePlan, ids: np.ndarray, lengths
             yield rows, out
             done += len(rows)
             now = time.perf_counter()
-            if now - last >= progress_every or done == n_items:
-                reporter.progress(done, n_items, done / max(now - began, 1e-9))
+            if now - last >= progress_every or done == len(mine):
+                total = n_items if done == len(mine) else min(done * world, n_items)
+                reporter.progress(total, n_items, total / max(now - began, 1e-9))
                 last = now
 
 
