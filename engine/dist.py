@@ -62,6 +62,15 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def broadcast_object(obj: object, ctx: DistContext) -> object:
+    """Rank 0's ``obj`` on every rank (any picklable value)."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_reduce_sum(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed:
         x = x.clone()

@@ -10,12 +10,10 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch.distributed as dist
-
 from engine.config import Config
 from engine.data.prepare import Prepared, prepare
 from engine.data.reader import load_dataset
-from engine.dist import DistContext, init_distributed
+from engine.dist import DistContext, broadcast_object, init_distributed
 from engine.errors import TcfError
 from engine.rec.trainer import Reporter, Trainer, TrainResult
 from engine.store import Store
@@ -68,13 +66,6 @@ class _StoreReporter(Reporter):
         self.inner.epoch_end(epoch, loss, seconds, metrics)
 
 
-def _share_run_id(run_id: int | None, ctx: DistContext) -> int:
-    if not ctx.distributed:
-        assert run_id is not None
-        return run_id
-    box = [run_id]
-    dist.broadcast_object_list(box, src=0)
-    return int(box[0])
 
 
 def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = None,
@@ -88,7 +79,7 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
         run_id = store.create_run(name=cfg.run_name, config=cfg.model_dump(mode="json"),
                                   config_hash=cfg.hash(), dataset=Path(cfg.dataset.path).name,
                                   architecture=cfg.model.architecture, item_tower=cfg.model.item_tower)
-    run_id = _share_run_id(run_id, ctx)
+    run_id = int(broadcast_object(run_id, ctx))
     if store is not None:
         store.set_status(run_id, "running")
     trainer = Trainer(cfg, data, ctx, checkpoint_dir(db_path, run_id),

@@ -5,7 +5,9 @@ User errors (bad data, bad config) print one ``error: ...`` line on stderr and e
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -172,16 +174,22 @@ def infer(
 ) -> None:
     """Encode every item text block range by block range; resumes after a crash, reuses finished work."""
     from engine.config import load_config
+    from engine.dist import shutdown
     from engine.infer.job import run_infer_job
     from tcf_tui.progress import InferProgress
 
     cfg = load_config(config, set_ or [])[0]
     signal.signal(signal.SIGTERM, _interrupt)
-    with InferProgress(err) as ui:
-        path, reused = run_infer_job(cfg, db, budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size,
-                                     gpu=gpu, ui=ui)
-    err.print(("reused " if reused else "wrote ") + str(path))
-    print(path)
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 shows progress
+    try:
+        with InferProgress(err) if main_rank else contextlib.nullcontext() as ui:
+            path, reused = run_infer_job(cfg, db, budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size,
+                                         gpu=gpu, ui=ui)
+    finally:
+        shutdown()
+    if main_rank:
+        err.print(("reused " if reused else "wrote ") + str(path))
+        print(path)
 
 
 # -- data ----------------------------------------------------------------------------------------

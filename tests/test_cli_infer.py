@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +79,24 @@ def test_infer_bad_input_is_one_line(setup):
     r = tcf("infer", str(root / "exp.yaml"), "-S", f"text_encoder.model={odd}", "--gpu-memory-budget", "1GiB",
             "--db", str(root / "bad.db"), cwd=root)
     assert r.returncode == 2 and "unsupported model_type 'gpt_neox'" in r.stderr and "opt" in r.stderr
+
+
+def test_infer_on_two_gloo_ranks_matches_the_whole_model(setup):
+    root, raw, model_dir = setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(29900 + os.getpid() % 90), "-m", "tcf_tui.cli", "infer", str(root / "exp.yaml"),
+                        "-S", "text_encoder.max_tokens=10", "--gpu-memory-budget", "1GiB", "--ranges", "0:2,2:4",
+                        "--batch-size", "5", "--db", str(root / "ddp.db")], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    latents = Path(r.stdout.strip().splitlines()[-1])
+    assert json.loads((latents / "meta.json").read_text())["ranks"] == 2
+    final = np.load(latents / "boundary-004.npy")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = OPTModel.from_pretrained(str(model_dir)).eval()
+    enc = tok(raw.item_texts, padding=True, truncation=True, max_length=10, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**enc).last_hidden_state.numpy()
+    n = enc["attention_mask"].sum(1).numpy()
+    assert max(np.abs(final[i, : n[i]] - ref[i, : n[i]]).max() for i in range(len(n))) <= 1e-5  # no row lost

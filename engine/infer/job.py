@@ -151,10 +151,12 @@ def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, rang
                   batch_size: int | None = None, gpu: int = 0, ui: Any = None) -> tuple[Path, bool]:
     """Tokenize (once) and pre-infer the config's items; returns (latents artifact, whether it was reused).
 
-    Interrupted jobs resume from their last committed block range when run again.
+    Interrupted jobs resume from their last committed block range when run again. Under torchrun each
+    rank encodes a share of the items on its own GPU; rank 0 tokenizes, plans, records and renames.
     """
+    from engine.dist import barrier, broadcast_object, init_distributed
     from engine.infer.runner import run_preinference
-    from engine.lm.tokenize import token_table
+    from engine.lm.tokenize import load_token_table, token_table
     from engine.store import Store
 
     te = cfg.text_encoder
@@ -164,31 +166,46 @@ def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, rang
     n_blocks = model_shape(model_dir).n_blocks
     if te.unfreeze > n_blocks:
         raise TcfError(f"text_encoder.unfreeze: {te.unfreeze} exceeds the model's {n_blocks} blocks")
-    raw = load_dataset(cfg.dataset.path, cfg.dataset.item_file, lenient=cfg.dataset.lenient)
-    root = db_path.resolve().parent / "artifacts"
-    table, tokens_path, _ = token_table(raw, model_dir, te.max_tokens, root)
-    keep = [n_blocks - te.unfreeze] if te.unfreeze else []
-    device = torch.device("cuda", gpu) if torch.cuda.is_available() else torch.device("cpu")
+    ctx = init_distributed("auto" if torch.cuda.is_available() else "cpu")
+    device = ctx.device if ctx.distributed else (
+        torch.device("cuda", gpu) if torch.cuda.is_available() else torch.device("cpu"))
     compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
-    key = latents_key(cfg, tokens_path.name, keep, compute)
-    store = Store(db_path)
-    store.register_artifact("tokens", tokens_path.name, tokens_path, read_meta(tokens_path))
-    found = find_artifact(root, "latents", key)
-    if found is not None:
-        store.register_artifact("latents", found.name, found, read_meta(found))
-        return found, True
+    root = db_path.resolve().parent / "artifacts"
+    keep = [n_blocks - te.unfreeze] if te.unfreeze else []
+
+    job: dict[str, Any] = {}
+    store = None
+    if ctx.is_main:
+        raw = load_dataset(cfg.dataset.path, cfg.dataset.item_file, lenient=cfg.dataset.lenient)
+        table, tokens_path, _ = token_table(raw, model_dir, te.max_tokens, root)
+        key = latents_key(cfg, tokens_path.name, keep, compute)
+        store = Store(db_path)
+        store.register_artifact("tokens", tokens_path.name, tokens_path, read_meta(tokens_path))
+        found = find_artifact(root, "latents", key)
+        if found is not None:
+            store.register_artifact("latents", found.name, found, read_meta(found))
+        job = {"tokens": str(tokens_path), "key": key, "found": str(found) if found else None}
+        if found is None:
+            job["plan"] = make_plan(cfg, len(table.item_keys), budget=budget, ranges=ranges, batch_size=batch_size,
+                                    gpu=gpu)
+    job = broadcast_object(job, ctx)
+    if job["found"]:
+        return Path(job["found"]), True
+    table = load_token_table(job["tokens"])
+    key, plan = job["key"], job["plan"]
     final = artifact_path(root, "latents", key)
     work = final.parent / f".work-{final.name}"
     work.parent.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(cfg, len(table.item_keys), budget=budget, ranges=ranges, batch_size=batch_size, gpu=gpu)
-    reporter = EventReporter(store, f"infer:{final.name}", ui)
+    reporter = EventReporter(store, f"infer:{final.name}", ui) if store is not None else None
     run_preinference(model_dir, table.ids, table.lengths, table.item_keys, plan, work, dtype=DTYPES[compute],
                      latent_dtype=DTYPES[te.latent_dtype], device=device, keep_depths=tuple(keep),
-                     reporter=reporter)
-    meta = {"kind": "latents", "hash": final.name, "key": key, "model": str(model_dir), "n_items": len(table.item_keys),
-            "n_blocks": n_blocks, "max_tokens": te.max_tokens, "latent_dtype": te.latent_dtype,
-            "depths": sorted({n_blocks, *keep}), "tokens": str(tokens_path),
-            "ranges": [(r.start, r.stop) for r in plan.ranges]}
-    finish_artifact(work, final, meta)
-    store.register_artifact("latents", final.name, final, meta)
+                     reporter=reporter, ctx=ctx)
+    if store is not None:
+        meta = {"kind": "latents", "hash": final.name, "key": key, "model": str(model_dir),
+                "n_items": len(table.item_keys), "n_blocks": n_blocks, "max_tokens": te.max_tokens,
+                "latent_dtype": te.latent_dtype, "depths": sorted({n_blocks, *keep}), "tokens": job["tokens"],
+                "ranges": [(r.start, r.stop) for r in plan.ranges], "ranks": ctx.world_size}
+        finish_artifact(work, final, meta)
+        store.register_artifact("latents", final.name, final, meta)
+    barrier(ctx)
     return final, False
