@@ -32,6 +32,11 @@ err = Console(stderr=True)
 out = Console()
 
 DbOption = Annotated[Path, typer.Option("--db", envvar="TCF_DB", help="Result store (SQLite).")]
+SetOption = Annotated[list[str] | None, typer.Option("-S", "--set", help="Override a key: -S train.epochs=5")]
+TextConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML with a text_encoder section.")]
+BudgetOption = Annotated[str | None, typer.Option(help="e.g. 8GiB; default: config, else free memory.")]
+RangesOption = Annotated[str | None, typer.Option(help="Pin block ranges, e.g. 0:6,6:16,16:24.")]
+BatchOption = Annotated[int | None, typer.Option(min=1, help="Pin the batch size.")]
 DEFAULT_DB = Path("experiments.db")
 
 
@@ -51,7 +56,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Argument(help="Experiment YAML; omit to run the embedded demo.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("-S", "--set", help="Override a key: -S train.epochs=5")] = None,
+    set_: SetOption = None,
     resume: Annotated[int | None, typer.Option("--resume", help="Continue an interrupted run by id.")] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
@@ -141,11 +146,11 @@ def results(
 # -- plan ----------------------------------------------------------------------------------------
 @app.command()
 def plan(
-    config: Annotated[Path, typer.Argument(help="Experiment YAML with a text_encoder section.")],
-    set_: Annotated[list[str] | None, typer.Option("-S", "--set", help="Override a key.")] = None,
-    gpu_memory_budget: Annotated[str | None, typer.Option(help="e.g. 8GiB; default: config, else free memory.")] = None,
-    ranges: Annotated[str | None, typer.Option(help="Pin block ranges, e.g. 0:6,6:16,16:24.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Pin the batch size.")] = None,
+    config: TextConfigArg,
+    set_: SetOption = None,
+    gpu_memory_budget: BudgetOption = None,
+    ranges: RangesOption = None,
+    batch_size: BatchOption = None,
     gpu: Annotated[int, typer.Option(min=0, help="GPU whose free memory is the default budget.")] = 0,
 ) -> None:
     """Plan block-wise pre-inference of the item texts under a GPU-memory budget."""
@@ -164,11 +169,11 @@ def plan(
 
 @app.command()
 def infer(
-    config: Annotated[Path, typer.Argument(help="Experiment YAML with a text_encoder section.")],
-    set_: Annotated[list[str] | None, typer.Option("-S", "--set", help="Override a key.")] = None,
-    gpu_memory_budget: Annotated[str | None, typer.Option(help="e.g. 8GiB; default: config, else free memory.")] = None,
-    ranges: Annotated[str | None, typer.Option(help="Pin block ranges, e.g. 0:6,6:16,16:24.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Pin the batch size.")] = None,
+    config: TextConfigArg,
+    set_: SetOption = None,
+    gpu_memory_budget: BudgetOption = None,
+    ranges: RangesOption = None,
+    batch_size: BatchOption = None,
     gpu: Annotated[int, typer.Option(min=0, help="GPU to run on.")] = 0,
     db: DbOption = DEFAULT_DB,
 ) -> None:
