@@ -4,10 +4,15 @@ One run, same random-weight checkpoint (built from a real OPT config, saved as s
 same items: tcf's planner + runner at ``--budget``, Hugging Face ``OPTModel`` whole on the GPU, and
 accelerate's ``cpu_offload`` (weights streamed per batch). Prints items/s, peak GPU memory and ratios,
 for all-30-token items (padded) and for realistic title lengths (8-30 tokens), and writes JSON.
-tcf's time includes loading each range's weights and writing the latents to disk; the whole-model time
+Every contender produces the same output, mean-pooled item embeddings on the host. tcf's time includes
+loading each range's weights and writing the latents between ranges to disk; the whole-model time
 excludes loading the model (it is the in-memory compute ceiling tcf is measured against).
 
-    python bench/preinfer.py --model opt-6.7b --items 16384 --budget 6GiB --out $OUT/preinfer.json
+``--budgets 4GiB,6GiB,16GiB`` also checks the planner: for each budget, tcf's plan runs the padded
+items and the measured peak GPU memory is compared with the budget (it must stay below it and use 70%).
+
+    python bench/preinfer.py --model opt-6.7b --items 16384 --budget 6GiB --budgets 4GiB,6GiB,16GiB \
+        --workdir /tmp/tcf-bench --out $OUT/preinfer.json
     python bench/preinfer.py --model tiny --items 512 --device cpu          # a smoke run anywhere
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -25,7 +31,8 @@ import torch
 from transformers import OPTConfig, OPTModel
 
 from engine.infer.checkpoint_info import block_weight_bytes, model_shape
-from engine.infer.planner import format_plan, plan_ranges
+from engine.infer.latents import LatentStore
+from engine.infer.planner import format_plan, parse_bytes, plan_ranges
 from engine.infer.runner import run_preinference
 
 # Shapes of the published OPT configs (facebook/opt-*), so the compute matches the real models.
@@ -86,15 +93,26 @@ def run_tcf(ckpt: Path, ids: np.ndarray, lengths: np.ndarray, budget: str, devic
                        budget=budget, n_items=len(ids), compute_dtype=dtype, latent_dtype=dtype)
     print(format_plan(plan), flush=True)
     keys = [f"i{r}" for r in range(len(ids))]
+    shutil.rmtree(work, ignore_errors=True)
     _reset(device)
     t0 = time.perf_counter()
     run_preinference(ckpt, ids, lengths, keys, plan, work, device=device,
                      dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     _sync(device)
     seconds = time.perf_counter() - t0
-    return {"items_per_s": len(ids) / seconds, "seconds": seconds, "peak_gib": _peak(device),
+    peak = _peak(device)
+    state = LatentStore(work).state()
+    shutil.rmtree(work, ignore_errors=True)
+    budget_gib = parse_bytes(budget) / 2**30
+    return {"items_per_s": len(ids) / seconds, "seconds": seconds, "peak_gib": peak, "budget_gib": budget_gib,
+            "peak_over_budget": None if peak is None else peak / budget_gib,
             "ranges": [[r.start, r.stop, r.batch_size] for r in plan.ranges],
-            "predicted_peak_gib": plan.peak_bytes / 2**30}
+            "predicted_peak_gib": plan.peak_bytes / 2**30, "timings": state.get("timings", [])}
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask[..., None].to(torch.float32)
+    return (hidden.float() * m).sum(1) / m.sum(1)
 
 
 def run_whole(ckpt: Path, ids: np.ndarray, lengths: np.ndarray, device: torch.device, batch: int) -> dict:
@@ -109,8 +127,9 @@ def run_whole(ckpt: Path, ids: np.ndarray, lengths: np.ndarray, device: torch.de
         _sync(device)
         t0 = time.perf_counter()
         for i in range(0, len(ids), batch):
-            out = model(input_ids=x[i:i + batch].to(device), attention_mask=mask[i:i + batch].to(device))
-            out.last_hidden_state.to("cpu", non_blocking=True)
+            m = mask[i:i + batch].to(device)
+            out = model(input_ids=x[i:i + batch].to(device), attention_mask=m)
+            _mean_pool(out.last_hidden_state, m).to("cpu")
         _sync(device)
     seconds = time.perf_counter() - t0
     peak = _peak(device)
@@ -134,7 +153,9 @@ def run_offload(ckpt: Path, ids: np.ndarray, lengths: np.ndarray, device: torch.
     with torch.inference_mode():
         t0 = time.perf_counter()
         for i in range(0, n, batch):
-            model(input_ids=x[i:i + batch].to(device), attention_mask=mask[i:i + batch].to(device))
+            m = mask[i:i + batch].to(device)
+            out = model(input_ids=x[i:i + batch].to(device), attention_mask=m)
+            _mean_pool(out.last_hidden_state, m).to("cpu")
         _sync(device)
     seconds = time.perf_counter() - t0
     peak = _peak(device)
@@ -148,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--items", type=int, default=16384)
     p.add_argument("--tokens", type=int, default=30)
     p.add_argument("--budget", default="6GiB", help="tcf's GPU-memory budget")
+    p.add_argument("--budgets", default="", help="planner check: comma-separated budgets to run tcf under")
     p.add_argument("--whole-batch", type=int, default=1024)
     p.add_argument("--offload-batch", type=int, default=256)
     p.add_argument("--offload-items", type=int, default=2048, help="cpu_offload is slow: time this many items")
@@ -180,6 +202,18 @@ def main(argv: list[str] | None = None) -> int:
               + (f"  tcf/offload {res['tcf_over_offload']:.1f}" if res["offload"] else ""), flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+    if budgets:
+        ids, lengths = make_items(args.items, args.tokens, realistic=False)
+        report["planner"] = {}
+        for budget in budgets:
+            r = run_tcf(ckpt, ids, lengths, budget, device, work / "latents-planner")
+            report["planner"][budget] = r
+            ratio = "-" if r["peak_over_budget"] is None else f"{r['peak_over_budget']:.1%}"
+            print(f"planner {budget:>7s}: peak {r['peak_gib'] or 0:.2f} GiB = {ratio} of the budget "
+                  f"(predicted {r['predicted_peak_gib']:.2f}), {r['items_per_s']:.1f} items/s, "
+                  f"ranges {r['ranges']}", flush=True)
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -16,9 +16,9 @@ from transformers import OPTConfig, OPTModel
 from engine.errors import TcfError
 from engine.infer import latents as latents_mod
 from engine.infer import runner as runner_mod
-from engine.infer.latents import LatentStore
+from engine.infer.latents import POOLINGS, LatentStore
 from engine.infer.planner import Plan, RangePlan
-from engine.infer.runner import Reporter, length_batches, run_preinference
+from engine.infer.runner import Reporter, length_batches, pool, run_preinference
 
 N_BLOCKS = 4
 T = 12
@@ -47,6 +47,20 @@ def model(tmp_path_factory):
     reference = reference * mask[..., None]
     keys = [f"item{r}" for r in range(len(lengths))]
     return path, ids, lengths, keys, reference
+
+
+def pooled_reference(model) -> dict[str, torch.Tensor]:
+    _, _, lengths, _, reference = model
+    mask = torch.from_numpy(np.arange(T) < lengths[:, None])
+    return pool(reference, mask)
+
+
+def assert_pooled(store: LatentStore, model, atol=1e-5):
+    expected = pooled_reference(model)
+    for kind in POOLINGS:
+        got = store.read(kind)
+        assert got.shape == expected[kind].shape
+        assert (got.float() - expected[kind]).abs().max().item() <= atol, kind
 
 
 def make_plan(spans, batch=3) -> Plan:
@@ -100,15 +114,17 @@ SPLITS = {
 
 @pytest.mark.parametrize("batch", [3, 64])
 @pytest.mark.parametrize("split", list(SPLITS))
-def test_final_boundary_equals_whole_model(model, tmp_path, split, batch):
+def test_final_hidden_states_and_pooled_embeddings_equal_whole_model(model, tmp_path, split, batch):
     *_, keys, reference = model
-    out = run(model, tmp_path / "lat", SPLITS[split], batch=batch)
+    out = run(model, tmp_path / "lat", SPLITS[split], batch=batch, keep_depths=(N_BLOCKS,))
     store = LatentStore(out)
     final = store.read(N_BLOCKS)
     assert final.dtype == torch.float32 and final.shape == reference.shape
     assert (final - reference).abs().max().item() <= 1e-5
-    assert store.committed() == [N_BLOCKS]  # consumed boundaries are deleted
-    assert sorted(p.name for p in out.glob("boundary-*")) == [f"boundary-{N_BLOCKS:03d}.npy"]
+    assert_pooled(store, model)
+    assert store.committed() == [N_BLOCKS] and store.has_pooled()  # consumed boundaries are deleted
+    assert sorted(p.name for p in out.glob("*.npy") if p.name != "lengths.npy") == [
+        f"boundary-{N_BLOCKS:03d}.npy", "pooled-first.npy", "pooled-last.npy", "pooled-mean.npy"]
     assert store.item_keys() == keys
     np.testing.assert_array_equal(store.lengths(), model[2])
     rows = [5, 0, 11]
@@ -116,9 +132,27 @@ def test_final_boundary_equals_whole_model(model, tmp_path, split, batch):
     assert torch.equal(store.read(N_BLOCKS, rows, length=4), final[rows, :4])
 
 
+def test_without_keep_only_pooled_embeddings_remain(model, tmp_path):
+    out = run(model, tmp_path / "lat", SPLITS["three-ranges"])
+    store = LatentStore(out)
+    assert store.committed() == [] and store.has_pooled()
+    assert not list(out.glob("boundary-*"))
+    assert_pooled(store, model)
+
+
+def test_pooling_definitions():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]], [[5.0, 6.0], [0.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    got = pool(hidden, mask)
+    assert torch.equal(got["mean"], torch.tensor([[2.0, 3.0], [5.0, 6.0]]))
+    assert torch.equal(got["first"], torch.tensor([[1.0, 2.0], [5.0, 6.0]]))
+    assert torch.equal(got["last"], torch.tensor([[3.0, 4.0], [5.0, 6.0]]))
+
+
 def test_padding_is_zero_and_batches_are_length_sorted(model, tmp_path):
     _, _, lengths, _, _ = model
-    final = LatentStore(run(model, tmp_path / "lat", SPLITS["three-ranges"])).read(N_BLOCKS)
+    out = run(model, tmp_path / "lat", SPLITS["three-ranges"], keep_depths=(N_BLOCKS,))
+    final = LatentStore(out).read(N_BLOCKS)
     for row, n in enumerate(lengths):
         assert torch.all(final[row, n:] == 0) and torch.all(final[row, :n].abs().sum(-1) > 0)
     batches = length_batches(lengths, 3)
@@ -128,22 +162,22 @@ def test_padding_is_zero_and_batches_are_length_sorted(model, tmp_path):
 
 
 def test_keep_depths_keeps_only_requested_boundaries(model, tmp_path):
-    reference = model[4]
     out = run(model, tmp_path / "lat", SPLITS["per-block"], keep_depths=(2,))
     store = LatentStore(out)
-    assert store.committed() == [2, N_BLOCKS]
-    # boundary 2 is a valid starting point: without the final one, a rerun finishes from it and keeps it
-    store.delete(N_BLOCKS)
+    assert store.committed() == [2] and store.has_pooled()
+    # boundary 2 is a valid starting point: without the final output, a rerun finishes from it and keeps it
+    for kind in POOLINGS:
+        store.delete(kind)
     recorder = Recorder()
     run(model, out, SPLITS["per-block"], reporter=recorder)
     assert [s[1:3] for s in recorder.starts] == [(2, 3), (3, 4)]
-    assert store.committed() == [2, N_BLOCKS]
-    assert (store.read(N_BLOCKS) - reference).abs().max().item() <= 1e-5
+    assert store.committed() == [2] and store.has_pooled()
+    assert_pooled(store, model)
 
 
 def test_bf16_latents_are_stored_as_bf16(model, tmp_path):
     reference = model[4]
-    out = run(model, tmp_path / "lat", SPLITS["three-ranges"], latent_dtype="bf16")
+    out = run(model, tmp_path / "lat", SPLITS["three-ranges"], latent_dtype="bf16", keep_depths=(N_BLOCKS,))
     final = LatentStore(out).read(N_BLOCKS)
     assert final.dtype == torch.bfloat16
     assert np.load(out / f"boundary-{N_BLOCKS:03d}.npy", mmap_mode="r").dtype == np.uint16
@@ -152,7 +186,7 @@ def test_bf16_latents_are_stored_as_bf16(model, tmp_path):
 
 def test_resume_after_crash_does_not_recompute_committed_ranges(model, tmp_path, monkeypatch):
     spans = SPLITS["three-ranges"]
-    clean = LatentStore(run(model, tmp_path / "clean", spans)).read(N_BLOCKS)
+    clean = LatentStore(run(model, tmp_path / "clean", spans))
 
     loads = count_loads(monkeypatch)
     out = tmp_path / "crashy"
@@ -164,8 +198,8 @@ def test_resume_after_crash_does_not_recompute_committed_ranges(model, tmp_path,
     assert not (out / "boundary-003.npy.tmp").exists()  # an exception cleans its temporary file
     # a process killed outright leaves its .tmp (and maybe an unlisted file): neither counts as committed
     (out / "boundary-003.npy.tmp").write_bytes(b"half written")
-    np.save(out / "boundary-004.npy", np.ones((3, 3), dtype=np.float32))
-    assert store.committed() == [1]
+    np.save(out / "pooled-mean.npy", np.ones((3, 3), dtype=np.float32))
+    assert store.committed() == [1] and not store.has_pooled()
 
     loads.clear()
     again = Recorder()
@@ -173,8 +207,9 @@ def test_resume_after_crash_does_not_recompute_committed_ranges(model, tmp_path,
     assert loads == [(1, 3), (3, 4)]
     assert [s[:3] for s in again.starts] == [(1, 1, 3), (2, 3, 4)]
     assert again.progress_calls[-1] == (2, 17, 17)
-    assert torch.equal(store.read(N_BLOCKS), clean)  # bitwise identical to the uninterrupted run
-    assert store.committed() == [N_BLOCKS]
+    for kind in POOLINGS:  # bitwise identical to the uninterrupted run
+        assert torch.equal(store.read(kind), clean.read(kind))
+    assert store.committed() == [] and store.has_pooled()
     assert not list(out.glob("*.tmp"))
 
     loads.clear()
@@ -183,7 +218,6 @@ def test_resume_after_crash_does_not_recompute_committed_ranges(model, tmp_path,
 
 
 def test_resume_under_a_different_split_reuses_committed_boundaries(model, tmp_path, monkeypatch):
-    reference = model[4]
     out = tmp_path / "lat"
     with pytest.raises(RuntimeError):
         run(model, out, [(0, 2), (2, 4)], reporter=Recorder(fail_in_range=1), progress_every=0)
@@ -191,7 +225,7 @@ def test_resume_under_a_different_split_reuses_committed_boundaries(model, tmp_p
     loads = count_loads(monkeypatch)
     run(model, out, SPLITS["per-block"])
     assert loads == [(2, 3), (3, 4)]  # starts at boundary 2, which the new split can start from
-    assert (LatentStore(out).read(N_BLOCKS) - reference).abs().max().item() <= 1e-5
+    assert_pooled(LatentStore(out), model)
     assert json.loads((out / "state.json").read_text())["plan"] == [[0, 1], [1, 2], [2, 3], [3, 4]]
 
 
@@ -246,9 +280,12 @@ def test_bf16_on_cuda_stays_close_to_fp32(model, tmp_path):
     path, ids, lengths, keys, reference = model
     out = run_preinference(path, ids, lengths, keys, make_plan([(0, 2), (2, 4)], batch=5), tmp_path / "gpu",
                            device="cuda", dtype=torch.bfloat16, latent_dtype="bf16")
-    final = LatentStore(out).read(N_BLOCKS).float()
-    rel = (final - reference).norm() / reference.norm()
-    assert rel < 0.03, rel
+    store = LatentStore(out)
+    expected = pooled_reference(model)
+    for kind in POOLINGS:
+        got = store.read(kind).float()
+        rel = (got - expected[kind]).norm() / expected[kind].norm()
+        assert rel < 0.03, (kind, rel)
 
 
 def test_shares_cover_every_item_once():
@@ -283,5 +320,5 @@ shutdown()
                        timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     store = LatentStore(tmp_path / "out")
-    assert store.committed() == [N_BLOCKS] and not list((tmp_path / "out").glob("*.tmp"))
-    assert (store.read(N_BLOCKS) - reference).abs().max() <= 1e-5  # every row written, by one rank or the other
+    assert store.has_pooled() and not list((tmp_path / "out").glob("*.tmp"))
+    assert_pooled(store, model)  # every row written, by one rank or the other

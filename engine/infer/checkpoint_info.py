@@ -54,6 +54,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     nbytes: int  # as stored
     file: str
+    offset: int = 0  # where the data starts in ``file``
 
     @property
     def numel(self) -> int:
@@ -100,7 +101,9 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
         nbytes = int(stop) - int(start)
         if nbytes != math.prod(shape) * SAFETENSORS_DTYPE_BYTES[dtype]:
             raise TcfError(f"{path}: tensor {name!r}: {nbytes} bytes stored for {dtype} {list(shape)}")
-        out[name] = TensorInfo(name, dtype, shape, nbytes, str(path))
+        if 8 + length + int(stop) > size:
+            raise TcfError(f"{path}: tensor {name!r} ends past the end of the file (truncated shard?)")
+        out[name] = TensorInfo(name, dtype, shape, nbytes, str(path), 8 + length + int(start))
     return out
 
 

@@ -25,7 +25,7 @@ from engine.infer.gpu import free_memory, get_provider
 from engine.infer.planner import Plan, plan_ranges
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-FORMAT = 1
+FORMAT = 2
 
 
 def model_dir_of(te: TextEncoderConfig) -> Path:
@@ -155,6 +155,7 @@ def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, rang
     rank encodes a share of the items on its own GPU; rank 0 tokenizes, plans, records and renames.
     """
     from engine.dist import barrier, broadcast_object, init_distributed
+    from engine.infer.latents import POOLINGS
     from engine.infer.runner import run_preinference
     from engine.lm.tokenize import load_token_table, token_table
     from engine.store import Store
@@ -203,7 +204,8 @@ def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, rang
     if store is not None:
         meta = {"kind": "latents", "hash": final.name, "key": key, "model": str(model_dir),
                 "n_items": len(table.item_keys), "n_blocks": n_blocks, "max_tokens": te.max_tokens,
-                "latent_dtype": te.latent_dtype, "depths": sorted({n_blocks, *keep}), "tokens": job["tokens"],
+                "latent_dtype": te.latent_dtype, "depths": sorted(keep), "poolings": list(POOLINGS),
+                "tokens": job["tokens"],
                 "ranges": [(r.start, r.stop) for r in plan.ranges], "ranks": ctx.world_size}
         finish_artifact(work, final, meta)
         store.register_artifact("latents", final.name, final, meta)

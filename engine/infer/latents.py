@@ -3,13 +3,16 @@
 Boundary k (the method's ``freeze@k``: k blocks applied, k = N after the final norm) is
 ``boundary-{k:03d}.npy``, a plain ``.npy`` of shape [n_items, max_tokens, hidden] in the latent dtype
 (bf16 has no numpy dtype, so it is stored as its uint16 bit patterns). Row r belongs to ``items.json[r]``;
-``lengths.npy`` holds each item's real token count (positions past it are zeros). ``state.json`` lists the
-committed boundaries; a boundary file that state.json does not list is not complete, whatever its name.
+``lengths.npy`` holds each item's real token count (positions past it are zeros). The item embeddings
+of the whole model are ``pooled-{mean,first,last}.npy`` ([n_items, hidden]: masked mean over the real
+tokens, the first token, the last real token). ``state.json`` lists what is committed (``boundaries``,
+``pooled``); a file that state.json does not list is not complete, whatever its name.
 
     store = LatentStore("artifacts/latents/ab12")
     with store.writer(4, (n, t, h), "bf16") as w:   # boundary-004.npy.tmp, renamed and committed on exit
         w.write(rows, hidden)                         # rows: int array, hidden: [len(rows), <=t, h]
     store.read(4, rows=[0, 5])                        # torch tensor [2, t, h], read through a memory map
+    store.read("mean")                                # pooled item embeddings [n, h]
 
 Each file is written to ``.tmp``, preallocated (disk full shows up at once, as a :class:`TcfError`,
 not as a crash halfway), flushed, fsynced and renamed; state.json is replaced atomically after it.
@@ -32,6 +35,8 @@ import torch
 from engine.errors import TcfError
 
 STATE = "state.json"
+POOLINGS = ("mean", "first", "last")
+Key = int | str  # a boundary (blocks applied) or a pooling name
 ITEMS = "items.json"
 LENGTHS = "lengths.npy"
 
@@ -48,11 +53,6 @@ def dtype_name(dtype: str | torch.dtype) -> str:
     if name not in DTYPES:
         raise TcfError(f"unsupported latent dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     return name
-
-
-def _to_numpy(t: torch.Tensor, name: str) -> np.ndarray:
-    t = t.detach().to("cpu", DTYPES[name]).contiguous()
-    return t.view(torch.int16).numpy().view(np.uint16) if name == "bf16" else t.numpy()
 
 
 def _to_torch(a: np.ndarray, name: str) -> torch.Tensor:
@@ -88,20 +88,25 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 class BoundaryWriter:
-    """Rows of one boundary being written; made by :meth:`LatentStore.writer`."""
+    """Rows of one array being written; made by :meth:`LatentStore.writer` or :meth:`LatentStore.open_tmp`."""
 
     def __init__(self, array: np.memmap, dtype: str):
         self._array = array
-        self._dtype = dtype
+        self._view = _to_torch(array, dtype)  # shares the mapping: torch copies in parallel, numpy would not
+        self._dtype = DTYPES[dtype]
 
     def write(self, rows: Sequence[int] | np.ndarray, hidden: torch.Tensor) -> None:
-        """Store ``hidden`` [len(rows), L, H] (L <= max_tokens) as rows ``rows``, positions 0..L-1."""
-        rows = np.asarray(rows, dtype=np.int64)
-        self._array[rows, : hidden.shape[1]] = _to_numpy(hidden, self._dtype)
+        """Store ``hidden`` as rows ``rows``: [len(rows), L, H] at positions 0..L-1 (L <= max_tokens) of a
+        boundary, or [len(rows), H] of pooled embeddings."""
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        hidden = hidden.detach().to("cpu", self._dtype)
+        target = self._view[:, : hidden.shape[1]] if hidden.dim() == 3 else self._view
+        target.index_copy_(0, index, hidden)
 
     def close(self) -> None:
         """Flush and unmap (no writes after this)."""
         if self._array is not None:
+            self._view = None
             self._array.flush()
             self._array = None
 
@@ -125,12 +130,14 @@ class LatentStore:
         except (OSError, ValueError) as exc:
             raise TcfError(f"{path}: unreadable pre-inference state ({exc}); delete the folder to start over") from exc
         state["boundaries"] = [k for k in state.get("boundaries", []) if self.path(k).is_file()]
+        state["pooled"] = [k for k in state.get("pooled", []) if k in POOLINGS and self.path(k).is_file()]
         return state
 
     def update_state(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into state.json (atomically) and return the new state."""
         state = {**self.state(), **fields}
         state["boundaries"] = sorted(set(state.get("boundaries", [])))
+        state["pooled"] = sorted(set(state.get("pooled", [])))
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomic(self.folder / STATE, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
         return state
@@ -139,7 +146,15 @@ class LatentStore:
         """Boundaries written completely, ascending."""
         return sorted(self.state().get("boundaries", []))
 
-    def path(self, k: int) -> Path:
+    def has_pooled(self) -> bool:
+        """Whether every pooled embedding file is committed: the job's final output exists."""
+        return set(POOLINGS) <= set(self.state().get("pooled", []))
+
+    def path(self, k: Key) -> Path:
+        if isinstance(k, str):
+            if k not in POOLINGS:
+                raise TcfError(f"unknown pooling {k!r}: use one of {', '.join(POOLINGS)}")
+            return self.folder / f"pooled-{k}.npy"
         return self.folder / f"boundary-{k:03d}.npy"
 
     # --- items ------------------------------------------------------------------------------------------
@@ -160,11 +175,11 @@ class LatentStore:
 
     # --- boundaries -------------------------------------------------------------------------------------
 
-    def _tmp(self, k: int) -> Path:
+    def _tmp(self, k: Key) -> Path:
         return self.path(k).with_name(self.path(k).name + ".tmp")
 
-    def create(self, k: int, shape: tuple[int, int, int], dtype: str | torch.dtype) -> np.memmap:
-        """A fresh, zero-filled ``.tmp`` file for boundary ``k`` (disk space reserved now)."""
+    def create(self, k: Key, shape: tuple[int, ...], dtype: str | torch.dtype) -> np.memmap:
+        """A fresh, zero-filled ``.tmp`` file for boundary or pooling ``k`` (disk space reserved now)."""
         name = dtype_name(dtype)
         tmp = self._tmp(k)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -178,12 +193,12 @@ class LatentStore:
                            f"({_gib(shape, name)}): {exc.strerror or exc}") from exc
         return array
 
-    def open_tmp(self, k: int, dtype: str | torch.dtype) -> BoundaryWriter:
+    def open_tmp(self, k: Key, dtype: str | torch.dtype) -> BoundaryWriter:
         """A writer on the ``.tmp`` file another process created: how several ranks fill one boundary."""
         return BoundaryWriter(np.load(self._tmp(k), mmap_mode="r+"), dtype_name(dtype))
 
-    def commit(self, k: int, dtype: str | torch.dtype) -> None:
-        """fsync and rename boundary ``k``'s ``.tmp`` into place, then list it in state.json."""
+    def commit(self, k: Key, dtype: str | torch.dtype) -> None:
+        """fsync and rename ``k``'s ``.tmp`` into place, then list it in state.json."""
         tmp = self._tmp(k)
         try:
             with open(tmp, "rb+") as f:
@@ -194,17 +209,20 @@ class LatentStore:
             tmp.unlink(missing_ok=True)
             raise TcfError(f"{tmp}: could not finish writing latents: {exc.strerror or exc}") from exc
         self._maps.pop(k, None)
-        self.update_state(boundaries=[*self.committed(), k], latent_dtype=dtype_name(dtype))
+        if isinstance(k, str):
+            self.update_state(pooled=[*self.state().get("pooled", []), k], latent_dtype=dtype_name(dtype))
+        else:
+            self.update_state(boundaries=[*self.committed(), k], latent_dtype=dtype_name(dtype))
 
-    def release(self, k: int) -> None:
+    def release(self, k: Key) -> None:
         """Drop this process's memory map of boundary ``k`` (another process may delete the file)."""
         self._maps.pop(k, None)
 
-    def discard(self, k: int) -> None:
+    def discard(self, k: Key) -> None:
         self._tmp(k).unlink(missing_ok=True)
 
     @contextmanager
-    def writer(self, k: int, shape: tuple[int, int, int], dtype: str | torch.dtype) -> Iterator[BoundaryWriter]:
+    def writer(self, k: Key, shape: tuple[int, ...], dtype: str | torch.dtype) -> Iterator[BoundaryWriter]:
         """Yield a writer for a fresh, zero-filled boundary ``k``; commit it if the block exits cleanly.
 
         Any error removes the ``.tmp`` file; an OSError (disk full, …) becomes a TcfError naming it.
@@ -220,33 +238,52 @@ class LatentStore:
             raise
         self.commit(k, dtype)
 
-    def read(self, k: int, rows: Sequence[int] | np.ndarray | None = None, length: int | None = None) -> torch.Tensor:
-        """Committed boundary ``k`` as a CPU tensor: all rows, or ``rows`` (any order), positions [0, length).
-
-        Only the requested rows are copied into memory (read boundaries larger than memory in row chunks).
-        """
+    def _map(self, k: Key) -> tuple[np.ndarray, str]:
         if k not in self._maps:
             state = self.state()
-            if k not in state.get("boundaries", []):
-                raise TcfError(f"{self.path(k)}: boundary {k} is not committed in {self.folder / STATE}")
-            array = np.load(self.path(k), mmap_mode="r")
+            if k not in state.get("pooled" if isinstance(k, str) else "boundaries", []):
+                what = f"pooling {k!r}" if isinstance(k, str) else f"boundary {k}"
+                raise TcfError(f"{self.path(k)}: {what} is not committed in {self.folder / STATE}")
+            array = np.load(self.path(k), mmap_mode="c")  # private: writable for torch, never written back
             self._maps[k] = (array, state.get("latent_dtype") or _NAMES.get(array.dtype, "fp32"))
-        array, name = self._maps[k]
-        picked = array[:, :length] if rows is None else array[np.asarray(rows, dtype=np.int64), :length]
-        return _to_torch(np.array(picked, copy=True, order="C"), name)
+        return self._maps[k]
 
-    def delete(self, k: int) -> None:
-        """Forget boundary ``k`` (state first, so a crash leaves an unlisted file, never a listed missing one)."""
+    def view(self, k: Key) -> torch.Tensor:
+        """Committed ``k`` as a CPU tensor backed by its memory map (nothing read until it is indexed)."""
+        array, name = self._map(k)
+        return _to_torch(array, name)
+
+    def read(self, k: Key, rows: Sequence[int] | np.ndarray | None = None, length: int | None = None,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+        """Committed boundary (or pooling) ``k`` as a CPU tensor: all rows, or ``rows`` (any order), positions
+        [0, length). Only the requested rows are copied (read arrays larger than memory in row chunks);
+        ``out`` (e.g. pinned memory) receives them when given."""
+        view = self.view(k)
+        if view.dim() == 3 and length is not None:
+            view = view[:, :length]
+        if rows is None:
+            return out.copy_(view) if out is not None else view.clone()
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        if out is not None:
+            return torch.index_select(view, 0, index, out=out)
+        return torch.index_select(view, 0, index)
+
+    def delete(self, k: Key) -> None:
+        """Forget ``k`` (state first, so a crash leaves an unlisted file, never a listed missing one)."""
         self._maps.pop(k, None)
-        if k in self.committed():
+        if isinstance(k, str):
+            if k in self.state().get("pooled", []):
+                self.update_state(pooled=[p for p in self.state()["pooled"] if p != k])
+        elif k in self.committed():
             self.update_state(boundaries=[b for b in self.committed() if b != k])
         self.path(k).unlink(missing_ok=True)
 
     def clear(self) -> None:
         """Remove every boundary, temporary file and the state: an empty store."""
         self._maps.clear()
-        for path in self.folder.glob("boundary-*.npy*"):
-            path.unlink(missing_ok=True)
+        for pattern in ("boundary-*.npy*", "pooled-*.npy*"):
+            for path in self.folder.glob(pattern):
+                path.unlink(missing_ok=True)
         (self.folder / STATE).unlink(missing_ok=True)
 
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gc
 import hashlib
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,11 +31,11 @@ import torch
 
 from engine.dist import DistContext, barrier
 from engine.errors import TcfError
-from engine.infer.latents import LatentStore, dtype_name
+from engine.infer.latents import DTYPES, POOLINGS, BoundaryWriter, Key, LatentStore, dtype_name
 from engine.infer.planner import Plan, RangePlan
 from engine.lm import adapter_class, load_config, load_stage
 
-FORMAT = 1
+FORMAT = 2
 
 
 class Reporter:
@@ -132,75 +133,197 @@ def run_preinference(
         barrier(ctx)
         keep = store.state().get("kept", [])
         mine = share(lengths, ctx.rank, ctx.world_size)
+        shape = (n_items, max_tokens, hidden)
 
-        first = _resume_index(ranges, store.committed(), n_blocks)
-        for i, r in enumerate(ranges):
-            if i < first:  # committed earlier: only finish its clean-up, in case the crash came before it
-                if main and r.start > 0 and r.start not in keep and r.start in store.committed():
-                    store.delete(r.start)
-                continue
-            began = time.perf_counter()
-            if main:
-                reporter.range_start(i, r.start, r.stop, n_items)
-            stage = load_stage(model_dir, r.start, r.stop, include_embedding=r.start == 0,
-                               include_final=r.stop == n_blocks, dtype=dtype, device=device)
-            try:
+        first = len(ranges) if store.has_pooled() else _resume_index(ranges, store.committed())
+        todo = [(i, r) for i, r in enumerate(ranges) if i >= first]
+        for r in ranges[:first]:  # committed earlier: only finish the clean-up a crash may have cut
+            if main and r.start > 0 and r.start not in keep and r.start in store.committed():
+                store.delete(r.start)
+        loader = _StageLoader(model_dir, n_blocks, dtype, device)
+        try:
+            loader.prefetch(todo[0][1] if todo else None)
+            for j, (i, r) in enumerate(todo):
+                began = time.perf_counter()
                 if main:
-                    store.create(r.stop, (n_items, max_tokens, hidden), latent).flush()
-                barrier(ctx)
-                out = store.open_tmp(r.stop, latent)
+                    reporter.range_start(i, r.start, r.stop, n_items)
+                stage = loader.take(r)
+                loaded = time.perf_counter()
+                loader.prefetch(todo[j + 1][1] if j + 1 < len(todo) else None)  # overlaps this range's compute
+                outputs = _outputs(r, n_blocks, keep)
                 try:
-                    for rows, result in _run_range(stage, store, r, ids, lengths, mine, device, dtype,
-                                                   reporter if main else Reporter(), progress_every, ctx.world_size):
-                        out.write(rows, result)
+                    if main:
+                        for k in outputs:
+                            store.create(k, shape if isinstance(k, int) else (n_items, hidden), latent).flush()
+                    barrier(ctx)
+                    writers = {k: store.open_tmp(k, latent) for k in outputs}
+                    try:
+                        _run_range(stage, store, r, ids, lengths, mine, device, dtype, DTYPES[latent], writers,
+                                   reporter if main else Reporter(), progress_every, ctx.world_size)
+                    finally:
+                        for w in writers.values():
+                            w.close()
+                except BaseException:
+                    if main:
+                        for k in outputs:
+                            store.discard(k)
+                    raise
                 finally:
-                    out.close()
-            except BaseException:
+                    del stage
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                computed = time.perf_counter()
+                barrier(ctx)  # every rank's rows are in the files
+                store.release(r.start)  # unmap the consumed input, so deleting it frees the disk
                 if main:
-                    store.discard(r.stop)
-                raise
-            finally:
-                del stage
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            barrier(ctx)  # every rank's rows are in the file
-            store.release(r.start)  # unmap the consumed input, so deleting it frees the disk
-            if main:
-                store.commit(r.stop, latent)
-                if r.start > 0 and r.start not in keep:
-                    store.delete(r.start)
-                reporter.range_end(i, time.perf_counter() - began)
-            barrier(ctx)
+                    for k in outputs:
+                        store.commit(k, latent)
+                    if r.start > 0 and r.start not in keep:
+                        store.delete(r.start)
+                    done = time.perf_counter()
+                    timing = {"range": [r.start, r.stop], "load_s": round(loaded - began, 3),
+                              "run_s": round(computed - loaded, 3), "commit_s": round(done - computed, 3)}
+                    store.update_state(timings=[*store.state().get("timings", []), timing])
+                    reporter.range_end(i, done - began)
+                barrier(ctx)
+        finally:
+            loader.close()
     return out_dir
 
 
+def _outputs(r: RangePlan, n_blocks: int, keep: Sequence[int]) -> list[Key]:
+    """What range ``r`` writes: the boundary after it, or for the last range the pooled embeddings (and
+    the full final hidden states only when kept)."""
+    if r.stop < n_blocks:
+        return [r.stop]
+    return [*POOLINGS, *([n_blocks] if n_blocks in keep else [])]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Item embeddings from final hidden states [B, L, H] (zeros at padding) and the [B, L] bool mask, in fp32:
+    masked mean over real tokens, the first token, the last real token."""
+    h = hidden.float()
+    counts = mask.sum(1)
+    last = h[torch.arange(len(h), device=h.device), counts - 1]
+    return {"mean": h.sum(1) / counts[:, None].to(h.dtype), "first": h[:, 0], "last": last}
+
+
+def _host_memory_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class _StageLoader:
+    """Loads block ranges; on a GPU, the next range is read into pinned host memory in the background
+    while the current one runs (when host memory allows), so moving it to the GPU takes a moment."""
+
+    def __init__(self, model_dir: str | Path, n_blocks: int, dtype: torch.dtype, device: torch.device):
+        self.model_dir, self.n_blocks, self.dtype, self.device = model_dir, n_blocks, dtype, device
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tcf-weights") if device.type == "cuda" else None
+        self._next: tuple[RangePlan, Future] | None = None
+
+    def _load(self, r: RangePlan, pin: bool):
+        return load_stage(self.model_dir, r.start, r.stop, include_embedding=r.start == 0,
+                          include_final=r.stop == self.n_blocks, dtype=self.dtype,
+                          device="cpu" if pin else self.device, pin_memory=pin)
+
+    def prefetch(self, r: RangePlan | None) -> None:
+        if r is None or self._pool is None or r.weight_bytes > _host_memory_available() // 2:
+            return
+        self._next = (r, self._pool.submit(self._load, r, True))
+
+    def take(self, r: RangePlan):
+        if self._next is not None and self._next[0] == r:
+            stage = self._next[1].result()
+            self._next = None
+            return stage.to(self.device, non_blocking=True)
+        return self._load(r, False)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._next = None
+
+
 def _run_range(stage, store: LatentStore, r: RangePlan, ids: np.ndarray, lengths: np.ndarray, mine: np.ndarray,
-               device: torch.device, dtype: torch.dtype, reporter: Reporter, progress_every: float, world: int,
-               ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """(rows, output [rows, L, H] with zeros past each item's length) for every length-sorted batch of
-    this rank's rows ``mine``; progress counts all ranks' items, assuming they keep pace with this one."""
+               device: torch.device, dtype: torch.dtype, latent: torch.dtype, writers: dict[Key, BoundaryWriter],
+               reporter: Reporter, progress_every: float, world: int) -> None:
+    """Push this rank's rows ``mine`` through ``stage`` in length-sorted batches trimmed to their longest item.
+
+    A reader thread gathers the next batches' inputs (into pinned memory on a GPU) and a writer thread
+    stores finished batches, so the GPU never waits on the host; outputs are zero past each item's length.
+    Progress counts all ranks' items, assuming they keep pace with this one."""
+    cuda = device.type == "cuda"
+    source = store.view(r.start) if r.start > 0 else None
+    batches = [mine[local] for local in length_batches(lengths[mine], r.batch_size)]
+
+    def fetch(rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        length = int(lengths[rows].max())
+        mask = torch.from_numpy(np.arange(length) < lengths[rows][:, None])
+        if source is None:
+            x = torch.from_numpy(ids[rows, :length].astype(np.int64))
+        else:
+            x = torch.empty((len(rows), length, source.shape[2]), dtype=source.dtype, pin_memory=cuda)
+            torch.index_select(source[:, :length], 0, torch.from_numpy(rows), out=x)
+        return rows, x, mask
+
+    def store_batch(rows: np.ndarray, results: dict[Key, torch.Tensor], ready: torch.cuda.Event | None) -> None:
+        if ready is not None:
+            ready.synchronize()
+        for k, value in results.items():
+            writers[k].write(rows, value)
+
     n_items = len(lengths)
     began = last = time.perf_counter()
     done = 0
-    with torch.inference_mode():
-        for local in length_batches(lengths[mine], r.batch_size):
-            rows = mine[local]
-            length = int(lengths[rows].max())
-            mask = torch.arange(length) < torch.from_numpy(lengths[rows])[:, None]
-            if r.start == 0:
-                x = torch.from_numpy(ids[rows, :length].astype(np.int64))
-            else:
-                x = store.read(r.start, rows, length).to(dtype)
-            out = stage(x.to(device), mask.long().to(device))
-            out = out.masked_fill(~mask.to(device)[..., None], 0)
-            yield rows, out
+    with ThreadPoolExecutor(1, thread_name_prefix="tcf-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="tcf-write") as writer, torch.inference_mode():
+        reads = deque(reader.submit(fetch, b) for b in batches[:_AHEAD])
+        writes: deque[Future] = deque()
+        for b in range(len(batches)):
+            rows, x, mask = reads.popleft().result()
+            if b + _AHEAD < len(batches):
+                reads.append(reader.submit(fetch, batches[b + _AHEAD]))
+            x = x.to(device, non_blocking=True)
+            mask = mask.to(device, non_blocking=True)
+            out = stage(x if source is None else x.to(dtype), mask.long())
+            out = out.masked_fill(~mask[..., None], 0)
+            results: dict[Key, torch.Tensor] = {}
+            for k in writers:
+                if isinstance(k, int):
+                    results[k] = out.to(latent)
+            if any(isinstance(k, str) for k in writers):
+                results.update({k: v.to(latent) for k, v in pool(out, mask).items()})
+            ready = None
+            if cuda:
+                results = {k: _to_pinned(v) for k, v in results.items()}
+                ready = torch.cuda.Event()
+                ready.record()
+            writes.append(writer.submit(store_batch, rows, results, ready))
+            while len(writes) > _AHEAD:
+                writes.popleft().result()
             done += len(rows)
             now = time.perf_counter()
             if now - last >= progress_every or done == len(mine):
                 total = n_items if done == len(mine) else min(done * world, n_items)
                 reporter.progress(total, n_items, total / max(now - began, 1e-9))
                 last = now
+        while writes:
+            writes.popleft().result()
+
+
+_AHEAD = 3  # batches read ahead of the GPU, and batches the GPU may run ahead of the writer
+
+
+def _to_pinned(t: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)
 
 
 def _check_inputs(ids: np.ndarray, lengths: np.ndarray, item_keys: Sequence[str]) -> tuple[int, int]:
@@ -239,16 +362,14 @@ def _open_state(store: LatentStore, identity: dict) -> dict:
     differs = [key for key, value in identity.items() if state.get(key) != value]
     if not differs:
         return state
-    if not state.get("boundaries"):
+    if not state.get("boundaries") and not state.get("pooled"):
         return {}  # nothing committed: start over cleanly
     raise TcfError(f"{store.folder} holds latents of another job ({', '.join(differs)} differ); "
                    "use another folder or delete this one")
 
 
-def _resume_index(ranges: list[RangePlan], committed: list[int], n_blocks: int) -> int:
-    """Index of the first range to run: past the furthest committed boundary a range can start from."""
-    if n_blocks in committed:
-        return len(ranges)
+def _resume_index(ranges: list[RangePlan], committed: list[int]) -> int:
+    """Index of the first range to run: the one starting at the furthest committed boundary."""
     for i in range(len(ranges) - 1, -1, -1):
         if ranges[i].start in committed:
             return i

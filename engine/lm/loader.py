@@ -11,6 +11,7 @@ safetensors files, so memory holds only the range's weights, once.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -51,22 +52,36 @@ def load_stage(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
+    pin_memory: bool = False,
 ) -> BlockStack:
     """A module (eval mode) that runs exactly: [embedding] -> blocks [start, stop) -> [final norm].
 
-    ``stage.tensors_read`` lists the checkpoint tensor names read to build it.
+    ``stage.tensors_read`` lists the checkpoint tensor names read to build it. ``pin_memory`` builds it
+    in page-locked host memory instead of on ``device`` (a range prepared while another one runs, moved
+    to the GPU later with ``stage.to(gpu, non_blocking=True)``). On the CPU, weights stored in ``dtype``
+    are not copied at all: they stay views of the checkpoint's pages.
     """
     config = load_config(model_dir, attn_implementation)
     cls = adapter_class(config.model_type)
     reader = CheckpointReader(model_dir)
     with torch.device("meta"):
         stage = cls(config, start, stop, include_embedding, include_final)
-    state = {
-        local: reader.get(reader.resolve(stage.checkpoint_names(local))).to(device=device, dtype=dtype)
-        for local in stage.state_dict()
-    }
+    device = torch.device(device)
+    sources = {local: reader.get(reader.resolve(stage.checkpoint_names(local))) for local in stage.state_dict()}
+
+    def place(t: torch.Tensor) -> torch.Tensor:
+        target = dtype if t.is_floating_point() else t.dtype
+        if pin_memory:
+            out = torch.empty(t.shape, dtype=target, pin_memory=True)
+            return out.copy_(t)
+        return t.to(device=device, dtype=target)
+
+    # copies run in parallel (torch releases the GIL): page cache -> GPU or pinned memory at full speed
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(sources)))) as pool:
+        state = dict(zip(sources, pool.map(place, sources.values()), strict=True))
     stage.load_state_dict(state, strict=True, assign=True)
-    stage.to(device=device)  # the non-persistent buffers built on CPU (position ids, rotary frequencies)
+    # the non-persistent buffers built on CPU (position ids, rotary frequencies)
+    stage.to(device=torch.device("cpu") if pin_memory else device)
     unloaded = [name for name, t in [*stage.named_parameters(), *stage.named_buffers()] if t.is_meta]
     if unloaded:  # a family built a buffer on meta that no checkpoint tensor fills: a bug, not user input
         raise RuntimeError(f"{cls.__name__}: tensors left unmaterialised: {unloaded}")
