@@ -31,7 +31,7 @@ import torch
 
 from engine.dist import DistContext, barrier
 from engine.errors import TcfError
-from engine.infer.latents import DTYPES, POOLINGS, BoundaryWriter, Key, LatentStore, dtype_name
+from engine.infer.latents import DTYPES, POOLINGS, ArrayFile, Key, LatentStore, dtype_name
 from engine.infer.planner import Plan, RangePlan
 from engine.lm import adapter_class, load_config, load_stage
 
@@ -141,8 +141,12 @@ def run_preinference(
             if main and r.start > 0 and r.start not in keep and r.start in store.committed():
                 store.delete(r.start)
         loader = _StageLoader(model_dir, n_blocks, dtype, device)
+        # Commits (fsync, rename, state.json) run on one thread, in order, while the next range computes;
+        # it is the only writer of state.json until the loop ends.
+        committer = ThreadPoolExecutor(1, thread_name_prefix="tcf-commit")
+        committing: Future | None = None
+        source: ArrayFile | None = None  # this process's handle on the current range's input boundary
         try:
-            loader.prefetch(todo[0][1] if todo else None)
             for j, (i, r) in enumerate(todo):
                 began = time.perf_counter()
                 if main:
@@ -150,20 +154,21 @@ def run_preinference(
                 stage = loader.take(r)
                 loaded = time.perf_counter()
                 loader.prefetch(todo[j + 1][1] if j + 1 < len(todo) else None)  # overlaps this range's compute
+                if r.start > 0 and source is None:
+                    source = store.open(r.start)  # committed by an earlier run
                 outputs = _outputs(r, n_blocks, keep)
+                writers: dict[Key, ArrayFile] = {}
                 try:
                     if main:
                         for k in outputs:
-                            store.create(k, shape if isinstance(k, int) else (n_items, hidden), latent).flush()
+                            store.create(k, shape if isinstance(k, int) else (n_items, hidden), latent)
                     barrier(ctx)
                     writers = {k: store.open_tmp(k, latent) for k in outputs}
-                    try:
-                        _run_range(stage, store, r, ids, lengths, mine, device, dtype, DTYPES[latent], writers,
-                                   reporter if main else Reporter(), progress_every, ctx.world_size)
-                    finally:
-                        for w in writers.values():
-                            w.close()
+                    _run_range(stage, source, r, ids, lengths, mine, device, dtype, DTYPES[latent], writers,
+                               reporter if main else Reporter(), progress_every, ctx.world_size)
                 except BaseException:
+                    for w in writers.values():
+                        w.close()
                     if main:
                         for k in outputs:
                             store.discard(k)
@@ -174,21 +179,40 @@ def run_preinference(
                         torch.cuda.empty_cache()
                 computed = time.perf_counter()
                 barrier(ctx)  # every rank's rows are in the files
-                store.release(r.start)  # unmap the consumed input, so deleting it frees the disk
+                if source is not None:
+                    source.close()
+                store.release(r.start)
+                source = writers.pop(r.stop, None)  # the next range reads what this one wrote, before it is renamed
+                for w in writers.values():
+                    w.close()
                 if main:
-                    for k in outputs:
-                        store.commit(k, latent)
-                    if r.start > 0 and r.start not in keep:
-                        store.delete(r.start)
-                    done = time.perf_counter()
+                    if committing is not None:
+                        committing.result()  # commits stay in order; an error surfaces here
                     timing = {"range": [r.start, r.stop], "load_s": round(loaded - began, 3),
-                              "run_s": round(computed - loaded, 3), "commit_s": round(done - computed, 3)}
-                    store.update_state(timings=[*store.state().get("timings", []), timing])
-                    reporter.range_end(i, done - began)
-                barrier(ctx)
+                              "run_s": round(computed - loaded, 3)}
+                    committing = committer.submit(_commit, store, outputs, r, keep, latent, timing)
+                    reporter.range_end(i, time.perf_counter() - began)
+            if committing is not None:
+                committing.result()
+            barrier(ctx)
         finally:
+            if source is not None:
+                source.close()
+            committer.shutdown(wait=True)
             loader.close()
     return out_dir
+
+
+def _commit(store: LatentStore, outputs: list[Key], r: RangePlan, keep: Sequence[int], latent: str,
+            timing: dict) -> None:
+    """Make range ``r``'s outputs official, then drop its consumed input (unless kept)."""
+    began = time.perf_counter()
+    for k in outputs:
+        store.commit(k, latent)
+    if r.start > 0 and r.start not in keep:
+        store.delete(r.start)
+    timing["commit_s"] = round(time.perf_counter() - began, 3)
+    store.update_state(timings=[*store.state().get("timings", []), timing])
 
 
 def _outputs(r: RangePlan, n_blocks: int, keep: Sequence[int]) -> list[Key]:
@@ -251,8 +275,8 @@ class _StageLoader:
         self._next = None
 
 
-def _run_range(stage, store: LatentStore, r: RangePlan, ids: np.ndarray, lengths: np.ndarray, mine: np.ndarray,
-               device: torch.device, dtype: torch.dtype, latent: torch.dtype, writers: dict[Key, BoundaryWriter],
+def _run_range(stage, source: ArrayFile | None, r: RangePlan, ids: np.ndarray, lengths: np.ndarray, mine: np.ndarray,
+               device: torch.device, dtype: torch.dtype, latent: torch.dtype, writers: dict[Key, ArrayFile],
                reporter: Reporter, progress_every: float, world: int) -> None:
     """Push this rank's rows ``mine`` through ``stage`` in length-sorted batches trimmed to their longest item.
 
@@ -260,7 +284,6 @@ def _run_range(stage, store: LatentStore, r: RangePlan, ids: np.ndarray, lengths
     stores finished batches, so the GPU never waits on the host; outputs are zero past each item's length.
     Progress counts all ranks' items, assuming they keep pace with this one."""
     cuda = device.type == "cuda"
-    source = store.view(r.start) if r.start > 0 else None
     batches = [mine[local] for local in length_batches(lengths[mine], r.batch_size)]
 
     def fetch(rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
@@ -269,8 +292,8 @@ def _run_range(stage, store: LatentStore, r: RangePlan, ids: np.ndarray, lengths
         if source is None:
             x = torch.from_numpy(ids[rows, :length].astype(np.int64))
         else:
-            x = torch.empty((len(rows), length, source.shape[2]), dtype=source.dtype, pin_memory=cuda)
-            torch.index_select(source[:, :length], 0, torch.from_numpy(rows), out=x)
+            x = source.read(rows, length, torch.empty((len(rows), length, source.shape[2]), dtype=source.dtype,
+                                                      pin_memory=cuda))
         return rows, x, mask
 
     def store_batch(rows: np.ndarray, results: dict[Key, torch.Tensor], ready: torch.cuda.Event | None) -> None:
