@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -57,6 +58,7 @@ def build_checkpoint(name: str, out: Path, device: torch.device) -> Path:
         model = OPTModel(config).to(torch.bfloat16)
     model.save_pretrained(out, max_shard_size="2GB")
     del model
+    os.sync()  # no writeback of the checkpoint competing with the contenders
     return out
 
 
@@ -94,6 +96,7 @@ def run_tcf(ckpt: Path, ids: np.ndarray, lengths: np.ndarray, budget: str, devic
     print(format_plan(plan), flush=True)
     keys = [f"i{r}" for r in range(len(ids))]
     shutil.rmtree(work, ignore_errors=True)
+    os.sync()
     _reset(device)
     t0 = time.perf_counter()
     run_preinference(ckpt, ids, lengths, keys, plan, work, device=device,

@@ -322,3 +322,27 @@ shutdown()
     store = LatentStore(tmp_path / "out")
     assert store.has_pooled() and not list((tmp_path / "out").glob("*.tmp"))
     assert_pooled(store, model)  # every row written, by one rank or the other
+
+
+def test_volatile_boundaries_survive_a_crash_but_not_a_reboot(model, tmp_path, monkeypatch):
+    spans = SPLITS["three-ranges"]
+    synced = []
+    real_fsync = latents_mod.os.fsync
+    monkeypatch.setattr(latents_mod.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+                        or real_fsync(fd))
+    monkeypatch.setattr(latents_mod, "boot_id", lambda: "boot-A")
+    out = tmp_path / "lat"
+    with pytest.raises(RuntimeError):
+        run(model, out, spans, reporter=Recorder(fail_in_range=1), progress_every=0, keep_depths=(3,))
+    store = LatentStore(out)
+    assert store.committed() == [1]  # committed without an fsync of its data, for this boot
+    assert not any(p.endswith("boundary-001.npy.tmp") for p in synced)
+    monkeypatch.setattr(latents_mod, "boot_id", lambda: "boot-B")  # the machine rebooted: it may be gone
+    assert store.committed() == []
+    recorder = Recorder()
+    run(model, out, spans, reporter=recorder, keep_depths=(3,))
+    assert [s[1:3] for s in recorder.starts] == [(0, 1), (1, 3), (3, 4)]
+    assert store.committed() == [3] and store.has_pooled()
+    assert any(p.endswith("boundary-003.npy.tmp") for p in synced)  # kept depths and outputs are durable
+    assert any(p.endswith("pooled-mean.npy.tmp") for p in synced)
+    assert_pooled(store, model)

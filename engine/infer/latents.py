@@ -171,8 +171,15 @@ class LatentStore:
             state = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise TcfError(f"{path}: unreadable pre-inference state ({exc}); delete the folder to start over") from exc
-        state["boundaries"] = [k for k in state.get("boundaries", []) if self.path(k).is_file()]
-        state["pooled"] = [k for k in state.get("pooled", []) if k in POOLINGS and self.path(k).is_file()]
+        recorded = state.get("volatile", {})
+        boot = boot_id()
+        state["volatile"] = {k: b for k, b in recorded.items() if b == boot}  # from earlier boots: maybe lost
+
+        def alive(k: Key) -> bool:
+            return self.path(k).is_file() and (str(k) not in recorded or str(k) in state["volatile"])
+
+        state["boundaries"] = [k for k in state.get("boundaries", []) if alive(k)]
+        state["pooled"] = [k for k in state.get("pooled", []) if k in POOLINGS and alive(k)]
         return state
 
     def update_state(self, **fields: Any) -> dict[str, Any]:
@@ -247,22 +254,31 @@ class LatentStore:
         name = self._map(k)[1]
         return ArrayFile(self.path(k), name)
 
-    def commit(self, k: Key, dtype: str | torch.dtype) -> None:
-        """fsync and rename ``k``'s ``.tmp`` into place, then list it in state.json."""
+    def commit(self, k: Key, dtype: str | torch.dtype, durable: bool = True) -> None:
+        """Rename ``k``'s ``.tmp`` into place, then list it in state.json.
+
+        ``durable`` fsyncs the data first. A boundary that is consumed a few seconds later need not be:
+        it is listed as volatile with this boot's id instead, so it survives any crash of the process
+        (the page cache holds it) and counts as missing after a reboot, when it may not be on disk."""
         tmp = self._tmp(k)
+        boot = None if durable else boot_id()
         try:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            if boot is None:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
             os.replace(tmp, self.path(k))
-            _fsync_dir(self.folder)
+            if boot is None:
+                _fsync_dir(self.folder)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise TcfError(f"{tmp}: could not finish writing latents: {exc.strerror or exc}") from exc
         self._maps.pop(k, None)
-        if isinstance(k, str):
-            self.update_state(pooled=[*self.state().get("pooled", []), k], latent_dtype=dtype_name(dtype))
-        else:
-            self.update_state(boundaries=[*self.committed(), k], latent_dtype=dtype_name(dtype))
+        state = self.state()
+        volatile = {key: b for key, b in state.get("volatile", {}).items() if key != str(k)}
+        if boot is not None:
+            volatile[str(k)] = boot
+        listing = "pooled" if isinstance(k, str) else "boundaries"
+        self.update_state(**{listing: [*state.get(listing, []), k]}, latent_dtype=dtype_name(dtype), volatile=volatile)
 
     def release(self, k: Key) -> None:
         """Drop this process's memory map of boundary ``k`` (another process may delete the file)."""
@@ -322,11 +338,13 @@ class LatentStore:
     def delete(self, k: Key) -> None:
         """Forget ``k`` (state first, so a crash leaves an unlisted file, never a listed missing one)."""
         self._maps.pop(k, None)
+        state = self.state()
+        volatile = {key: b for key, b in state.get("volatile", {}).items() if key != str(k)}
         if isinstance(k, str):
-            if k in self.state().get("pooled", []):
-                self.update_state(pooled=[p for p in self.state()["pooled"] if p != k])
-        elif k in self.committed():
-            self.update_state(boundaries=[b for b in self.committed() if b != k])
+            if k in state.get("pooled", []):
+                self.update_state(pooled=[p for p in state["pooled"] if p != k], volatile=volatile)
+        elif k in state.get("boundaries", []):
+            self.update_state(boundaries=[b for b in state["boundaries"] if b != k], volatile=volatile)
         self.path(k).unlink(missing_ok=True)
 
     def clear(self) -> None:
@@ -336,6 +354,14 @@ class LatentStore:
             for path in self.folder.glob(pattern):
                 path.unlink(missing_ok=True)
         (self.folder / STATE).unlink(missing_ok=True)
+
+
+def boot_id() -> str | None:
+    """This boot of the machine (Linux); None where unknown, which makes every commit durable."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _gib(shape: Sequence[int], name: str) -> str:

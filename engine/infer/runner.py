@@ -207,8 +207,8 @@ def _commit(store: LatentStore, outputs: list[Key], r: RangePlan, keep: Sequence
             timing: dict) -> None:
     """Make range ``r``'s outputs official, then drop its consumed input (unless kept)."""
     began = time.perf_counter()
-    for k in outputs:
-        store.commit(k, latent)
+    for k in outputs:  # the job's outputs are fsynced; a boundary the next range consumes need not be
+        store.commit(k, latent, durable=isinstance(k, str) or k in keep)
     if r.start > 0 and r.start not in keep:
         store.delete(r.start)
     timing["commit_s"] = round(time.perf_counter() - began, 3)

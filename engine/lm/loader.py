@@ -19,6 +19,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from engine.errors import TcfError
 from engine.lm.base import BlockStack, adapter_class
+from engine.lm.transfer import to_device
 from engine.lm.weights import CheckpointReader
 
 
@@ -76,9 +77,11 @@ def load_stage(
             return out.copy_(t)
         return t.to(device=device, dtype=target)
 
-    # copies run in parallel (torch releases the GIL): page cache -> GPU or pinned memory at full speed
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(sources)))) as pool:
-        state = dict(zip(sources, pool.map(place, sources.values()), strict=True))
+    if device.type == "cuda" and not pin_memory:
+        state = dict(zip(sources, to_device(list(sources.values()), device, dtype), strict=True))
+    else:  # copies run in parallel (torch releases the GIL)
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(sources)))) as pool:
+            state = dict(zip(sources, pool.map(place, sources.values()), strict=True))
     stage.load_state_dict(state, strict=True, assign=True)
     # the non-persistent buffers built on CPU (position ids, rotary frequencies)
     stage.to(device=torch.device("cpu") if pin_memory else device)
