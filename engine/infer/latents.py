@@ -95,8 +95,9 @@ class ArrayFile:
     The descriptor stays valid when the file is renamed, so a boundary can be committed while the next
     range still reads it."""
 
-    def __init__(self, path: Path, dtype: str, writable: bool = False):
+    def __init__(self, path: Path, dtype: str, writable: bool = False, sync_every: int | None = None):
         self.path = path
+        self.sync_every, self._unsynced = sync_every, 0
         self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         try:
             with open(path, "rb") as f:
@@ -127,6 +128,10 @@ class ArrayFile:
                 while view:
                     n = os.pwrite(self.fd, view, at)
                     view, at = view[n:], at + n
+            self._unsynced += data.nbytes
+            if self.sync_every is not None and self._unsynced >= self.sync_every:
+                os.fdatasync(self.fd)
+                self._unsynced = 0
         except OSError as exc:
             raise TcfError(f"{self.path}: could not write latents: {exc.strerror or exc}") from exc
 
@@ -245,9 +250,10 @@ class LatentStore:
             raise TcfError(f"{tmp}: could not create latents of shape {list(shape)} {name} "
                            f"({_gib(shape, name)}): {exc.strerror or exc}") from exc
 
-    def open_tmp(self, k: Key, dtype: str | torch.dtype) -> ArrayFile:
-        """Read/write access to ``k``'s ``.tmp`` file (several ranks may fill one)."""
-        return ArrayFile(self._tmp(k), dtype_name(dtype), writable=True)
+    def open_tmp(self, k: Key, dtype: str | torch.dtype, sync_every: int | None = None) -> ArrayFile:
+        """Read/write access to ``k``'s ``.tmp`` file (several ranks may fill one); ``sync_every`` bytes
+        written, the data is flushed to disk (so a durable commit has little left to do)."""
+        return ArrayFile(self._tmp(k), dtype_name(dtype), writable=True, sync_every=sync_every)
 
     def open(self, k: Key) -> ArrayFile:
         """Read access to committed ``k``."""

@@ -140,20 +140,19 @@ def run_preinference(
         for r in ranges[:first]:  # committed earlier: only finish the clean-up a crash may have cut
             if main and r.start > 0 and r.start not in keep and r.start in store.committed():
                 store.delete(r.start)
-        loader = _StageLoader(model_dir, n_blocks, dtype, device)
         # Commits (fsync, rename, state.json) run on one thread, in order, while the next range computes;
         # it is the only writer of state.json until the loop ends.
         committer = ThreadPoolExecutor(1, thread_name_prefix="tcf-commit")
         committing: Future | None = None
         source: ArrayFile | None = None  # this process's handle on the current range's input boundary
         try:
-            for j, (i, r) in enumerate(todo):
+            for i, r in todo:
                 began = time.perf_counter()
                 if main:
                     reporter.range_start(i, r.start, r.stop, n_items)
-                stage = loader.take(r)
+                stage = load_stage(model_dir, r.start, r.stop, include_embedding=r.start == 0,
+                                   include_final=r.stop == n_blocks, dtype=dtype, device=device)
                 loaded = time.perf_counter()
-                loader.prefetch(todo[j + 1][1] if j + 1 < len(todo) else None)  # overlaps this range's compute
                 if r.start > 0 and source is None:
                     source = store.open(r.start)  # committed by an earlier run
                 outputs = _outputs(r, n_blocks, keep)
@@ -163,7 +162,8 @@ def run_preinference(
                         for k in outputs:
                             store.create(k, shape if isinstance(k, int) else (n_items, hidden), latent)
                     barrier(ctx)
-                    writers = {k: store.open_tmp(k, latent) for k in outputs}
+                    writers = {k: store.open_tmp(k, latent, sync_every=None if k == r.stop and k not in keep
+                                                 else _SYNC_EVERY) for k in outputs}
                     _run_range(stage, source, r, ids, lengths, mine, device, dtype, DTYPES[latent], writers,
                                reporter if main else Reporter(), progress_every, ctx.world_size)
                 except BaseException:
@@ -199,7 +199,6 @@ def run_preinference(
             if source is not None:
                 source.close()
             committer.shutdown(wait=True)
-            loader.close()
     return out_dir
 
 
@@ -230,49 +229,6 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     counts = mask.sum(1)
     last = h[torch.arange(len(h), device=h.device), counts - 1]
     return {"mean": h.sum(1) / counts[:, None].to(h.dtype), "first": h[:, 0], "last": last}
-
-
-def _host_memory_available() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-class _StageLoader:
-    """Loads block ranges; on a GPU, the next range is read into pinned host memory in the background
-    while the current one runs (when host memory allows), so moving it to the GPU takes a moment."""
-
-    def __init__(self, model_dir: str | Path, n_blocks: int, dtype: torch.dtype, device: torch.device):
-        self.model_dir, self.n_blocks, self.dtype, self.device = model_dir, n_blocks, dtype, device
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tcf-weights") if device.type == "cuda" else None
-        self._next: tuple[RangePlan, Future] | None = None
-
-    def _load(self, r: RangePlan, pin: bool):
-        return load_stage(self.model_dir, r.start, r.stop, include_embedding=r.start == 0,
-                          include_final=r.stop == self.n_blocks, dtype=self.dtype,
-                          device="cpu" if pin else self.device, pin_memory=pin)
-
-    def prefetch(self, r: RangePlan | None) -> None:
-        if r is None or self._pool is None or r.weight_bytes > _host_memory_available() // 2:
-            return
-        self._next = (r, self._pool.submit(self._load, r, True))
-
-    def take(self, r: RangePlan):
-        if self._next is not None and self._next[0] == r:
-            stage = self._next[1].result()
-            self._next = None
-            return stage.to(self.device, non_blocking=True)
-        return self._load(r, False)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        self._next = None
 
 
 def _run_range(stage, source: ArrayFile | None, r: RangePlan, ids: np.ndarray, lengths: np.ndarray, mine: np.ndarray,
@@ -341,6 +297,7 @@ def _run_range(stage, source: ArrayFile | None, r: RangePlan, ids: np.ndarray, l
             writes.popleft().result()
 
 
+_SYNC_EVERY = 64 << 20  # durable outputs are flushed to disk as they are written, so committing them is quick
 _AHEAD = 3  # batches read ahead of the GPU, and batches the GPU may run ahead of the writer
 
 

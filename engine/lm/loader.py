@@ -11,7 +11,6 @@ safetensors files, so memory holds only the range's weights, once.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -53,14 +52,12 @@ def load_stage(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
-    pin_memory: bool = False,
 ) -> BlockStack:
     """A module (eval mode) that runs exactly: [embedding] -> blocks [start, stop) -> [final norm].
 
-    ``stage.tensors_read`` lists the checkpoint tensor names read to build it. ``pin_memory`` builds it
-    in page-locked host memory instead of on ``device`` (a range prepared while another one runs, moved
-    to the GPU later with ``stage.to(gpu, non_blocking=True)``). On the CPU, weights stored in ``dtype``
-    are not copied at all: they stay views of the checkpoint's pages.
+    ``stage.tensors_read`` lists the checkpoint tensor names read to build it. On a GPU the weights are
+    copied through a pinned ring (:mod:`engine.lm.transfer`); on the CPU, weights stored in ``dtype`` are
+    not copied at all: they stay views of the checkpoint's pages.
     """
     config = load_config(model_dir, attn_implementation)
     cls = adapter_class(config.model_type)
@@ -70,21 +67,14 @@ def load_stage(
     device = torch.device(device)
     sources = {local: reader.get(reader.resolve(stage.checkpoint_names(local))) for local in stage.state_dict()}
 
-    def place(t: torch.Tensor) -> torch.Tensor:
-        target = dtype if t.is_floating_point() else t.dtype
-        if pin_memory:
-            out = torch.empty(t.shape, dtype=target, pin_memory=True)
-            return out.copy_(t)
-        return t.to(device=device, dtype=target)
-
-    if device.type == "cuda" and not pin_memory:
-        state = dict(zip(sources, to_device(list(sources.values()), device, dtype), strict=True))
-    else:  # copies run in parallel (torch releases the GIL)
-        with ThreadPoolExecutor(max_workers=min(8, max(1, len(sources)))) as pool:
-            state = dict(zip(sources, pool.map(place, sources.values()), strict=True))
+    if device.type == "cuda":
+        tensors = to_device(list(sources.values()), device, dtype)
+    else:
+        tensors = [t.to(dtype=dtype) if t.is_floating_point() else t for t in sources.values()]
+    state = dict(zip(sources, tensors, strict=True))
     stage.load_state_dict(state, strict=True, assign=True)
     # the non-persistent buffers built on CPU (position ids, rotary frequencies)
-    stage.to(device=torch.device("cpu") if pin_memory else device)
+    stage.to(device=device)
     unloaded = [name for name, t in [*stage.named_parameters(), *stage.named_buffers()] if t.is_meta]
     if unloaded:  # a family built a buffer on meta that no checkpoint tensor fills: a bug, not user input
         raise RuntimeError(f"{cls.__name__}: tensors left unmaterialised: {unloaded}")

@@ -18,7 +18,7 @@ CHUNK = 64 << 20
 
 
 def to_device(tensors: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype,
-              workers: int = 8) -> list[torch.Tensor]:
+              workers: int = 12) -> list[torch.Tensor]:
     """``[t.to(device, dtype if t is floating else t.dtype) for t in tensors]`` for a CUDA ``device``."""
     stored = [torch.empty(t.shape, dtype=t.dtype, device=device) for t in tensors]
     jobs = [(src, dst, a, min(a + CHUNK, src.numel() * src.element_size()))
