@@ -3,7 +3,7 @@
 Loads blocks [0, --blocks) of a checkpoint (page cache warm: each variant runs twice, the second counts)
 and prints GB/s for each number of ring workers.
 
-    python bench/weight_load.py /tmp/tcf-bench/opt-6.7b --blocks 10 --workers 4,8,12,16
+    python bench/weight_load.py /tmp/tcf-bench/opt-6.7b --blocks 10 --workers 2,4,6,8
 """
 
 from __future__ import annotations
@@ -15,22 +15,26 @@ from unittest import mock
 import torch
 
 from engine.lm import loader, transfer
+from engine.lm.weights import CheckpointReader
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir")
     p.add_argument("--blocks", type=int, default=10)
-    p.add_argument("--workers", default="4,8,12,16")
+    p.add_argument("--workers", default="2,4,6,8")
     args = p.parse_args(argv)
     device = torch.device("cuda")
     real = transfer.to_device
 
-    def plain(tensors, device, dtype, workers=0):
-        return [t.to(device, dtype if t.is_floating_point() else t.dtype) for t in tensors]
+    reader = CheckpointReader(args.model_dir)
+
+    def plain(infos, dtypes, device, dtype, workers=0):  # tensor.to() from the memory-mapped file
+        views = [reader.get(i.name) for i in infos]
+        return [t.to(device, dtype if t.is_floating_point() else t.dtype) for t in views]
 
     variants = [("plain .to()", plain)] + [
-        (f"ring x{w}", lambda ts, d, dt, w=w: real(ts, d, dt, workers=w)) for w in map(int, args.workers.split(","))]
+        (f"ring x{w}", lambda *a, w=w: real(*a, workers=w)) for w in map(int, args.workers.split(","))]
     for name, fn in variants:
         for _ in range(2):  # the second load counts (the first warms the page cache and the pinned ring)
             torch.cuda.synchronize()

@@ -247,10 +247,11 @@ def _run_range(stage, source: ArrayFile | None, r: RangePlan, ids: np.ndarray, l
         mask = torch.from_numpy(np.arange(length) < lengths[rows][:, None])
         if source is None:
             x = torch.from_numpy(ids[rows, :length].astype(np.int64))
+            x = x.pin_memory() if cuda else x
         else:
             x = source.read(rows, length, torch.empty((len(rows), length, source.shape[2]), dtype=source.dtype,
                                                       pin_memory=cuda))
-        return rows, x, mask
+        return rows, x, mask.pin_memory() if cuda else mask  # pageable copies would stall the GPU queue
 
     def store_batch(rows: np.ndarray, results: dict[Key, torch.Tensor], ready: torch.cuda.Event | None) -> None:
         if ready is not None:

@@ -19,7 +19,7 @@ from transformers import AutoConfig, PretrainedConfig
 from engine.errors import TcfError
 from engine.lm.base import BlockStack, adapter_class
 from engine.lm.transfer import to_device
-from engine.lm.weights import CheckpointReader
+from engine.lm.weights import TORCH_DTYPES, CheckpointReader
 
 
 def load_config(model_dir: str | Path, attn_implementation: str = "sdpa") -> PretrainedConfig:
@@ -65,13 +65,15 @@ def load_stage(
     with torch.device("meta"):
         stage = cls(config, start, stop, include_embedding, include_final)
     device = torch.device(device)
-    sources = {local: reader.get(reader.resolve(stage.checkpoint_names(local))) for local in stage.state_dict()}
-
+    names = {local: reader.resolve(stage.checkpoint_names(local)) for local in stage.state_dict()}
     if device.type == "cuda":
-        tensors = to_device(list(sources.values()), device, dtype)
+        infos = [reader.info(name) for name in names.values()]
+        tensors = to_device(infos, [TORCH_DTYPES[i.dtype] for i in infos], device, dtype)
+        reader.read_names.extend(names.values())
     else:
-        tensors = [t.to(dtype=dtype) if t.is_floating_point() else t for t in sources.values()]
-    state = dict(zip(sources, tensors, strict=True))
+        sources = [reader.get(name) for name in names.values()]
+        tensors = [t.to(dtype=dtype) if t.is_floating_point() else t for t in sources]
+    state = dict(zip(names, tensors, strict=True))
     stage.load_state_dict(state, strict=True, assign=True)
     # the non-persistent buffers built on CPU (position ids, rotary frequencies)
     stage.to(device=device)
