@@ -51,7 +51,11 @@ class InferProgress:
         self.bars.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:  # an error: keep the finished ranges, drop the one it cut short
+            for task in self.bars.tasks:
+                if not task.finished:
+                    self.bars.remove_task(task.id)
         self.bars.stop()
 
     def range_start(self, i: int, start: int, stop: int, n_items: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -83,6 +85,53 @@ def test_infer_bad_input_is_one_line(setup):
     r = tcf("infer", str(root / "exp.yaml"), "-S", f"text_encoder.model={odd}", "--gpu-memory-budget", "1GiB",
             "--db", str(root / "bad.db"), cwd=root)
     assert r.returncode == 2 and "unsupported model_type 'gpt_neox'" in r.stderr and "opt" in r.stderr
+
+
+def _one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _no_complete_latents(root: Path) -> None:
+    """No latents artifact exists, and no work folder holds committed item embeddings."""
+    latents = root / "artifacts" / "latents"
+    if latents.is_dir():
+        assert [p.name for p in latents.iterdir() if not p.name.startswith(".work-")] == []
+        for work in latents.glob(".work-*"):
+            assert not list(work.glob("pooled-*.npy")) and not list(work.glob("boundary-*.npy"))
+
+
+def test_infer_bad_checkpoint_budget_and_disk_full(setup, tmp_path):
+    root, _, model_dir = setup
+    # a checkpoint without one of the tensors a block needs
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    for index in broken.glob("*.index.json"):
+        data = json.loads(index.read_text())
+        del data["weight_map"]["decoder.layers.2.fc1.weight"]
+        index.write_text(json.dumps(data))
+    r = tcf("infer", str(root / "exp.yaml"), "-S", f"text_encoder.model={broken}", "--gpu-memory-budget", "1GiB",
+            "--db", str(tmp_path / "e.db"), cwd=tmp_path)
+    _one_line_error(r, "layers.2.fc1.weight")
+    _no_complete_latents(tmp_path)
+    # a budget too small for one block and one item names the smallest that works
+    r = tcf("infer", str(root / "exp.yaml"), "--gpu-memory-budget", "300KiB", "--db", str(tmp_path / "e.db"),
+            cwd=tmp_path)
+    _one_line_error(r, "too small", "need at least")
+    _no_complete_latents(tmp_path)
+    # the disk is full when a range's latents are written (a file-size limit: the OS refuses the space)
+    out = tmp_path / "full"
+    out.mkdir()
+    limit = 150_000  # the database and token table fit, a boundary (120 x 12 x 32 fp32 = 184 kB) does not
+    r = subprocess.run([sys.executable, "-m", "tcf_tui.cli", "infer", str(root / "exp.yaml"), "--gpu-memory-budget",
+                        "1GiB", "--ranges", "0:2,2:4", "--db", str(out / "e.db")], cwd=out, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    _one_line_error(r, "boundary-002.npy.tmp", "File too large")
+    _no_complete_latents(out)
+    assert not list(out.glob("artifacts/latents/.work-*/boundary-*"))  # the partial file is removed too
 
 
 def test_infer_on_two_gloo_ranks_matches_the_whole_model(setup):

@@ -34,6 +34,7 @@ from engine.errors import TcfError
 from engine.infer.latents import DTYPES, POOLINGS, ArrayFile, Key, LatentStore, dtype_name
 from engine.infer.planner import Plan, RangePlan
 from engine.lm import adapter_class, load_config, load_stage
+from engine.lm.loader import check_checkpoint
 
 FORMAT = 2
 
@@ -111,6 +112,7 @@ def run_preinference(
     n_items, max_tokens = _check_inputs(ids, lengths, item_keys)
 
     config = load_config(model_dir)
+    check_checkpoint(model_dir)
     n_blocks = adapter_class(config.model_type).count_blocks(config)
     hidden = config.d_model if config.model_type == "t5" else config.hidden_size
     ranges = _check_plan(plan, n_blocks)

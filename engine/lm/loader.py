@@ -82,3 +82,18 @@ def load_stage(
         raise RuntimeError(f"{cls.__name__}: tensors left unmaterialised: {unloaded}")
     stage.tensors_read = list(reader.read_names)
     return stage.eval()
+
+
+def check_checkpoint(model_dir: str | Path) -> None:
+    """Every tensor the whole model needs is in the checkpoint with the shape its config implies, so a
+    broken checkpoint fails before any work; reads the safetensors headers only."""
+    config = load_config(model_dir)
+    cls = adapter_class(config.model_type)
+    reader = CheckpointReader(model_dir)
+    with torch.device("meta"):
+        stage = cls(config, 0, cls.count_blocks(config), True, True)
+    for local, tensor in stage.state_dict().items():
+        info = reader.info(reader.resolve(stage.checkpoint_names(local)))
+        if tuple(info.shape) != tuple(tensor.shape):
+            raise TcfError(f"{info.file}: tensor {info.name!r} has shape {list(info.shape)}, but config.json "
+                           f"implies {list(tensor.shape)}")
