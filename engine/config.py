@@ -42,7 +42,9 @@ class DatasetConfig(_Section):
 
 class ModelConfig(_Section):
     architecture: Literal["sasrec", "dssm", "pop"] = Field("sasrec", description="Recommender.")
-    item_tower: Literal["id"] = Field("id", description="How items are represented.")
+    item_tower: Literal["id", "text"] = Field(
+        "id", description="id: a learned vector per item; text: the text_encoder's view of the item text."
+    )
     embedding_dim: int = Field(64, ge=1, description="Width d of user and item vectors.")
     num_blocks: int = Field(2, ge=1, description="SASRec transformer blocks.")
     num_heads: int = Field(2, ge=1, description="SASRec attention heads (must divide embedding_dim).")
@@ -75,6 +77,13 @@ class TrainConfig(_Section):
         "auto", description="Mixed precision: auto = bf16 on CUDA, off on CPU."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (torchrun sets one per rank).")
+    text_lr: float = Field(
+        5e-5, gt=0, description="AdamW learning rate of the text item tower (LM blocks and projection)."
+    )
+    text_weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the text item tower.")
+    clip_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the text tower's gradient norm to this (after unscaling); null = off."
+    )
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -107,6 +116,10 @@ class TextEncoderConfig(_Section):
     ranges: str | None = Field(None, description="Pinned block ranges, e.g. 0:6,6:16,16:24; unset = planned.")
     batch_size: int | None = Field(None, ge=1, description="Pinned pre-inference batch; unset = planned.")
     unfreeze: int = Field(0, ge=0, description="Top blocks to fine-tune; pre-inference keeps the latents below them.")
+    pooling: Literal["auto", "mean", "first", "last"] = Field(
+        "auto", description="Item vector from token states: auto = first token for BERT/RoBERTa, else masked mean."
+    )
+    projection_layers: int = Field(1, ge=1, description="Layers of the projection MLP from LM width to embedding_dim.")
 
 
 class Config(_Section):
@@ -117,6 +130,12 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     text_encoder: TextEncoderConfig | None = Field(None, description="Language model that encodes item texts.")
+
+    @model_validator(mode="after")
+    def _text_tower_needs_encoder(self) -> Config:
+        if self.model.item_tower == "text" and self.text_encoder is None:
+            raise ValueError("model.item_tower is text but the config has no text_encoder section")
+        return self
 
     @property
     def run_name(self) -> str:

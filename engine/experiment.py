@@ -15,6 +15,8 @@ from engine.data.prepare import Prepared, prepare
 from engine.data.reader import load_dataset
 from engine.dist import DistContext, broadcast_object, init_distributed
 from engine.errors import TcfError
+from engine.infer.job import model_dir_of, run_infer_job
+from engine.rec.text_towers import TextSource
 from engine.rec.trainer import Reporter, Trainer, TrainResult
 from engine.store import Store
 
@@ -68,11 +70,16 @@ class _StoreReporter(Reporter):
 
 
 
+def _needs_text(cfg: Config) -> bool:
+    return cfg.model.item_tower == "text" and cfg.model.architecture != "pop"
+
+
 def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = None,
                    resume_run_id: int | None = None, ctx: DistContext | None = None) -> RunResult:
     """Train and evaluate one config, recording everything in ``db_path``."""
     ctx = ctx or init_distributed(cfg.train.device)
     data = prepared_data(cfg)
+    text_model = model_dir_of(cfg.text_encoder) if _needs_text(cfg) else None  # fails before the db is touched
     store = Store(db_path) if ctx.is_main else None
     run_id = resume_run_id
     if store is not None and run_id is None:
@@ -82,9 +89,16 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
     run_id = int(broadcast_object(run_id, ctx))
     if store is not None:
         store.set_status(run_id, "running")
-    trainer = Trainer(cfg, data, ctx, checkpoint_dir(db_path, run_id),
-                      _StoreReporter(store, run_id, reporter or Reporter()))
+    reporter = _StoreReporter(store, run_id, reporter or Reporter())
     try:
+        text = None
+        if text_model is not None:
+            assert cfg.text_encoder is not None
+            reporter.stage("pre-inference")
+            latents, _ = run_infer_job(cfg, db_path, device=ctx.device)
+            te = cfg.text_encoder
+            text = TextSource(latents, text_model, te.unfreeze, te.pooling)
+        trainer = Trainer(cfg, data, ctx, checkpoint_dir(db_path, run_id), reporter, text)
         result: TrainResult = trainer.fit(resume=resume_run_id is not None)
     except KeyboardInterrupt:
         if store is not None:

@@ -325,3 +325,16 @@ def test_planner_input_errors():
         plan_ranges(fp, ModelShape(4, 64, 2, 64), max_tokens=30, budget="lots")
     with pytest.raises(TcfError, match="unknown dtype"):
         plan_ranges(fp, ModelShape(4, 64, 2, 64), max_tokens=30, budget="1GiB", compute_dtype="int3")
+
+
+def test_split_at_puts_a_boundary_at_each_kept_depth():
+    from engine.infer.planner import Plan, RangePlan, split_at
+
+    plan = Plan([RangePlan(0, 4, 400, 10, 8, True, False), RangePlan(4, 6, 200, 10, 16, False, True)],
+                1000, 0, 10, 5, "bf16", "bf16", 0, 0, 1.0, 0.0)
+    got = split_at(plan, [3, 4, 5])
+    assert [(r.start, r.stop, r.batch_size) for r in got.ranges] == [(0, 3, 8), (3, 4, 8), (4, 5, 16), (5, 6, 16)]
+    assert [r.includes_embedding for r in got.ranges] == [True, False, False, False]
+    assert [r.includes_final for r in got.ranges] == [False, False, False, True]
+    assert all(r.peak_bytes <= 410 for r in got.ranges)  # no part outweighs the range it came from
+    assert split_at(plan, []).ranges == plan.ranges

@@ -22,7 +22,7 @@ from engine.data.reader import load_dataset
 from engine.errors import TcfError
 from engine.infer.checkpoint_info import block_weight_bytes, model_shape
 from engine.infer.gpu import free_memory, get_provider
-from engine.infer.planner import Plan, plan_ranges
+from engine.infer.planner import Plan, plan_ranges, split_at
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FORMAT = 2
@@ -147,8 +147,19 @@ class EventReporter:
             self.ui.range_end(i, seconds)
 
 
+def host_budget() -> int:
+    """Pre-inference on the CPU: half the host memory that is available now (at least 1 GiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        avail = 0
+    return max(avail // 2, 1 << 30)
+
+
 def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, ranges: str | None = None,
-                  batch_size: int | None = None, gpu: int = 0, ui: Any = None) -> tuple[Path, bool]:
+                  batch_size: int | None = None, gpu: int = 0, ui: Any = None,
+                  device: torch.device | None = None) -> tuple[Path, bool]:
     """Tokenize (once) and pre-infer the config's items; returns (latents artifact, whether it was reused).
 
     Interrupted jobs resume from their last committed block range when run again. Under torchrun each
@@ -168,8 +179,10 @@ def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, rang
     if te.unfreeze > n_blocks:
         raise TcfError(f"text_encoder.unfreeze: {te.unfreeze} exceeds the model's {n_blocks} blocks")
     ctx = init_distributed("auto" if torch.cuda.is_available() else "cpu")
-    device = ctx.device if ctx.distributed else (
-        torch.device("cuda", gpu) if torch.cuda.is_available() else torch.device("cpu"))
+    device = device or (ctx.device if ctx.distributed else (
+        torch.device("cuda", gpu) if torch.cuda.is_available() else torch.device("cpu")))
+    if device.type == "cpu" and budget is None and te.gpu_memory_budget is None:
+        budget = str(host_budget())
     compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
     root = db_path.resolve().parent / "artifacts"
     keep = [n_blocks - te.unfreeze] if te.unfreeze else []
@@ -187,8 +200,8 @@ def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, rang
             store.register_artifact("latents", found.name, found, read_meta(found))
         job = {"tokens": str(tokens_path), "key": key, "found": str(found) if found else None}
         if found is None:
-            job["plan"] = make_plan(cfg, len(table.item_keys), budget=budget, ranges=ranges, batch_size=batch_size,
-                                    gpu=gpu)
+            job["plan"] = split_at(make_plan(cfg, len(table.item_keys), budget=budget, ranges=ranges,
+                                             batch_size=batch_size, gpu=gpu), keep)
     job = broadcast_object(job, ctx)
     if job["found"]:
         return Path(job["found"]), True

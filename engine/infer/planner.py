@@ -23,6 +23,7 @@ kernels never materialise the T² terms. Activations of different blocks in one 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -146,6 +147,21 @@ class Plan:
     def peak_bytes(self) -> int:
         """Largest predicted GPU use of any range, margin included; never above ``budget_bytes``."""
         return max(r.peak_bytes for r in self.ranges) + self.margin_bytes
+
+
+def split_at(plan: Plan, depths: list[int] | tuple[int, ...]) -> Plan:
+    """``plan`` with a range boundary at each of ``depths`` (blocks applied), so those latents exist.
+
+    A split range keeps its batch size: each part weighs no more than the whole did (its weight bytes
+    are shown pro rata by blocks)."""
+    out: list[RangePlan] = []
+    for r in plan.ranges:
+        cuts = [r.start, *sorted(d for d in set(depths) if r.start < d < r.stop), r.stop]
+        for s, e in zip(cuts, cuts[1:], strict=False):
+            weight = r.weight_bytes * (e - s) // (r.stop - r.start)
+            out.append(RangePlan(s, e, weight, r.activation_bytes, r.batch_size,
+                                 r.includes_embedding and s == r.start, r.includes_final and e == r.stop))
+    return dataclasses.replace(plan, ranges=out)
 
 
 def _pow2_floor(n: int) -> int:

@@ -30,6 +30,7 @@ from engine.rec.losses import log_popularity
 from engine.rec.objective import DSSMObjective, SASRecObjective
 from engine.rec.pop import Popularity
 from engine.rec.sasrec import SASRec
+from engine.rec.text_towers import FineTunedTextTower, FrozenTextTower, TextSource
 from engine.rec.towers import IDTower
 
 SELECT = "hr@10"
@@ -55,15 +56,42 @@ class TrainResult:
     eval_seconds: float = 0.0
 
 
-def build_model(cfg: Config, data: Prepared) -> nn.Module | Popularity:
+def build_model(cfg: Config, data: Prepared, text: TextSource | None = None) -> nn.Module | Popularity:
+    """The config's recommender; a text item tower needs ``text`` (the finished pre-inference)."""
     m = cfg.model
     if m.architecture == "pop":
         return Popularity(data.popularity)
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank and every resume
-    tower = IDTower(data.n_items, m.embedding_dim, m.init)
+    if m.item_tower == "text":
+        if text is None or cfg.text_encoder is None:
+            raise TcfError("model.item_tower is text but no pre-inference output was given")
+        kind = FineTunedTextTower if text.unfreeze else FrozenTextTower
+        tower: nn.Module = kind.from_source(text, data.item_keys, m.embedding_dim,
+                                            cfg.text_encoder.projection_layers, m.dropout, m.init)
+    else:
+        tower = IDTower(data.n_items, m.embedding_dim, m.init)
     if m.architecture == "sasrec":
         return SASRec(tower, m.embedding_dim, data.max_seq_len, m.num_blocks, m.num_heads, m.dropout, m.init)
     return DSSM(tower, data.n_users, m.embedding_dim, m.n_mlp_layers, m.dropout, m.init)
+
+
+def _text_tower_params(model: nn.Module) -> list[nn.Parameter]:
+    tower = getattr(model, "item_tower", None)
+    if isinstance(tower, (FrozenTextTower, FineTunedTextTower)):
+        return [p for p in tower.parameters() if p.requires_grad]
+    return []
+
+
+def param_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
+    """AdamW groups: the text item tower (LM blocks and projection MLP) at ``text_lr`` /
+    ``text_weight_decay``, everything else at ``lr`` / ``weight_decay`` (method §3.8)."""
+    text = {id(p) for p in _text_tower_params(model)}
+    rest = [p for p in model.parameters() if id(p) not in text]
+    groups: list[dict[str, Any]] = [{"params": rest, "lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}]
+    if text:
+        groups.append({"params": _text_tower_params(model), "lr": cfg.train.text_lr,
+                       "weight_decay": cfg.train.text_weight_decay})
+    return groups
 
 
 def _amp(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -75,10 +103,10 @@ def _amp(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 class Trainer:
     def __init__(self, cfg: Config, data: Prepared, ctx: DistContext, ckpt_dir: Path,
-                 reporter: Reporter | None = None):
+                 reporter: Reporter | None = None, text: TextSource | None = None):
         self.cfg, self.data, self.ctx, self.ckpt_dir = cfg, data, ctx, ckpt_dir
         self.reporter = reporter or Reporter()
-        self.model = build_model(cfg, data)
+        self.model = build_model(cfg, data, text)
         self.ks = cfg.eval.ks
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -108,7 +136,8 @@ class Trainer:
             pair_item = seqs[pair_user, pair_pos]
             n_rows = len(pair_user)
         step_module = DistributedDataParallel(objective) if ctx.distributed else objective
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        text_params = _text_tower_params(model)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         amp_dtype = _amp(cfg, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -152,6 +181,9 @@ class Trainer:
                 loss = loss_sum.float() * ctx.world_size / total_terms
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if text_params and cfg.train.clip_grad_norm is not None:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones (BUG-7)
+                    torch.nn.utils.clip_grad_norm_(text_params, cfg.train.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 loss_total += all_reduce_sum(loss_sum.detach().float(), ctx) / total_terms

@@ -1,0 +1,134 @@
+"""Text item towers (method §3.3–3.4): item vectors from a language model's view of the item text.
+
+* :class:`FrozenTextTower`: the pooled final embeddings of every item (from pre-inference) through the
+  projection MLP; only the MLP trains.
+* :class:`FineTunedTextTower`: the top N pretrained blocks (and the final norm) re-run on the stored
+  latents after L−N blocks, then pooling and the projection MLP. The blocks start from the checkpoint's
+  weights; the recommender's initialisation never touches them (the reference's BUG-3), and the pooling
+  works for every family (its BUG-5).
+
+Both map dense item ids (0 = padding, a zero vector before the MLP) to rows of the latents artifact
+through ``rows``, so the artifact's row order (its ``items.json``) and the training ids stay independent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.errors import TcfError
+from engine.infer.latents import LatentStore
+from engine.infer.runner import pool
+from engine.lm import adapter_class, load_config, load_stage
+from engine.lm.base import BlockStack
+from engine.rec.towers import MLP
+
+POOLINGS = ("mean", "first", "last")
+# masked mean for decoders and T5, the [CLS]/<s> position for BERT-style encoders
+DEFAULT_POOLING = {"bert": "first", "roberta": "first"}
+
+
+def default_pooling(model_type: str) -> str:
+    return DEFAULT_POOLING.get(model_type, "mean")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where a text tower's inputs are: a finished latents artifact and the checkpoint it came from."""
+
+    latents: Path
+    model_dir: Path
+    unfreeze: int
+    pooling: str  # "auto" resolves per family
+
+    def resolved_pooling(self) -> str:
+        if self.pooling != "auto":
+            return self.pooling
+        return default_pooling(load_config(self.model_dir).model_type)
+
+
+def item_rows(store: LatentStore, item_keys: list[str]) -> torch.Tensor:
+    """Row of the latents artifact for each dense item id (id 0, padding, gets row -1)."""
+    where = {key: row for row, key in enumerate(store.item_keys())}
+    missing = [k for k in item_keys[1:] if k not in where]
+    if missing:
+        raise TcfError(f"{store.folder}: the latents have no item {missing[0]!r} ({len(missing)} missing); "
+                       "they were computed for another item file")
+    return torch.tensor([-1] + [where[k] for k in item_keys[1:]], dtype=torch.long)
+
+
+class FrozenTextTower(nn.Module):
+    """Pooled LM embedding per item (a fixed table) -> projection MLP."""
+
+    def __init__(self, table: torch.Tensor, dim: int, projection_layers: int = 1, dropout: float = 0.1,
+                 init: str = "xavier"):
+        super().__init__()
+        # derived from the artifact at build time, so not part of the model's checkpoint
+        self.register_buffer("table", table.float(), persistent=False)
+        self.mlp = MLP(table.shape[1], dim, projection_layers, dropout, init)
+
+    @classmethod
+    def from_source(cls, source: TextSource, item_keys: list[str], dim: int, projection_layers: int = 1,
+                    dropout: float = 0.1, init: str = "xavier") -> FrozenTextTower:
+        store = LatentStore(source.latents)
+        rows = item_rows(store, item_keys)
+        pooled = store.read(source.resolved_pooling(), rows[1:].numpy()).float()
+        table = torch.cat([torch.zeros(1, pooled.shape[1]), pooled])
+        return cls(table, dim, projection_layers, dropout, init)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.table[ids])
+
+
+class FineTunedTextTower(nn.Module):
+    """Top N LM blocks on stored latents -> pooling -> projection MLP, for the items of each batch only."""
+
+    def __init__(self, blocks: BlockStack, latents: torch.Tensor, lengths: np.ndarray, rows: torch.Tensor,
+                 pooling: str, dim: int, projection_layers: int = 1, dropout: float = 0.1, init: str = "xavier"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise TcfError(f"text_encoder.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
+        self.blocks = blocks
+        self.latents = latents  # [rows, T, H] on the host (memory-mapped): read per batch, never moved whole
+        self.lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+        self.register_buffer("rows", rows, persistent=False)
+        self.pooling = pooling
+        self.width = latents.shape[2]
+        self.mlp = MLP(self.width, dim, projection_layers, dropout, init)
+
+    @classmethod
+    def from_source(cls, source: TextSource, item_keys: list[str], dim: int, projection_layers: int = 1,
+                    dropout: float = 0.1, init: str = "xavier") -> FineTunedTextTower:
+        store = LatentStore(source.latents)
+        config = load_config(source.model_dir)
+        n_blocks = adapter_class(config.model_type).count_blocks(config)
+        depth = n_blocks - source.unfreeze
+        if depth not in store.committed():
+            raise TcfError(f"{source.latents}: no latents after {depth} blocks (pre-inference kept "
+                           f"{store.committed() or 'none'}); rerun it with text_encoder.unfreeze: {source.unfreeze}")
+        blocks = load_stage(source.model_dir, depth, n_blocks, include_embedding=False, include_final=True,
+                            dtype=torch.float32, device="cpu")
+        return cls(blocks, store.view(depth), store.lengths(), item_rows(store, item_keys),
+                   source.resolved_pooling(), dim, projection_layers, dropout, init)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        device = self.mlp[0].weight.device if len(self.mlp) else unique.device
+        pooled = torch.zeros(len(unique), self.width, device=device)
+        real = unique != 0
+        if bool(real.any()):
+            rows = self.rows[unique[real]].cpu()
+            lengths = self.lengths[rows]
+            length = int(lengths.max())
+            x = torch.index_select(self.latents[:, :length], 0, rows)
+            mask = (torch.arange(length) < lengths[:, None]).to(device)
+            weight = next(self.blocks.parameters())
+            hidden = self.blocks(x.to(device=device, dtype=weight.dtype), mask.long())
+            hidden = hidden.masked_fill(~mask[..., None], 0)
+            pooled[real] = pool(hidden, mask)[self.pooling].to(pooled.dtype)
+        return self.mlp(pooled)[inverse].view(*ids.shape, -1)
