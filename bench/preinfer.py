@@ -118,23 +118,30 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden.float() * m).sum(1) / m.sum(1)
 
 
-def run_whole(ckpt: Path, ids: np.ndarray, lengths: np.ndarray, device: torch.device, batch: int) -> dict:
-    """The whole model on the GPU, batches padded to the token cap (what a plain HF loop does)."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    _reset(device)
-    model = OPTModel.from_pretrained(ckpt, dtype=dtype).to(device).eval()
+def _encode_timed(model, ids: np.ndarray, lengths: np.ndarray, device: torch.device, batch: int,
+                  warmup: bool) -> float:
+    """Seconds to turn every item into a mean-pooled embedding on the host, ``batch`` items at a time."""
     mask = torch.from_numpy(np.arange(ids.shape[1]) < lengths[:, None]).long()
     x = torch.from_numpy(ids).long()
     with torch.inference_mode():
-        model(input_ids=x[:batch].to(device), attention_mask=mask[:batch].to(device))  # warm-up
-        _sync(device)
+        if warmup:
+            model(input_ids=x[:batch].to(device), attention_mask=mask[:batch].to(device))
+            _sync(device)
         t0 = time.perf_counter()
         for i in range(0, len(ids), batch):
             m = mask[i:i + batch].to(device)
             out = model(input_ids=x[i:i + batch].to(device), attention_mask=m)
             _mean_pool(out.last_hidden_state, m).to("cpu")
         _sync(device)
-    seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def run_whole(ckpt: Path, ids: np.ndarray, lengths: np.ndarray, device: torch.device, batch: int) -> dict:
+    """The whole model on the GPU, batches padded to the token cap (what a plain HF loop does)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    _reset(device)
+    model = OPTModel.from_pretrained(ckpt, dtype=dtype).to(device).eval()
+    seconds = _encode_timed(model, ids, lengths, device, batch, warmup=True)
     peak = _peak(device)
     del model
     return {"items_per_s": len(ids) / seconds, "seconds": seconds, "peak_gib": peak, "batch": batch}
@@ -150,17 +157,7 @@ def run_offload(ckpt: Path, ids: np.ndarray, lengths: np.ndarray, device: torch.
     _reset(device)
     model = OPTModel.from_pretrained(ckpt, dtype=torch.bfloat16).eval()
     cpu_offload(model, execution_device=device)
-    ids, lengths = ids[:n], lengths[:n]
-    mask = torch.from_numpy(np.arange(ids.shape[1]) < lengths[:, None]).long()
-    x = torch.from_numpy(ids).long()
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        for i in range(0, n, batch):
-            m = mask[i:i + batch].to(device)
-            out = model(input_ids=x[i:i + batch].to(device), attention_mask=m)
-            _mean_pool(out.last_hidden_state, m).to("cpu")
-        _sync(device)
-    seconds = time.perf_counter() - t0
+    seconds = _encode_timed(model, ids[:n], lengths[:n], device, batch, warmup=False)
     peak = _peak(device)
     del model
     return {"items_per_s": n / seconds, "seconds": seconds, "peak_gib": peak, "batch": batch, "items": n}

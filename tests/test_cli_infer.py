@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import tcf
-from test_lm_tokenize import make_tokenizer_dir
-from transformers import AutoTokenizer, OPTConfig, OPTModel
+from test_lm_tokenize import make_tiny_opt
+from transformers import AutoTokenizer, OPTModel
 
 from engine.data.reader import load_dataset
 
@@ -27,13 +27,7 @@ from engine.data.reader import load_dataset
 def setup(tmp_path_factory, small_dataset):
     root = tmp_path_factory.mktemp("infer")
     raw = load_dataset(small_dataset)
-    model_dir = make_tokenizer_dir(root / "tiny-opt", raw.item_texts, vocab_size=300)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    torch.manual_seed(0)
-    cfg = OPTConfig(hidden_size=32, num_hidden_layers=4, ffn_dim=64, num_attention_heads=4, vocab_size=len(tok),
-                    max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=tok.pad_token_id,
-                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    OPTModel(cfg).save_pretrained(model_dir, max_shard_size="40KB")
+    model_dir = make_tiny_opt(root / "tiny-opt", raw.item_texts, hidden=32, n_blocks=4, max_shard_size="40KB")
     (root / "exp.yaml").write_text(f"dataset:\n  path: {small_dataset}\ntext_encoder:\n  model: {model_dir}\n"
                                    "  max_tokens: 12\n  latent_dtype: fp32\n")
     return root, raw, model_dir
@@ -163,12 +157,7 @@ def test_sigkill_in_the_middle_of_a_range_resumes_from_the_last_committed_one(tm
     data = tmp_path / "data"
     synth_dataset(data, users=60, items=2500, seed=1)
     raw = load_dataset(data)
-    model_dir = make_tokenizer_dir(tmp_path / "opt", raw.item_texts, vocab_size=300)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    torch.manual_seed(0)
-    OPTModel(OPTConfig(hidden_size=64, num_hidden_layers=3, ffn_dim=128, num_attention_heads=4, vocab_size=len(tok),
-                       max_position_embeddings=64, word_embed_proj_dim=64, pad_token_id=tok.pad_token_id,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(model_dir)
+    model_dir = make_tiny_opt(tmp_path / "opt", raw.item_texts, hidden=64, n_blocks=3)
     config = tmp_path / "exp.yaml"
     config.write_text(f"dataset:\n  path: {data}\ntext_encoder:\n  model: {model_dir}\n  max_tokens: 12\n"
                       "  latent_dtype: fp32\n  ranges: '0:1,1:2,2:3'\n  batch_size: 1\n")

@@ -38,6 +38,22 @@ def make_tokenizer_dir(model_dir: Path, texts: list[str], vocab_size: int = 400,
     return model_dir
 
 
+def make_tiny_opt(model_dir: Path, texts: list[str], hidden: int, n_blocks: int, **save_kwargs) -> Path:
+    """A random-weight OPT (FFN 2x hidden, 4 heads, seed 0) with a tokenizer trained on ``texts``, saved
+    the way a model ships, so the user's code path loads it."""
+    import torch
+    from transformers import AutoTokenizer, OPTConfig, OPTModel
+
+    make_tokenizer_dir(model_dir, texts, vocab_size=300)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    torch.manual_seed(0)
+    OPTModel(OPTConfig(hidden_size=hidden, num_hidden_layers=n_blocks, ffn_dim=2 * hidden, num_attention_heads=4,
+                       vocab_size=len(tok), max_position_embeddings=64, word_embed_proj_dim=hidden,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id)).save_pretrained(model_dir, **save_kwargs)
+    return model_dir
+
+
 @pytest.fixture
 def raw(tmp_path):
     synth_dataset(tmp_path / "d", users=50, items=40, seed=0)

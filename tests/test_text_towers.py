@@ -10,8 +10,7 @@ import pytest
 import torch
 from conftest import tcf
 from safetensors.torch import load_file
-from test_lm_tokenize import make_tokenizer_dir
-from transformers import AutoTokenizer, OPTConfig, OPTModel
+from test_lm_tokenize import make_tiny_opt
 
 from engine.config import load_config
 from engine.data.reader import load_dataset
@@ -30,13 +29,7 @@ N_BLOCKS = 3
 def setup(tmp_path_factory, small_dataset):
     root = tmp_path_factory.mktemp("text")
     raw = load_dataset(small_dataset)
-    model_dir = make_tokenizer_dir(root / "tiny-opt", raw.item_texts, vocab_size=300)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    torch.manual_seed(0)
-    OPTModel(OPTConfig(hidden_size=32, num_hidden_layers=N_BLOCKS, ffn_dim=64, num_attention_heads=4,
-                       vocab_size=len(tok), max_position_embeddings=64, word_embed_proj_dim=32,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id)).save_pretrained(model_dir)
+    model_dir = make_tiny_opt(root / "tiny-opt", raw.item_texts, hidden=32, n_blocks=N_BLOCKS)
     config = root / "exp.yaml"
     config.write_text(f"""dataset:
   path: {small_dataset}

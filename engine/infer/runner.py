@@ -164,8 +164,8 @@ def run_preinference(
                         for k in outputs:
                             store.create(k, shape if isinstance(k, int) else (n_items, hidden), latent)
                     barrier(ctx)
-                    writers = {k: store.open_tmp(k, latent, sync_every=None if k == r.stop and k not in keep
-                                                 else _SYNC_EVERY) for k in outputs}
+                    writers = {k: store.open_tmp(k, latent, sync_every=_SYNC_EVERY if _durable(k, keep) else None)
+                               for k in outputs}
                     _run_range(stage, source, r, ids, lengths, mine, device, dtype, DTYPES[latent], writers,
                                reporter if main else Reporter(), progress_every, ctx.world_size)
                 except BaseException:
@@ -208,12 +208,18 @@ def _commit(store: LatentStore, outputs: list[Key], r: RangePlan, keep: Sequence
             timing: dict) -> None:
     """Make range ``r``'s outputs official, then drop its consumed input (unless kept)."""
     began = time.perf_counter()
-    for k in outputs:  # the job's outputs are fsynced; a boundary the next range consumes need not be
-        store.commit(k, latent, durable=isinstance(k, str) or k in keep)
+    for k in outputs:
+        store.commit(k, latent, durable=_durable(k, keep))
     if r.start > 0 and r.start not in keep:
         store.delete(r.start)
     timing["commit_s"] = round(time.perf_counter() - began, 3)
     store.update_state(timings=[*store.state().get("timings", []), timing])
+
+
+def _durable(k: Key, keep: Sequence[int]) -> bool:
+    """The job's outputs (pooled embeddings, kept depths) are fsynced; a boundary the next range consumes
+    need not be (it is committed as volatile)."""
+    return isinstance(k, str) or k in keep
 
 
 def _outputs(r: RangePlan, n_blocks: int, keep: Sequence[int]) -> list[Key]:

@@ -21,13 +21,12 @@ import torch
 from torch import nn
 
 from engine.errors import TcfError
-from engine.infer.latents import LatentStore
+from engine.infer.latents import POOLINGS, LatentStore
 from engine.infer.runner import pool
 from engine.lm import adapter_class, load_config, load_stage
 from engine.lm.base import BlockStack
 from engine.rec.towers import MLP
 
-POOLINGS = ("mean", "first", "last")
 # masked mean for decoders and T5, the [CLS]/<s> position for BERT-style encoders
 DEFAULT_POOLING = {"bert": "first", "roberta": "first"}
 
@@ -118,7 +117,7 @@ class FineTunedTextTower(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
         unique, inverse = torch.unique(flat, return_inverse=True)
-        device = self.mlp[0].weight.device if len(self.mlp) else unique.device
+        device = self.rows.device  # a buffer: it moves with the model
         pooled = torch.zeros(len(unique), self.width, device=device)
         real = unique != 0
         if bool(real.any()):
