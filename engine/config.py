@@ -139,7 +139,14 @@ class Config(_Section):
 
     @property
     def run_name(self) -> str:
-        return self.name or f"{Path(self.dataset.path).name}-{self.model.architecture}-{self.model.item_tower}"
+        """The name, else dataset-architecture-tower; a text tower names its encoder and fine-tuned depth."""
+        if self.name:
+            return self.name
+        base = f"{Path(self.dataset.path).name}-{self.model.architecture}"
+        te = self.text_encoder
+        if self.model.item_tower != "text" or te is None or self.model.architecture == "pop":
+            return f"{base}-{self.model.item_tower}"
+        return f"{base}-{Path(te.model).name}" + (f"-top{te.unfreeze}" if te.unfreeze else "-frozen")
 
     def hash(self) -> str:
         """Hash of everything that determines the result (the name does not)."""

@@ -15,6 +15,7 @@ from engine.data.prepare import Prepared, prepare
 from engine.data.reader import load_dataset
 from engine.dist import DistContext, broadcast_object, init_distributed
 from engine.errors import TcfError
+from engine.infer.checkpoint_info import parameter_count
 from engine.infer.job import model_dir_of, run_infer_job
 from engine.rec.text_towers import TextSource
 from engine.rec.trainer import Reporter, Trainer, TrainResult
@@ -57,6 +58,8 @@ class _StoreReporter(Reporter):
         self.store, self.run_id, self.inner = store, run_id, inner
 
     def stage(self, name: str, total: int | None = None) -> None:
+        if self.store is not None:  # the run's stages (pre-inference, train, test) as events
+            self.store.log_event(f"run:{self.run_id}", "stage", {"stage": name, "total": total}, self.run_id)
         self.inner.stage(name, total)
 
     def advance(self, n: int = 1) -> None:
@@ -68,15 +71,18 @@ class _StoreReporter(Reporter):
         self.inner.epoch_end(epoch, loss, seconds, metrics)
 
 
-
-
 def _needs_text(cfg: Config) -> bool:
     return cfg.model.item_tower == "text" and cfg.model.architecture != "pop"
 
 
 def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = None,
-                   resume_run_id: int | None = None, ctx: DistContext | None = None) -> RunResult:
-    """Train and evaluate one config, recording everything in ``db_path``."""
+                   resume_run_id: int | None = None, ctx: DistContext | None = None,
+                   keep_depths: tuple[int, ...] = ()) -> RunResult:
+    """Train and evaluate one config, recording everything in ``db_path``.
+
+    A text tower first gets its latents (reused when they exist); ``keep_depths`` makes that
+    pre-inference also keep what the other runs of a sweep need (engine.infer.job.sweep_depths).
+    """
     ctx = ctx or init_distributed(cfg.train.device)
     data = prepared_data(cfg)
     text_model = model_dir_of(cfg.text_encoder) if _needs_text(cfg) else None  # fails before the db is touched
@@ -85,7 +91,8 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
     if store is not None and run_id is None:
         run_id = store.create_run(name=cfg.run_name, config=cfg.model_dump(mode="json"),
                                   config_hash=cfg.hash(), dataset=Path(cfg.dataset.path).name,
-                                  architecture=cfg.model.architecture, item_tower=cfg.model.item_tower)
+                                  architecture=cfg.model.architecture, item_tower=cfg.model.item_tower,
+                                  lm_params=parameter_count(text_model) if text_model is not None else None)
     run_id = int(broadcast_object(run_id, ctx))
     if store is not None:
         store.set_status(run_id, "running")
@@ -95,7 +102,7 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
         if text_model is not None:
             assert cfg.text_encoder is not None
             reporter.stage("pre-inference")
-            latents, _ = run_infer_job(cfg, db_path, device=ctx.device)
+            latents, _ = run_infer_job(cfg, db_path, device=ctx.device, keep_depths=keep_depths)
             te = cfg.text_encoder
             text = TextSource(latents, text_model, te.unfreeze, te.pooling)
         trainer = Trainer(cfg, data, ctx, checkpoint_dir(db_path, run_id), reporter, text)

@@ -7,15 +7,23 @@ Usage::
 
     rows = Store("experiments.db").results(dataset="mind")
     print(format_results(rows, "latex"))
+    write_output(Path("table.tex"), to_text(format_results(rows, "latex")))
+
+Pivot tables (mean +/- std over seeds, deltas against a baseline) live in engine.pivot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
+from rich.console import Console
 from rich.table import Table
 
 from engine.errors import TcfError
@@ -60,7 +68,8 @@ def _numeric(column: str) -> bool:
     return column in ("run_id", "best_epoch") or is_metric_column(column)
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters so run names and paths print as typed."""
     return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
 
 
@@ -98,8 +107,8 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 def _latex(rows: list[dict], columns: list[str]) -> str:
     spec = "".join("r" if _numeric(c) else "l" for c in columns)
     out = [f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
-           " & ".join(_latex_escape(c) for c in columns) + r" \\", r"\midrule"]
-    out += [" & ".join(_latex_escape(_cell(row.get(c), c, percent=True)) for c in columns) + r" \\"
+           " & ".join(latex_escape(c) for c in columns) + r" \\", r"\midrule"]
+    out += [" & ".join(latex_escape(_cell(row.get(c), c, percent=True)) for c in columns) + r" \\"
             for row in rows]
     out += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(out) + "\n"
@@ -118,3 +127,38 @@ def format_results(rows: list[dict], fmt: str) -> str | Table:
     columns = result_columns(rows)
     render = {"table": _table, "md": _markdown, "csv": _csv, "latex": _latex}[fmt]
     return render(rows, columns)
+
+
+def to_text(rendered: str | Table) -> str:
+    """Plain text of a rendered table (a rich Table is laid out uncoloured, unwrapped), newline-terminated."""
+    if isinstance(rendered, Table):
+        buffer = io.StringIO()
+        Console(file=buffer, width=10_000, color_system=None, force_terminal=False).print(rendered)
+        text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
+    else:
+        text = rendered
+    return text if text.endswith("\n") else text + "\n"
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` and rename it over ``path`` on success.
+
+    A reader (LaTeX build, a watching viewer) never sees half a file, and a failed write leaves
+    the previous file untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: rename is atomic
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise TcfError(f"{path}: cannot write: {e.strerror or e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary name and a rename (see atomic_output)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -43,7 +43,7 @@ TERMINAL_STATUSES = ("finished", "failed", "interrupted")
 FINAL_SPLITS = ("test", "valid")  # order of the metric columns in the `results` view
 RESULT_FIXED_COLUMNS = (
     "run_id", "name", "status", "dataset", "architecture", "item_tower",
-    "best_epoch", "stopped_epoch", "created_at", "finished_at",
+    "best_epoch", "stopped_epoch", "created_at", "finished_at", "lm_params",
 )
 # Metric names become column names and string literals of the `results` view, so only names that
 # can never need quoting are accepted: "hr@10", "ndcg@10", "mrr".
@@ -120,8 +120,13 @@ def _m003_events(db: Database) -> None:
     db.execute("CREATE INDEX events_source ON events(source, id)")
 
 
+def _m004_lm_params(db: Database) -> None:
+    """Parameter count of a run's text encoder: the x axis of the scaling plots (NULL for ID towers)."""
+    db.execute("ALTER TABLE runs ADD COLUMN lm_params INTEGER")
+
+
 # Append only: never edit or reorder an applied migration; user_version = len(applied).
-MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events]
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events, _m004_lm_params]
 
 
 def _now() -> str:
@@ -259,7 +264,7 @@ class Store:
             "r.id AS run_id", "r.name AS name", "r.status AS status", "r.dataset AS dataset",
             "r.architecture AS architecture", "r.item_tower AS item_tower",
             "r.best_epoch AS best_epoch", "r.stopped_epoch AS stopped_epoch",
-            "r.created_at AS created_at", "r.finished_at AS finished_at",
+            "r.created_at AS created_at", "r.finished_at AS finished_at", "r.lm_params AS lm_params",
         ]
         for (split, name), column in zip(pairs, metric_columns, strict=True):
             if not METRIC_NAME.match(name):  # rows written by something other than this class
@@ -285,7 +290,7 @@ class Store:
     # -- writes --------------------------------------------------------------------------------
 
     def create_run(self, *, name: str, config: dict, config_hash: str, dataset: str,
-                   architecture: str, item_tower: str) -> int:
+                   architecture: str, item_tower: str, lm_params: int | None = None) -> int:
         """Record a new run (status 'created') with the host and git commit that will produce it."""
         row = {
             "name": name,
@@ -298,12 +303,13 @@ class Store:
             "host": socket.gethostname(),
             "git_commit": _git_commit(),
             "created_at": _now(),
+            "lm_params": lm_params,
         }
         with self._write():
             cursor = self.db.execute(
                 "INSERT INTO runs (name, config_json, config_hash, status, dataset, architecture, "
-                "item_tower, host, git_commit, created_at) VALUES (:name, :config_json, :config_hash, "
-                ":status, :dataset, :architecture, :item_tower, :host, :git_commit, :created_at)",
+                "item_tower, host, git_commit, created_at, lm_params) VALUES (:name, :config_json, :config_hash, "
+                ":status, :dataset, :architecture, :item_tower, :host, :git_commit, :created_at, :lm_params)",
                 row,
             )
             return int(cursor.lastrowid)

@@ -60,11 +60,13 @@ def run(
     resume: Annotated[int | None, typer.Option("--resume", help="Continue an interrupted run by id.")] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Train and evaluate; with no CONFIG, run the demo (pop, ID-SASRec, ID-DSSM on synthetic data)."""
+    """Train and evaluate; with no CONFIG, run the demo (pop, ID-SASRec, ID-DSSM, frozen and fine-tuned
+    text SASRec on synthetic data with a tiny text encoder)."""
     from engine.config import Config, load_config
-    from engine.demo import DEMO_CONFIG, ensure_demo_dataset
+    from engine.demo import DEMO_CONFIG, ensure_demo_dataset, ensure_demo_encoder
     from engine.dist import init_distributed, shutdown
     from engine.experiment import prepared_data, run_experiment
+    from engine.infer.job import sweep_depths
     from engine.store import Store
 
     overrides = set_ or []
@@ -80,12 +82,18 @@ def run(
     elif config is None:
         base = dict(DEMO_CONFIG)
         configs = load_config(None, overrides, base=base)
-        if ensure_demo_dataset(configs[0].dataset.path):
-            err.print(f"synthesized the demo dataset in {configs[0].dataset.path}")
+        data_path = configs[0].dataset.path
+        if ensure_demo_dataset(data_path):
+            err.print(f"synthesized the demo dataset in {data_path}")
+        encoders = {c.text_encoder.model for c in configs if c.text_encoder and c.model.item_tower == "text"}
+        for model in sorted(encoders):
+            if ensure_demo_encoder(model, data_path):
+                err.print(f"built the demo text encoder (tiny random-weight OPT) in {model}")
     else:
         configs = load_config(config, overrides)
     for cfg in configs:  # validate every dataset before anything is written
         prepared_data(cfg)
+    depths = sweep_depths(configs)  # one pre-inference per encoder serves every unfreeze depth
 
     from tcf_tui.progress import RichReporter
 
@@ -93,9 +101,10 @@ def run(
     ctx = init_distributed(configs[0].train.device)
     results = []
     try:
-        for cfg in configs:
+        for cfg, keep in zip(configs, depths, strict=True):
             with RichReporter(cfg.run_name, err) as reporter:
-                results.append(run_experiment(cfg, db, reporter=reporter, resume_run_id=resume, ctx=ctx))
+                results.append(run_experiment(cfg, db, reporter=reporter, resume_run_id=resume, ctx=ctx,
+                                              keep_depths=keep))
     finally:
         shutdown()
     if ctx.is_main:
@@ -109,7 +118,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _print_comparison(results: list) -> None:
     table = Table(title="test metrics (full ranking, x100)")
     table.add_column("run")
-    table.add_column("name")
+    table.add_column("name", overflow="fold")
     keys = sorted({k for r in results for k in r.metrics if k.startswith("test_")},
                   key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
     for k in keys:
@@ -127,20 +136,67 @@ def results(
     format: Annotated[str, typer.Option("--format", "-f", help="table, md, csv, latex or json.")] = "table",
     dataset: Annotated[str | None, typer.Option("--dataset", help="Only runs on this dataset.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Only runs whose name matches this glob.")] = None,
+    pivot: Annotated[str | None, typer.Option(
+        "--pivot", metavar="ROWS:COLS",
+        help="Pivot finished runs: comma-separated row fields, ':', column fields, e.g. "
+             "item_tower,text_encoder.model:dataset. Fields: results columns or dotted config keys; "
+             "runs sharing a cell (seeds) give mean ± std.")] = None,
+    value: Annotated[str | None, typer.Option(
+        "--value", help="Metric of a --pivot table (default test_ndcg@10).")] = None,
+    baseline: Annotated[str | None, typer.Option(
+        "--baseline", metavar="KEY=VALUE[,KEY=VALUE]",
+        help="With --pivot: runs to compare against, per column, e.g. item_tower=id.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the table to this file (atomically) instead of stdout.")] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """One row per run: best-validation checkpoint's test HR@K / NDCG@K."""
-    from engine.results import FORMATS, format_results
+    """One row per run (best-validation checkpoint's test HR@K / NDCG@K), or a --pivot table for papers."""
+    from engine.results import FORMATS, format_results, to_text, write_output
     from engine.store import Store
 
     if format not in FORMATS:
         raise TcfError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
-    rows = Store(db).results(dataset=dataset, name_glob=name) if db.exists() else []
-    rendered = format_results(rows, format)
-    if isinstance(rendered, str):
+    if pivot is None and (value is not None or baseline is not None):
+        raise TcfError(f"{'--value' if value is not None else '--baseline'} only applies with --pivot")
+    if pivot is not None:
+        from engine.pivot import format_pivot, pivot_from_store
+
+        if not db.exists():
+            raise TcfError(f"{db}: no such result store")
+        rendered = format_pivot(pivot_from_store(Store(db), pivot, value=value, baseline=baseline,
+                                                 dataset=dataset, name_glob=name), format)
+    else:
+        rows = Store(db).results(dataset=dataset, name_glob=name) if db.exists() else []
+        rendered = format_results(rows, format)
+    if output is not None:
+        write_output(output, to_text(rendered))
+    elif isinstance(rendered, str):
         sys.stdout.write(rendered if rendered.endswith("\n") else rendered + "\n")
     else:
         out.print(rendered)
+
+
+@app.command()
+def plot(
+    out_path: Annotated[Path, typer.Option("--out", help="PNG file to write (atomically).")],
+    metric: Annotated[str | None, typer.Option("--metric", help="Metric on the y axis (default test_ndcg@10).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only this dataset (default: a panel each).")] = None,
+    series: Annotated[str | None, typer.Option(
+        "--series", metavar="FIELDS",
+        help="Comma-separated fields that split runs into lines (default: item_tower, text_encoder.unfreeze).")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Scaling figure: a metric against text-encoder size (lm_params), one panel per dataset, ID runs as baseline."""
+    from engine.pivot import parse_fields
+    from engine.plot import plot_scaling
+    from engine.store import Store
+
+    fields = parse_fields(series, "--series") if series is not None else None
+    if not db.exists():
+        raise TcfError(f"{db}: no such result store")
+    panels = plot_scaling(Store(db), out_path, metric=metric, dataset=dataset, series=fields)
+    points = sum(len(s.points) for p in panels for s in p.series)
+    err.print(f"wrote {out_path}: {len(panels)} dataset(s), {points} point(s)")
 
 
 # -- plan ----------------------------------------------------------------------------------------
@@ -177,24 +233,33 @@ def infer(
     gpu: Annotated[int, typer.Option(min=0, help="GPU to run on.")] = 0,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Encode every item text block range by block range; resumes after a crash, reuses finished work."""
+    """Encode every item text block range by block range; resumes after a crash, reuses finished work.
+
+    A sweep encodes once per distinct encoder, keeping the depths of all its unfreeze values.
+    """
     from engine.config import load_config
     from engine.dist import shutdown
-    from engine.infer.job import run_infer_job
+    from engine.infer.job import encoder_identity, run_infer_job, sweep_depths
     from tcf_tui.progress import InferProgress
 
-    cfg = load_config(config, set_ or [])[0]
+    configs = [c for c in load_config(config, set_ or []) if c.text_encoder is not None]
+    if not configs:
+        raise TcfError(f"{config}: text_encoder: the config has no text_encoder section")
+    jobs = {}
+    for cfg, keep in zip(configs, sweep_depths(configs), strict=True):
+        jobs.setdefault(encoder_identity(cfg), (cfg, keep))
     signal.signal(signal.SIGTERM, _interrupt)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 shows progress
     try:
-        with InferProgress(err) if main_rank else contextlib.nullcontext() as ui:
-            path, reused = run_infer_job(cfg, db, budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size,
-                                         gpu=gpu, ui=ui)
+        for cfg, keep in jobs.values():
+            with InferProgress(err) if main_rank else contextlib.nullcontext() as ui:
+                path, reused = run_infer_job(cfg, db, budget=gpu_memory_budget, ranges=ranges,
+                                             batch_size=batch_size, gpu=gpu, ui=ui, keep_depths=keep)
+            if main_rank:
+                err.print(("reused " if reused else "wrote ") + str(path))
+                print(path)
     finally:
         shutdown()
-    if main_rank:
-        err.print(("reused " if reused else "wrote ") + str(path))
-        print(path)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -261,11 +326,20 @@ def data_synth(
     users: Annotated[int, typer.Option(min=1)] = 2000,
     items: Annotated[int, typer.Option(min=10)] = 1000,
     seed: Annotated[int, typer.Option()] = 0,
+    text_encoder: Annotated[Path | None, typer.Option(
+        help="Also build a tiny random-weight OPT here, its tokenizer trained on the item texts.")] = None,
 ) -> None:
     """A MIND-like dataset whose titles and sequences share latent topics."""
     from engine.data.synth import synth_dataset
 
+    if text_encoder is not None and text_encoder.exists():
+        raise TcfError(f"{text_encoder}: already exists; choose a new folder for the text encoder")
     _report(synth_dataset(out_dir, users=users, items=items, seed=seed), out_dir)
+    if text_encoder is not None:
+        from engine.demo import ensure_demo_encoder
+
+        ensure_demo_encoder(text_encoder, out_dir)
+        err.print(f"wrote {text_encoder}: tiny random-weight OPT text encoder")
 
 
 def _report(counts: dict, out_dir: Path) -> None:

@@ -137,9 +137,19 @@ def test_embedded_demo_synthesizes_data_and_compares_models(tmp_path):
     r = tcf("run", "-S", "train.epochs=3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "synthesized the demo dataset in data/demo" in r.stderr
+    assert "built the demo text encoder" in r.stderr
     assert (tmp_path / "data" / "demo" / "behaviors.tsv").exists()
-    for name in ("demo-pop-id", "demo-sasrec-id", "demo-dssm-id"):
-        assert name in r.stdout
+    assert (tmp_path / "data" / "demo-opt" / "tokenizer.json").exists()
     rows = json.loads(tcf("results", "--format", "json", cwd=tmp_path).stdout)
-    assert sorted(row["architecture"] for row in rows) == ["dssm", "pop", "sasrec"]
+    names = ["demo-pop-id", "demo-sasrec-id", "demo-dssm-id", "demo-sasrec-demo-opt-frozen",
+             "demo-sasrec-demo-opt-top1"]
+    assert [row["name"] for row in rows] == names
     assert all(row["status"] == "finished" for row in rows)
+    for row in rows:  # the comparison on stdout shows each run's test HR@10 (x100)
+        assert f"{100 * row['test_hr@10']:.2f}" in r.stdout
+    text = [row for row in rows if row["item_tower"] == "text"]
+    assert len({row["lm_params"] for row in text}) == 1 and text[0]["lm_params"] > 0
+    with sqlite3.connect(tmp_path / "experiments.db") as c:  # one encoder, one pre-inference for both
+        assert c.execute("SELECT count(*) FROM artifacts WHERE kind = 'latents'").fetchone()[0] == 1
+    again = tcf("run", "-S", "train.epochs=1", cwd=tmp_path)
+    assert again.returncode == 0 and "synthesized" not in again.stderr and "built" not in again.stderr

@@ -7,51 +7,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 
 import engine.lm.tokenize as tk
 from engine.artifacts import read_meta
 from engine.data.reader import load_dataset
 from engine.data.synth import synth_dataset
 from engine.errors import TcfError
-
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+from engine.lm.tiny import build_tiny_opt, train_tokenizer
 
 
 def make_tokenizer_dir(model_dir: Path, texts: list[str], vocab_size: int = 400, pad: bool = True,
                        bos: bool = True) -> Path:
     """A byte-level BPE tokenizer that prepends BOS, as OPT's does, saved the way a model ships it."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer)
-    if bos:
-        bos_id = tok.token_to_id("<s>")
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos_id)])
-    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-    if pad:
-        specials["pad_token"] = "<pad>"
-    PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(str(model_dir))
-    return model_dir
+    return train_tokenizer(model_dir, texts, vocab_size=vocab_size, pad=pad, bos=bos)
 
 
-def make_tiny_opt(model_dir: Path, texts: list[str], hidden: int, n_blocks: int, **save_kwargs) -> Path:
-    """A random-weight OPT (FFN 2x hidden, 4 heads, seed 0) with a tokenizer trained on ``texts``, saved
-    the way a model ships, so the user's code path loads it."""
-    import torch
-    from transformers import AutoTokenizer, OPTConfig, OPTModel
-
-    make_tokenizer_dir(model_dir, texts, vocab_size=300)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    torch.manual_seed(0)
-    OPTModel(OPTConfig(hidden_size=hidden, num_hidden_layers=n_blocks, ffn_dim=2 * hidden, num_attention_heads=4,
-                       vocab_size=len(tok), max_position_embeddings=64, word_embed_proj_dim=hidden,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id)).save_pretrained(model_dir, **save_kwargs)
-    return model_dir
+def make_tiny_opt(model_dir: Path, texts: list[str], hidden: int, n_blocks: int, **kwargs) -> Path:
+    """A random-weight OPT (FFN 2x hidden, 4 heads, seed 0) with a tokenizer trained on ``texts``."""
+    return build_tiny_opt(model_dir, texts, hidden, n_blocks, **kwargs)
 
 
 @pytest.fixture

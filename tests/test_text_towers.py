@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +33,8 @@ N_BLOCKS = 3
 def setup(tmp_path_factory, small_dataset):
     root = tmp_path_factory.mktemp("text")
     raw = load_dataset(small_dataset)
-    model_dir = make_tiny_opt(root / "tiny-opt", raw.item_texts, hidden=32, n_blocks=N_BLOCKS)
+    # no dropout inside the LM: one rank and two ranks then draw no random numbers there
+    model_dir = make_tiny_opt(root / "tiny-opt", raw.item_texts, hidden=32, n_blocks=N_BLOCKS, dropout=0.0)
     config = root / "exp.yaml"
     config.write_text(f"""dataset:
   path: {small_dataset}
@@ -144,3 +149,34 @@ def test_run_pipeline_pre_infers_once_and_reuses_it(setup, tmp_path):
         rows = c.execute("SELECT status, item_tower FROM runs").fetchall()
     assert again == starts  # the second run encoded nothing: the latents artifact was reused
     assert rows == [("finished", "text"), ("finished", "text")]
+
+
+@pytest.mark.parametrize("unfreeze", [0, 1])
+def test_two_gloo_ranks_train_a_text_sasrec_like_one_rank(setup, tmp_path, unfreeze):
+    """Pre-inference split across ranks, DDP over the LM block and projection, test on the best checkpoint."""
+    _, config, _ = setup
+    args = ["run", str(config), "-S", f"text_encoder.unfreeze={unfreeze}", "-S", "train.device=cpu",
+            "-S", "train.epochs=3", "-S", "train.patience=100", "-S", "train.text_lr=0.001"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    r = tcf(*args, "--db", str(tmp_path / "one" / "e.db"), cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(29600 + os.getpid() % 1000 + unfreeze), "-m", "tcf_tui.cli", *args,
+                        "--db", str(tmp_path / "two" / "e.db")], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = []
+    for name in ("one", "two"):
+        with sqlite3.connect(tmp_path / name / "e.db") as c:
+            c.row_factory = sqlite3.Row
+            rows.append([dict(row) for row in c.execute("SELECT * FROM results")])
+            assert c.execute("SELECT count(*) FROM epochs").fetchone()[0] == 3  # only rank 0 wrote
+        metas = [p / "meta.json" for p in (tmp_path / name / "artifacts" / "latents").iterdir()]
+        assert len(metas) == 1  # each store pre-inferred on its own (two ranks: a share each)
+    (a,), (b,) = rows
+    assert json.loads(metas[0].read_text())["ranks"] == 2
+    assert a["status"] == b["status"] == "finished" and a["best_epoch"] == b["best_epoch"]
+    for key in ("valid_hr@10", "valid_ndcg@10", "test_hr@10", "test_ndcg@10"):
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key

@@ -138,6 +138,11 @@ def checkpoint_tensors(model_dir: str | Path) -> dict[str, TensorInfo]:
     return tensors
 
 
+def parameter_count(model_dir: str | Path) -> int:
+    """Parameters stored in the checkpoint (headers only): the model size of scaling plots."""
+    return sum(t.numel for t in checkpoint_tensors(model_dir).values())
+
+
 @dataclass(frozen=True)
 class Layout:
     """Which tensor names are blocks (regex with the block index as group 1), embedding, and final norm.

@@ -2,7 +2,9 @@
 
 The latents of a (dataset, model, tokenizer, max tokens, dtypes) combination are computed once: the
 job works in ``artifacts/latents/.work-<hash>/`` (resumable, range by range) and renames it to
-``artifacts/latents/<hash>/`` only when every range is done.
+``artifacts/latents/<hash>/`` only when every range is done. An artifact also keeps the hidden states
+at chosen depths (the inputs of fine-tuned top blocks); one that keeps every depth a run needs serves
+it, so a sweep over unfreeze depths asks for all of them once (:func:`sweep_depths`) and encodes once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine.artifacts import META, artifact_path, find_artifact, read_meta
+from engine.artifacts import META, artifact_path, read_meta
 from engine.config import Config, TextEncoderConfig
 from engine.data.reader import load_dataset
 from engine.errors import TcfError
@@ -25,7 +27,7 @@ from engine.infer.gpu import free_memory, get_provider
 from engine.infer.planner import Plan, plan_ranges, split_at
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-FORMAT = 2
+FORMAT = 3
 
 
 def model_dir_of(te: TextEncoderConfig) -> Path:
@@ -83,13 +85,58 @@ def make_plan(cfg: Config, n_items: int, *, budget: str | None = None, ranges: s
                        batch_size=batch_size or te.batch_size)
 
 
-def latents_key(cfg: Config, tokens_hash: str, keep_depths: list[int], compute_dtype: str) -> dict[str, Any]:
-    """Everything that determines the latents: the token artifact (items + tokenizer + max tokens), the
-    checkpoint, the dtypes and which intermediate depths are kept."""
+def latents_key(cfg: Config, tokens_hash: str, compute_dtype: str) -> dict[str, Any]:
+    """Everything that determines the latents' values: the token artifact (items + tokenizer + max
+    tokens), the checkpoint and the dtypes. Which depths are kept is not part of it (see find_latents)."""
     te = cfg.text_encoder
     assert te is not None
     return {"tokens": tokens_hash, "model": model_fingerprint(model_dir_of(te)), "dtype": compute_dtype,
-            "latent_dtype": te.latent_dtype, "keep_depths": sorted(keep_depths), "format": FORMAT}
+            "latent_dtype": te.latent_dtype, "format": FORMAT}
+
+
+def depth_of(cfg: Config) -> int | None:
+    """The depth whose hidden states the config's fine-tuned tower reads (None when it is frozen)."""
+    te = cfg.text_encoder
+    if te is None or not te.unfreeze:
+        return None
+    n_blocks = model_shape(model_dir_of(te)).n_blocks
+    if te.unfreeze > n_blocks:
+        raise TcfError(f"text_encoder.unfreeze: {te.unfreeze} exceeds the model's {n_blocks} blocks")
+    return n_blocks - te.unfreeze
+
+
+def encoder_identity(cfg: Config) -> tuple:
+    """Configs with the same identity share one pre-inference (unfreeze, pooling and the rest differ)."""
+    te = cfg.text_encoder
+    assert te is not None
+    d = cfg.dataset
+    return (str(Path(d.path).resolve()), d.item_file, d.lenient, str(model_dir_of(te)), te.max_tokens,
+            te.dtype, te.latent_dtype)
+
+
+def sweep_depths(configs: list[Config]) -> list[tuple[int, ...]]:
+    """For each config, every depth that any config sharing its encoder needs: one pass serves them all."""
+    needed: dict[tuple, set[int]] = {}
+    for cfg in configs:
+        if cfg.text_encoder is not None and cfg.model.item_tower == "text":
+            depth = depth_of(cfg)
+            needed.setdefault(encoder_identity(cfg), set()).update([] if depth is None else [depth])
+    return [tuple(sorted(needed[encoder_identity(c)])) if c.text_encoder is not None
+            and c.model.item_tower == "text" else () for c in configs]
+
+
+def find_latents(root: Path, key: dict[str, Any], depths: set[int]) -> Path | None:
+    """A finished latents artifact for ``key`` that keeps at least ``depths`` (fewest extra depths wins)."""
+    best: tuple[int, str, Path] | None = None
+    for meta_path in sorted((root / "latents").glob(f"*/{META}")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("key") == key and depths <= set(meta.get("depths", ())):
+            cand = (len(meta["depths"]), meta_path.parent.name, meta_path.parent)
+            best = cand if best is None or cand < best else best
+    return None if best is None else best[2]
 
 
 class RateLimited:
@@ -159,11 +206,13 @@ def host_budget() -> int:
 
 def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, ranges: str | None = None,
                   batch_size: int | None = None, gpu: int = 0, ui: Any = None,
-                  device: torch.device | None = None) -> tuple[Path, bool]:
+                  device: torch.device | None = None, keep_depths: tuple[int, ...] = ()) -> tuple[Path, bool]:
     """Tokenize (once) and pre-infer the config's items; returns (latents artifact, whether it was reused).
 
-    Interrupted jobs resume from their last committed block range when run again. Under torchrun each
-    rank encodes a share of the items on its own GPU; rank 0 tokenizes, plans, records and renames.
+    The artifact keeps the hidden states at the depth the config's fine-tuned blocks start from and at
+    ``keep_depths`` (those of the other runs of a sweep). Interrupted jobs resume from their last
+    committed block range when run again. Under torchrun each rank encodes a share of the items on its
+    own GPU; rank 0 tokenizes, plans, records and renames.
     """
     from engine.dist import barrier, broadcast_object, init_distributed
     from engine.infer.latents import POOLINGS
@@ -176,8 +225,8 @@ def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, rang
         raise TcfError("text_encoder: the config has no text_encoder section")
     model_dir = model_dir_of(te)
     n_blocks = model_shape(model_dir).n_blocks
-    if te.unfreeze > n_blocks:
-        raise TcfError(f"text_encoder.unfreeze: {te.unfreeze} exceeds the model's {n_blocks} blocks")
+    own = depth_of(cfg)
+    keep = sorted({d for d in keep_depths if 0 < d < n_blocks} | ({own} if own is not None else set()))
     ctx = init_distributed("auto" if torch.cuda.is_available() else "cpu")
     device = device or (ctx.device if ctx.distributed else (
         torch.device("cuda", gpu) if torch.cuda.is_available() else torch.device("cpu")))
@@ -185,17 +234,16 @@ def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, rang
         budget = str(host_budget())
     compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
     root = db_path.resolve().parent / "artifacts"
-    keep = [n_blocks - te.unfreeze] if te.unfreeze else []
 
     job: dict[str, Any] = {}
     store = None
     if ctx.is_main:
         raw = load_dataset(cfg.dataset.path, cfg.dataset.item_file, lenient=cfg.dataset.lenient)
         table, tokens_path, _ = token_table(raw, model_dir, te.max_tokens, root)
-        key = latents_key(cfg, tokens_path.name, keep, compute)
+        key = latents_key(cfg, tokens_path.name, compute)
         store = Store(db_path)
         store.register_artifact("tokens", tokens_path.name, tokens_path, read_meta(tokens_path))
-        found = find_artifact(root, "latents", key)
+        found = find_latents(root, key, set(keep))
         if found is not None:
             store.register_artifact("latents", found.name, found, read_meta(found))
         job = {"tokens": str(tokens_path), "key": key, "found": str(found) if found else None}
@@ -207,7 +255,7 @@ def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, rang
         return Path(job["found"]), True
     table = load_token_table(job["tokens"])
     key, plan = job["key"], job["plan"]
-    final = artifact_path(root, "latents", key)
+    final = artifact_path(root, "latents", {**key, "depths": keep})
     work = final.parent / f".work-{final.name}"
     work.parent.mkdir(parents=True, exist_ok=True)
     reporter = EventReporter(store, f"infer:{final.name}", ui) if store is not None else None

@@ -1,0 +1,242 @@
+"""engine.pivot and `tcf results --pivot`: seeds fold into mean ± std, baselines give deltas, every format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import tcf
+
+from engine.errors import TcfError
+from engine.pivot import build_pivot, finished_runs, format_pivot, human_count, pivot_from_store
+from engine.store import Store
+
+# dataset, item tower, text encoder path (None: ID tower), unfreeze, seed, test ndcg@10, lm_params
+RUNS = [
+    ("mind", "id", None, 0, 1, 0.101, None),
+    ("mind", "id", None, 0, 2, 0.097, None),
+    ("mind", "id", None, 0, 3, 0.106, None),
+    ("mind", "text", "/models/a/opt-125m", 0, 1, 0.112, 125_239_616),
+    ("mind", "text", "/mnt/b/opt-125m/", 0, 2, 0.109, 125_239_616),  # same model, other folder
+    ("mind", "text", "/models/opt-1.3b", 0, 1, 0.121, 1_315_758_080),
+    ("mind", "text", "/models/opt-1.3b", 0, 2, 0.127, 1_315_758_080),
+    ("mind", "text", "/models/opt-1.3b", 2, 1, 0.133, 1_315_758_080),
+    ("mind", "text", "/models/opt-1.3b", 2, 2, 0.129, 1_315_758_080),
+    ("mind", "text", "/models/opt-13b", 0, 1, 0.125, 12_853_770_240),
+    ("bili_50k", "id", None, 0, 1, 0.051, None),
+    ("bili_50k", "id", None, 0, 2, 0.055, None),
+    ("bili_50k", "text", "/models/opt-125m", 0, 1, 0.062, 125_239_616),
+    ("bili_50k", "text", "/models/opt-125m", 0, 2, 0.058, 125_239_616),
+    ("bili_50k", "text", "/models/opt-1.3b", 0, 1, 0.071, 1_315_758_080),
+]
+
+
+def seed_store(db: Path, runs=RUNS) -> None:
+    """Finished runs from ``runs`` plus a failed and a running run whose metrics must be ignored."""
+    store = Store(db)
+    for i, (dataset, tower, model, unfreeze, seed, ndcg, lm_params) in enumerate(runs):
+        text = None if model is None else {"model": model, "unfreeze": unfreeze}
+        if tower == "id" and i % 2 == 0:  # a config that sets text_encoder for all its runs, ID ones too
+            text = {"model": "/models/opt-125m", "unfreeze": 0}
+        config = {"seed": seed, "dataset": {"path": f"/data/{dataset}"},
+                  "model": {"architecture": "sasrec", "item_tower": tower}, "train": {"lr": 0.001},
+                  "text_encoder": text}
+        run = store.create_run(name=f"{dataset}-{tower}-{i}", config=config, config_hash=str(i), dataset=dataset,
+                               architecture="sasrec", item_tower=tower, lm_params=lm_params)
+        store.log_final(run, "valid", {"hr@10": 2 * ndcg}, best_epoch=3, stopped_epoch=6)
+        store.log_final(run, "test", {"hr@10": 2 * ndcg, "ndcg@10": ndcg}, best_epoch=3, stopped_epoch=6)
+        store.set_status(run, "finished")
+    for status in ("failed", "running"):
+        config = {"seed": 9, "dataset": {"path": "/data/mind"}, "model": {"item_tower": "text"},
+                  "text_encoder": {"model": "/models/opt-125m", "unfreeze": 0}}
+        run = store.create_run(name=status, config=config, config_hash=status, dataset="mind",
+                               architecture="sasrec", item_tower="text", lm_params=125_239_616)
+        store.log_final(run, "test", {"ndcg@10": 0.9}, best_epoch=1, stopped_epoch=1)
+        store.set_status(run, status)
+    store.close()
+
+
+def expected_values(dataset: str, model: str | None, unfreeze: int | None = None) -> list[float]:
+    """The seeded ndcg values of one cell, found by base name as the pivot should."""
+    def base(path):
+        return None if path is None else Path(path.rstrip("/")).name
+    return [r[5] for r in RUNS if r[0] == dataset and base(r[2]) == model and (unfreeze is None or r[3] == unfreeze)]
+
+
+@pytest.fixture()
+def db(tmp_path) -> Path:
+    path = tmp_path / "experiments.db"
+    seed_store(path)
+    return path
+
+
+def test_cells_fold_seeds_into_mean_std_n(db):
+    store = Store(db)
+    p = pivot_from_store(store, "item_tower,text_encoder.model,text_encoder.unfreeze:dataset")
+    assert p.col_keys == [("bili_50k",), ("mind",)]
+    assert p.row_keys == [("id", None, None), ("text", "opt-125m", 0), ("text", "opt-1.3b", 0),
+                          ("text", "opt-1.3b", 2), ("text", "opt-13b", 0)]  # sizes in order, paths as base names
+    # ID runs never use the encoder: text_encoder.* is "-" even where their config has the section
+    checked = 0
+    for (row, (dataset,)), cell in p.cells.items():
+        values = expected_values(dataset, row[1], row[2])
+        assert cell.n == len(values)  # the failed and running runs (0.9) are left out
+        assert math.isclose(cell.mean, sum(values) / len(values))
+        if len(values) > 1:
+            assert math.isclose(cell.std, statistics.stdev(values))
+        else:
+            assert cell.std is None
+        checked += 1
+    assert checked == 8  # mind: 5 rows; bili_50k: no fine-tuned and no 13b run
+    assert (("text", "opt-1.3b", 2), ("bili_50k",)) not in p.cells
+    two_folders = p.cells[(("text", "opt-125m", 0), ("mind",))]
+    assert two_folders.n == 2 and sorted(two_folders.values) == [0.109, 0.112]
+
+
+def test_baseline_is_the_column_mean_of_matching_runs(db):
+    p = pivot_from_store(Store(db), "item_tower,text_encoder.model:dataset", baseline="item_tower=id")
+    for dataset in ("mind", "bili_50k"):
+        ids = expected_values(dataset, None)
+        assert math.isclose(p.column_baselines[(dataset,)], sum(ids) / len(ids))
+        base_cell = p.cells[(("id", None), (dataset,))]
+        assert base_cell.is_baseline and base_cell.delta is None
+        cell = p.cells[(("text", "opt-125m"), (dataset,))]
+        values = expected_values(dataset, "opt-125m")
+        want = sum(values) / len(values) - sum(ids) / len(ids)
+        assert math.isclose(cell.delta, want)
+        assert math.isclose(cell.delta_pct, 100 * want / (sum(ids) / len(ids)))
+    md = format_pivot(p, "md")
+    mind_ids = expected_values("mind", None)
+    mind_13b = expected_values("mind", "opt-13b")[0]
+    assert f"| text | opt-13b | - | {mind_13b * 100:.2f} ({(mind_13b - statistics.fmean(mind_ids)) * 100:+.2f}) |" in md
+
+
+def test_baseline_matches_paths_by_base_name_or_full_path(db):
+    runs = finished_runs(Store(db))
+    by_name = build_pivot(runs, ["text_encoder.model"], ["dataset"], baseline="text_encoder.model=opt-125m")
+    by_path = build_pivot(runs, ["text_encoder.model"], ["dataset"], baseline="text_encoder.model=/models/opt-125m")
+    mind_125m = expected_values("mind", "opt-125m")
+    assert math.isclose(by_name.column_baselines[("mind",)], statistics.fmean(mind_125m))
+    assert by_path.column_baselines[("bili_50k",)] == by_name.column_baselines[("bili_50k",)]
+    assert ("mind",) not in by_path.column_baselines  # no mind run lives in /models/opt-125m itself
+    with pytest.raises(TcfError, match="matches no finished run"):
+        build_pivot(runs, ["item_tower"], ["dataset"], baseline="item_tower=bert")
+
+
+def test_config_keys_and_view_columns_as_fields(db):
+    p = pivot_from_store(Store(db), "lm_params:seed", value="valid_hr@10", dataset="mind")
+    assert [k for (k,) in p.row_keys] == [125_239_616, 1_315_758_080, 12_853_770_240, None]
+    assert p.col_keys == [(1,), (2,), (3,)]
+    cell = p.cells[((1_315_758_080,), (2,))]  # frozen and fine-tuned 1.3B, seed 2
+    assert cell.n == 2 and math.isclose(cell.mean, (2 * 0.127 + 2 * 0.129) / 2)
+    assert "1.3B" in format_pivot(p, "md") and human_count(12_853_770_240) == "13B"
+
+
+@pytest.mark.parametrize(("spec", "kwargs", "message"), [
+    ("item_tower", {}, "--pivot must be ROWS:COLS"),
+    ("item_tower:dataset:seed", {}, "--pivot must be ROWS:COLS"),
+    ("item_tower,:dataset", {}, "--pivot: empty field"),
+    ("item_tower:item_tower", {}, "both a row and a column"),
+    ("item_tower:text_encoder.modle", {}, "--pivot: unknown field 'text_encoder.modle'"),
+    ("item_tower:dataset", {"value": "test_ndcg@20"}, "--value: unknown metric 'test_ndcg@20'; available: "
+                                                      "test_hr@10, test_ndcg@10, valid_hr@10"),
+    ("item_tower:dataset", {"baseline": "tower=id"}, "--baseline: unknown field 'tower'"),
+    ("item_tower:dataset", {"baseline": "item_tower"}, "--baseline must be key=value"),
+])
+def test_bad_options_name_the_option(db, spec, kwargs, message):
+    with pytest.raises(TcfError) as e:
+        pivot_from_store(Store(db), spec, **kwargs)
+    assert message in str(e.value)
+
+
+# -- through the CLI --------------------------------------------------------------------------
+
+PIVOT = ["results", "--pivot", "item_tower,text_encoder.model,text_encoder.unfreeze:dataset",
+         "--baseline", "item_tower=id"]
+
+
+def test_cli_csv_and_json_keep_fractions(db, tmp_path):
+    r = tcf(*PIVOT, "--format", "csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert list(rows[0])[:4] == ["item_tower", "text_encoder.model", "text_encoder.unfreeze", "dataset"]
+    cell = next(row for row in rows if row["text_encoder.model"] == "opt-125m" and row["dataset"] == "mind")
+    values, ids = expected_values("mind", "opt-125m"), expected_values("mind", None)
+    assert float(cell["mean"]) == statistics.fmean(values) and int(cell["n"]) == 2
+    assert math.isclose(float(cell["std"]), statistics.stdev(values))
+    assert math.isclose(float(cell["delta"]), statistics.fmean(values) - statistics.fmean(ids))
+    base = next(row for row in rows if row["item_tower"] == "id" and row["dataset"] == "mind")
+    assert base["delta"] == "" and base["text_encoder.model"] == ""
+
+    r = tcf(*PIVOT, "--format", "json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["rows"] == ["item_tower", "text_encoder.model", "text_encoder.unfreeze"]
+    single = next(c for c in data["cells"] if c["row"]["text_encoder.model"] == "opt-13b")
+    assert single["n"] == 1 and single["std"] is None and single["values"] == [0.125]
+
+
+def test_cli_md_and_output_file(db, tmp_path):
+    r = tcf(*PIVOT, "--format", "md", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    values = expected_values("bili_50k", "opt-125m")
+    assert f"{statistics.fmean(values) * 100:.2f} ± {statistics.stdev(values) * 100:.2f}" in r.stdout
+    out = tmp_path / "table.md"
+    written = tcf(*PIVOT, "--format", "md", "--output", str(out), cwd=tmp_path)
+    assert written.returncode == 0 and written.stdout == ""
+    assert out.read_text() == r.stdout
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--pivot", "item_tower:datasett"], "error: --pivot: unknown field 'datasett'"),
+    (["--pivot", "item_tower:dataset", "--value", "ndcg"],
+     "error: --value: unknown metric 'ndcg'; available: test_hr@10, test_ndcg@10, valid_hr@10"),
+    (["--baseline", "item_tower=id"], "error: --baseline only applies with --pivot"),
+])
+def test_cli_bad_options_exit_2_with_one_error_line(db, tmp_path, args, message):
+    r = tcf("results", *args, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert lines[0].startswith(message)
+
+
+def test_cli_latex(db, tmp_path):
+    table = tmp_path / "table.tex"
+    r = tcf(*PIVOT, "--format", "latex", "--dataset", "mind", "--output", str(table), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    tex = table.read_text()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"text\_encoder.model" in tex and r"$\pm$" in tex and "bili" not in tex  # --dataset still filters
+    ids = expected_values("mind", None)
+    assert f"{statistics.fmean(ids) * 100:.2f} $\\pm$ {statistics.stdev(ids) * 100:.2f}" in tex
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+def test_latex_compiles_with_pdflatex(db, tmp_path):
+    runs = finished_runs(Store(db))
+    tables = {  # ± with positive deltas; negative deltas ($-$); stacked column headers with \multicolumn
+        "table": build_pivot(runs, ["item_tower", "text_encoder.model", "text_encoder.unfreeze"], ["dataset"],
+                             baseline="item_tower=id"),
+        "negative": build_pivot(runs, ["text_encoder.model"], ["dataset"], baseline="text_encoder.model=opt-13b"),
+        "stacked": build_pivot(runs, ["text_encoder.model", "name"], ["dataset", "text_encoder.unfreeze"]),
+    }
+    for name, pivot in tables.items():
+        (tmp_path / f"{name}.tex").write_text(format_pivot(pivot, "latex"))
+    assert "($-$" in (tmp_path / "negative.tex").read_text()
+    assert r"\multicolumn" in (tmp_path / "stacked.tex").read_text()
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                   + "\n\n".join(f"\\input{{{name}.tex}}" for name in tables) + "\n\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert (tmp_path / "doc.pdf").read_bytes()[:5] == b"%PDF-"

@@ -1,0 +1,107 @@
+"""engine.plot and `tcf plot`: the scaling figure shows every seeded series, point and baseline."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+from conftest import tcf
+
+from engine.errors import TcfError
+from engine.plot import DPI, PANEL_INCHES, draw_scaling, plot_scaling
+from engine.store import Store
+
+# dataset, architecture, item tower, unfreeze, lm_params, seed, test ndcg@10
+RUNS = [
+    ("mind", "sasrec", "id", 0, None, 1, 0.100),
+    ("mind", "sasrec", "id", 0, None, 2, 0.104),
+    ("mind", "pop", "id", 0, None, 1, 0.020),  # no text pop run: not a baseline line
+    ("mind", "sasrec", "text", 0, 125_000_000, 1, 0.110),
+    ("mind", "sasrec", "text", 0, 125_000_000, 2, 0.114),
+    ("mind", "sasrec", "text", 0, 1_300_000_000, 1, 0.121),
+    ("mind", "sasrec", "text", 0, 1_300_000_000, 2, 0.125),
+    ("mind", "sasrec", "text", 0, 6_700_000_000, 1, 0.131),
+    ("mind", "sasrec", "text", 2, 125_000_000, 1, 0.118),
+    ("mind", "sasrec", "text", 2, 1_300_000_000, 1, 0.135),
+    ("hm", "sasrec", "id", 0, None, 1, 0.060),
+    ("hm", "sasrec", "text", 0, 125_000_000, 1, 0.070),
+    ("hm", "sasrec", "text", 0, 1_300_000_000, 1, 0.075),
+    ("ml", "sasrec", "id", 0, None, 1, 0.300),  # only ID runs: no panel
+]
+
+
+def seed(db: Path, runs=RUNS) -> None:
+    store = Store(db)
+    for i, (dataset, arch, tower, unfreeze, lm_params, seed_, ndcg) in enumerate(runs):
+        text = None if lm_params is None else {"model": f"/models/lm-{lm_params}", "unfreeze": unfreeze}
+        config = {"seed": seed_, "dataset": {"path": f"/data/{dataset}"},
+                  "model": {"architecture": arch, "item_tower": tower}, "text_encoder": text}
+        run = store.create_run(name=f"run-{i}", config=config, config_hash=str(i), dataset=dataset,
+                               architecture=arch, item_tower=tower, lm_params=lm_params)
+        store.log_final(run, "test", {"ndcg@10": ndcg, "hr@10": 2 * ndcg}, best_epoch=1, stopped_epoch=2)
+        store.set_status(run, "finished")
+    store.close()
+
+
+def expected_lines(dataset: str) -> dict[int, dict[int, list[float]]]:
+    """unfreeze -> lm_params -> seeded values, straight from RUNS."""
+    lines: dict[int, dict[int, list[float]]] = {}
+    for d, _, _, unfreeze, lm_params, _, ndcg in RUNS:
+        if d == dataset and lm_params is not None:
+            lines.setdefault(unfreeze, {}).setdefault(lm_params, []).append(ndcg)
+    return lines
+
+
+def test_png_has_every_series_point_and_baseline(tmp_path):
+    import matplotlib.image
+
+    db, png = tmp_path / "experiments.db", tmp_path / "scaling.png"
+    seed(db)
+    panels = plot_scaling(Store(db), png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width = matplotlib.image.imread(png).shape[:2]
+    assert (width, height) == (round(2 * PANEL_INCHES[0] * DPI), round(PANEL_INCHES[1] * DPI))  # 2 panels
+    assert [p.dataset for p in panels] == ["hm", "mind"]  # ml has no text run
+
+    fig = draw_scaling(panels)
+    for panel, ax in zip(panels, fig.axes, strict=True):
+        lines = expected_lines(panel.dataset)
+        assert ax.get_title() == panel.dataset and ax.get_xscale() == "log"
+        assert [s.label for s in panel.series] == [("frozen" if u == 0 else f"top-{u} fine-tuned") for u in lines]
+        drawn = [c.lines[0] for c in ax.containers]  # one errorbar line per series
+        assert len(drawn) == len(lines)
+        for line, series, (_, by_size) in zip(drawn, panel.series, sorted(lines.items()), strict=True):
+            assert list(line.get_xdata()) == sorted(by_size)
+            want = [statistics.fmean(by_size[x]) for x in sorted(by_size)]
+            assert all(math.isclose(y, 100 * w) for y, w in zip(line.get_ydata(), want, strict=True))
+            assert [p.n for p in series.points] == [len(by_size[x]) for x in sorted(by_size)]
+        dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        ids = [r[6] for r in RUNS if r[0] == panel.dataset and r[1] == "sasrec" and r[2] == "id"]
+        assert len(dashed) == 1 and math.isclose(dashed[0].get_ydata()[0], 100 * statistics.fmean(ids))
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels[:2] == ["125M", "1.3B"]
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["125M", "1.3B", "6.7B"]
+    mind = panels[1]
+    assert mind.series[0].points[0].std == pytest.approx(statistics.stdev([0.110, 0.114]))
+
+
+def test_without_text_runs_is_a_clear_error(tmp_path):
+    db = tmp_path / "experiments.db"
+    seed(db, [r for r in RUNS if r[4] is None])
+    with pytest.raises(TcfError, match="no finished run with lm_params"):
+        plot_scaling(Store(db), tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_plot(tmp_path):
+    db = tmp_path / "experiments.db"
+    seed(db)
+    r = tcf("plot", "--out", "fig.png", "--dataset", "mind", "--series", "text_encoder.unfreeze", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG" and "1 dataset(s), 5 point(s)" in r.stderr
+    r = tcf("plot", "--out", "fig2.png", "--metric", "test_mrr", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --metric: unknown metric 'test_mrr'; available: test_hr@10, test_ndcg@10"]
+    assert not (tmp_path / "fig2.png").exists()
