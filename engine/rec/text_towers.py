@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from engine.errors import TcfError
-from engine.infer.latents import POOLINGS, LatentStore
+from engine.infer.latents import POOLINGS, ArrayFile, LatentStore
 from engine.infer.runner import pool
 from engine.lm import adapter_class, load_config, load_stage
 from engine.lm.base import BlockStack
+from engine.rec.latent_gather import LatentGather
 from engine.rec.towers import MLP
 
 # masked mean for decoders and T5, the [CLS]/<s> position for BERT-style encoders
@@ -84,17 +85,22 @@ class FrozenTextTower(nn.Module):
 
 
 class FineTunedTextTower(nn.Module):
-    """Top N LM blocks on stored latents -> pooling -> projection MLP, for the items of each batch only."""
+    """Top N LM blocks on stored latents -> pooling -> projection MLP, for the items of each batch only.
 
-    def __init__(self, blocks: BlockStack, latents: torch.Tensor, lengths: np.ndarray, rows: torch.Tensor,
+    The latents stay on disk: each batch's rows are read with ``pread`` into pinned memory (the next
+    batch's while the current one computes, when the caller announces it with :meth:`prefetch`), so
+    host memory does not grow with the number of items.
+    """
+
+    def __init__(self, blocks: BlockStack, latents: ArrayFile, lengths: np.ndarray, rows: torch.Tensor,
                  pooling: str, dim: int, projection_layers: int = 1, dropout: float = 0.1, init: str = "xavier"):
         super().__init__()
         if pooling not in POOLINGS:
             raise TcfError(f"text_encoder.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
         self.blocks = blocks
-        self.latents = latents  # [rows, T, H] on the host (memory-mapped): read per batch, never moved whole
-        self.lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+        self.gather = LatentGather(latents, lengths)
         self.register_buffer("rows", rows, persistent=False)
+        self._rows_cpu = rows.numpy().copy()
         self.pooling = pooling
         self.width = latents.shape[2]
         self.mlp = MLP(self.width, dim, projection_layers, dropout, init)
@@ -111,23 +117,31 @@ class FineTunedTextTower(nn.Module):
                            f"{store.committed() or 'none'}); rerun it with text_encoder.unfreeze: {source.unfreeze}")
         blocks = load_stage(source.model_dir, depth, n_blocks, include_embedding=False, include_final=True,
                             dtype=torch.float32, device="cpu")
-        return cls(blocks, store.view(depth), store.lengths(), item_rows(store, item_keys),
+        return cls(blocks, store.open(depth), store.lengths(), item_rows(store, item_keys),
                    source.resolved_pooling(), dim, projection_layers, dropout, init)
 
+    def _unique(self, ids: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(unique item ids, ascending, padding dropped; their latents rows)."""
+        unique = np.unique(np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids))
+        unique = unique[unique != 0]
+        return unique, self._rows_cpu[unique]
+
+    def prefetch(self, ids: torch.Tensor | np.ndarray) -> None:
+        """Start reading the latents of the items in ``ids`` (host ids of the next forward)."""
+        _, rows = self._unique(ids)
+        if len(rows):
+            self.gather.prefetch(rows)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
-        unique, inverse = torch.unique(flat, return_inverse=True)
         device = self.rows.device  # a buffer: it moves with the model
-        pooled = torch.zeros(len(unique), self.width, device=device)
-        real = unique != 0
-        if bool(real.any()):
-            rows = self.rows[unique[real]].cpu()
-            lengths = self.lengths[rows]
-            length = int(lengths.max())
-            x = torch.index_select(self.latents[:, :length], 0, rows)
-            mask = (torch.arange(length) < lengths[:, None]).to(device)
+        unique, rows = self._unique(ids)
+        pooled = torch.zeros(len(unique) + 1, self.width, device=device)  # row 0: padding
+        if len(unique):
+            x, mask = self.gather.take(rows, device)
             weight = next(self.blocks.parameters())
-            hidden = self.blocks(x.to(device=device, dtype=weight.dtype), mask.long())
+            hidden = self.blocks(x.to(weight.dtype), mask.long())
             hidden = hidden.masked_fill(~mask[..., None], 0)
-            pooled[real] = pool(hidden, mask)[self.pooling].to(pooled.dtype)
-        return self.mlp(pooled)[inverse].view(*ids.shape, -1)
+            pooled[1:] = pool(hidden, mask)[self.pooling].to(pooled.dtype)
+        lookup = torch.as_tensor(np.concatenate([[0], unique])).to(device, non_blocking=True)
+        position = torch.searchsorted(lookup, ids.reshape(-1))
+        return self.mlp(pooled)[position].view(*ids.shape, -1)

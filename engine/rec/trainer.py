@@ -136,6 +136,10 @@ class Trainer:
             pair_item = seqs[pair_user, pair_pos]
             n_rows = len(pair_user)
         step_module = DistributedDataParallel(objective) if ctx.distributed else objective
+        # a tower that reads inputs from disk (fine-tuned text) reads the next batch's during this step
+        prefetch = getattr(model.item_tower, "prefetch", None)
+        host_ids = (data.train_sequences() if cfg.model.architecture == "sasrec"
+                    else pair_item.cpu().numpy()) if prefetch is not None else None
         text_params = _text_tower_params(model)
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         amp_dtype = _amp(cfg, device)
@@ -166,7 +170,9 @@ class Trainer:
             batches = global_batches(n_rows, cfg.train.batch_size, cfg.seed, epoch, ctx.world_size)
             self.reporter.stage(f"epoch {epoch}", total=len(batches))
             loss_total = torch.zeros((), device=device)
-            for gb in batches:
+            if prefetch is not None:
+                prefetch(host_ids[shard(batches[0], ctx.rank, ctx.world_size)[0].numpy()])
+            for i, gb in enumerate(batches):
                 idx, offset, width = shard(gb.to(device), ctx.rank, ctx.world_size)
                 autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype
                             else contextlib.nullcontext())
@@ -177,6 +183,8 @@ class Trainer:
                         users = pair_user[idx]
                         loss_sum, n_terms = step_module(users, pair_item[idx], seqs[users], offset, width,
                                                         ctx, gen)
+                if prefetch is not None and i + 1 < len(batches):  # after this forward took its own batch
+                    prefetch(host_ids[shard(batches[i + 1], ctx.rank, ctx.world_size)[0].numpy()])
                 total_terms = all_reduce_sum(n_terms.detach(), ctx).clamp_min(1.0)
                 loss = loss_sum.float() * ctx.world_size / total_terms
                 optimizer.zero_grad(set_to_none=True)
