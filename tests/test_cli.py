@@ -149,7 +149,12 @@ def test_embedded_demo_synthesizes_data_and_compares_models(tmp_path):
         assert f"{100 * row['test_hr@10']:.2f}" in r.stdout
     text = [row for row in rows if row["item_tower"] == "text"]
     assert len({row["lm_params"] for row in text}) == 1 and text[0]["lm_params"] > 0
+    starts = "SELECT count(*) FROM events WHERE kind = 'range_start'"
     with sqlite3.connect(tmp_path / "experiments.db") as c:  # one encoder, one pre-inference for both
         assert c.execute("SELECT count(*) FROM artifacts WHERE kind = 'latents'").fetchone()[0] == 1
+        encoded = c.execute(starts).fetchone()[0]
+    assert encoded >= 1
     again = tcf("run", "-S", "train.epochs=1", cwd=tmp_path)
     assert again.returncode == 0 and "synthesized" not in again.stderr and "built" not in again.stderr
+    with sqlite3.connect(tmp_path / "experiments.db") as c:  # the rerun ran no encoder forward pass
+        assert c.execute(starts).fetchone()[0] == encoded
