@@ -35,7 +35,7 @@ from engine.data.prepare import Prepared
 from engine.dist import DistContext
 from engine.experiment import prepared_data
 from engine.infer.job import model_dir_of, run_infer_job
-from engine.infer.latents import ITEMS, LENGTHS, LatentStore
+from engine.infer.latents import LatentStore
 from engine.lm.tiny import train_tokenizer
 from engine.rec.batches import global_batches
 from engine.rec.losses import log_popularity
@@ -187,7 +187,6 @@ def million(args: argparse.Namespace, work: Path, model_dir: Path, device: torch
         np.lib.format.write_array_header_1_0(f, {"descr": "<u2", "fortran_order": False, "shape": (n, length, hidden)})
         f.truncate(f.tell() + n * length * hidden * 2)
     store.update_state(boundaries=[depth], latent_dtype="bf16")
-    assert (folder / ITEMS).exists() and (folder / LENGTHS).exists()
 
     width = 23  # L + 3 with L = 20
     pop = 1.0 / np.arange(1, n + 1) ** 0.8

@@ -138,6 +138,11 @@ class Config(_Section):
         return self
 
     @property
+    def trains_text_tower(self) -> bool:
+        """Whether the run trains on the text encoder's latents (pop ignores its item tower)."""
+        return self.model.item_tower == "text" and self.model.architecture != "pop"
+
+    @property
     def run_name(self) -> str:
         """The name, else dataset-architecture-tower; a text tower names its encoder and fine-tuned depth."""
         if self.name:

@@ -71,10 +71,6 @@ class _StoreReporter(Reporter):
         self.inner.epoch_end(epoch, loss, seconds, metrics)
 
 
-def _needs_text(cfg: Config) -> bool:
-    return cfg.model.item_tower == "text" and cfg.model.architecture != "pop"
-
-
 def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = None,
                    resume_run_id: int | None = None, ctx: DistContext | None = None,
                    keep_depths: tuple[int, ...] = ()) -> RunResult:
@@ -85,7 +81,7 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
     """
     ctx = ctx or init_distributed(cfg.train.device)
     data = prepared_data(cfg)
-    text_model = model_dir_of(cfg.text_encoder) if _needs_text(cfg) else None  # fails before the db is touched
+    text_model = model_dir_of(cfg.text_encoder) if cfg.trains_text_tower else None  # fails before the db is touched
     store = Store(db_path) if ctx.is_main else None
     run_id = resume_run_id
     if store is not None and run_id is None:

@@ -116,13 +116,12 @@ def encoder_identity(cfg: Config) -> tuple:
 
 def sweep_depths(configs: list[Config]) -> list[tuple[int, ...]]:
     """For each config, every depth that any config sharing its encoder needs: one pass serves them all."""
+    identity = [encoder_identity(c) if c.trains_text_tower else None for c in configs]
     needed: dict[tuple, set[int]] = {}
-    for cfg in configs:
-        if cfg.text_encoder is not None and cfg.model.item_tower == "text":
-            depth = depth_of(cfg)
-            needed.setdefault(encoder_identity(cfg), set()).update([] if depth is None else [depth])
-    return [tuple(sorted(needed[encoder_identity(c)])) if c.text_encoder is not None
-            and c.model.item_tower == "text" else () for c in configs]
+    for cfg, key in zip(configs, identity, strict=True):
+        if key is not None:
+            needed.setdefault(key, set()).update(d for d in [depth_of(cfg)] if d is not None)
+    return [() if key is None else tuple(sorted(needed[key])) for key in identity]
 
 
 def find_latents(root: Path, key: dict[str, Any], depths: set[int]) -> Path | None:

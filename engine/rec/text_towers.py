@@ -99,8 +99,7 @@ class FineTunedTextTower(nn.Module):
             raise TcfError(f"text_encoder.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
         self.blocks = blocks
         self.gather = LatentGather(latents, lengths)
-        self.register_buffer("rows", rows, persistent=False)
-        self._rows_cpu = rows.numpy().copy()
+        self.rows = rows.numpy().copy()  # dense item id -> latents row, looked up on the host
         self.pooling = pooling
         self.width = latents.shape[2]
         self.mlp = MLP(self.width, dim, projection_layers, dropout, init)
@@ -124,7 +123,7 @@ class FineTunedTextTower(nn.Module):
         """(unique item ids, ascending, padding dropped; their latents rows)."""
         unique = np.unique(np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids))
         unique = unique[unique != 0]
-        return unique, self._rows_cpu[unique]
+        return unique, self.rows[unique]
 
     def prefetch(self, ids: torch.Tensor | np.ndarray) -> None:
         """Start reading the latents of the items in ``ids`` (host ids of the next forward)."""
@@ -133,12 +132,12 @@ class FineTunedTextTower(nn.Module):
             self.gather.prefetch(rows)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        device = self.rows.device  # a buffer: it moves with the model
+        weight = next(self.blocks.parameters())
+        device = weight.device
         unique, rows = self._unique(ids)
         pooled = torch.zeros(len(unique) + 1, self.width, device=device)  # row 0: padding
         if len(unique):
             x, mask = self.gather.take(rows, device)
-            weight = next(self.blocks.parameters())
             hidden = self.blocks(x.to(weight.dtype), mask.long())
             hidden = hidden.masked_fill(~mask[..., None], 0)
             pooled[1:] = pool(hidden, mask)[self.pooling].to(pooled.dtype)
