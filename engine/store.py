@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import socket
@@ -38,6 +39,7 @@ from sqlite_utils.db import quote_identifier
 from engine.errors import TcfError
 
 BUSY_TIMEOUT_MS = 30_000
+JOB_ENV = "TCF_JOB_ID"  # set by a worker for the job process it starts (engine.jobs)
 STATUSES = ("created", "running", "finished", "failed", "interrupted")
 TERMINAL_STATUSES = ("finished", "failed", "interrupted")
 FINAL_SPLITS = ("test", "valid")  # order of the metric columns in the `results` view
@@ -125,8 +127,68 @@ def _m004_lm_params(db: Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN lm_params INTEGER")
 
 
+def _m005_jobs(db: Database) -> None:
+    """The job queue (engine.jobs): jobs, their dependencies, the workers that run them; events name their job."""
+    statements = [
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('infer', 'train')),
+            name TEXT NOT NULL,
+            config_json TEXT NOT NULL,
+            spec_json TEXT NOT NULL,
+            key TEXT,
+            state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'finished', 'failed', 'cancelled', 'lost')),
+            priority INTEGER NOT NULL DEFAULT 0,
+            tags_json TEXT NOT NULL DEFAULT '[]',
+            note TEXT NOT NULL DEFAULT '',
+            gpus INTEGER NOT NULL DEFAULT 1,
+            mem_bytes INTEGER,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            worker_id INTEGER,
+            host TEXT,
+            pid INTEGER,
+            pid_start INTEGER,
+            devices TEXT,
+            heartbeat REAL,
+            peak_mem_bytes INTEGER,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+            artifact TEXT,
+            exit_code INTEGER,
+            error TEXT,
+            log_path TEXT
+        )""",
+        "CREATE INDEX jobs_state ON jobs(state, priority, id)",
+        """CREATE TABLE job_deps (
+            job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            dep_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            PRIMARY KEY (job_id, dep_id)
+        )""",
+        "CREATE INDEX job_deps_dep ON job_deps(dep_id)",
+        """CREATE TABLE workers (
+            id INTEGER PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            pid_start INTEGER,
+            devices TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            heartbeat REAL NOT NULL,
+            stopped_at TEXT,
+            status TEXT NOT NULL DEFAULT ''
+        )""",
+        "ALTER TABLE events ADD COLUMN job_id INTEGER",
+        "CREATE INDEX events_job ON events(job_id, id)",
+    ]
+    for sql in statements:
+        db.execute(sql)
+
+
 # Append only: never edit or reorder an applied migration; user_version = len(applied).
-MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events, _m004_lm_params]
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events, _m004_lm_params,
+                                                _m005_jobs]
 
 
 def _now() -> str:
@@ -166,11 +228,15 @@ def _sql_string(value: str) -> str:
 class Store:
     """experiments.db through sqlite-utils: WAL, busy_timeout 30 s, migrations by PRAGMA user_version.
 
-    Open one Store per process (and per thread): the sqlite3 connection is not shared.
+    Open one Store per process (and per thread): the sqlite3 connection is not shared. Inside a
+    queued job's process (``TCF_JOB_ID`` set by the worker) events carry the job's id and a new run
+    is linked to the job, so that the queue and the TUI can follow the job without parsing logs.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().resolve()
+        job = os.environ.get(JOB_ENV, "")
+        self.job_id: int | None = int(job) if job.isdigit() else None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000)
@@ -215,7 +281,7 @@ class Store:
                 time.sleep(random.uniform(0.01, 0.05))
 
     @contextmanager
-    def _write(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[None]:
         """One write transaction; IMMEDIATE so concurrent writers queue in the busy handler."""
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
@@ -238,7 +304,7 @@ class Store:
                            f"understands ({latest}); upgrade tcf")
         if version == latest:
             return
-        with self._write():
+        with self.transaction():
             version = self._user_version()  # another process may have migrated meanwhile
             for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
                 migration(self.db)
@@ -305,21 +371,24 @@ class Store:
             "created_at": _now(),
             "lm_params": lm_params,
         }
-        with self._write():
+        with self.transaction():
             cursor = self.db.execute(
                 "INSERT INTO runs (name, config_json, config_hash, status, dataset, architecture, "
                 "item_tower, host, git_commit, created_at, lm_params) VALUES (:name, :config_json, :config_hash, "
                 ":status, :dataset, :architecture, :item_tower, :host, :git_commit, :created_at, :lm_params)",
                 row,
             )
-            return int(cursor.lastrowid)
+            run_id = int(cursor.lastrowid)
+            if self.job_id is not None:
+                self.db.execute("UPDATE jobs SET run_id = ? WHERE id = ? AND kind = 'train'", [run_id, self.job_id])
+            return run_id
 
     def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
         """'running' stamps started_at the first time; a terminal status stamps finished_at."""
         if status not in STATUSES:
             raise ValueError(f"unknown run status {status!r}; expected one of {', '.join(STATUSES)}")
         now = _now()
-        with self._write():
+        with self.transaction():
             self._require_run(run_id)
             if status == "running":
                 self.db.execute(
@@ -341,7 +410,7 @@ class Store:
                   metrics: dict[str, float]) -> None:
         """Training loss, wall time and validation metrics of one epoch (re-logging replaces it)."""
         _check_metric_names(metrics)
-        with self._write():
+        with self.transaction():
             self._require_run(run_id)
             self.db.execute(
                 "INSERT OR REPLACE INTO epochs (run_id, epoch, train_loss, seconds) VALUES (?, ?, ?, ?)",
@@ -361,7 +430,7 @@ class Store:
         if split not in FINAL_SPLITS:
             raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
         _check_metric_names(metrics)
-        with self._write():
+        with self.transaction():
             self._require_run(run_id)
             self.db.execute("DELETE FROM metrics WHERE run_id = ? AND split = ?", [run_id, split])
             self.db.conn.executemany(
@@ -421,7 +490,7 @@ class Store:
     def register_artifact(self, kind: str, hash: str, path: str | Path, meta: dict[str, Any],
                           run_id: int | None = None) -> None:
         """Record a complete artifact (idempotent: registering it again updates the row)."""
-        with self._write():
+        with self.transaction():
             self.db.execute(
                 "INSERT INTO artifacts (hash, kind, path, meta_json, run_id, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, hash) DO UPDATE SET path = excluded.path, "
@@ -441,16 +510,17 @@ class Store:
 
     def log_event(self, source: str, kind: str, payload: dict[str, Any], run_id: int | None = None) -> None:
         """One progress event of a job (``source``, e.g. 'infer:<artifact hash>'); callers rate-limit."""
-        with self._write():
+        with self.transaction():
             self.db.execute(
-                "INSERT INTO events (source, run_id, time, kind, payload_json) VALUES (?, ?, ?, ?, ?)",
-                [source, run_id, _now(), kind, json.dumps(payload, sort_keys=True, default=str)],
+                "INSERT INTO events (source, run_id, job_id, time, kind, payload_json) VALUES (?, ?, ?, ?, ?, ?)",
+                [source, run_id, self.job_id, _now(), kind, json.dumps(payload, sort_keys=True, default=str)],
             )
 
-    def events(self, source: str | None = None, after_id: int = 0) -> list[dict]:
+    def events(self, source: str | None = None, after_id: int = 0, job_id: int | None = None) -> list[dict]:
         """Events after ``after_id`` (for tailing), oldest first, with ``payload`` parsed."""
         rows = self.db.query(
-            "SELECT * FROM events WHERE (:source IS NULL OR source = :source) AND id > :after ORDER BY id",
-            {"source": source, "after": after_id},
+            "SELECT * FROM events WHERE (:source IS NULL OR source = :source) "
+            "AND (:job IS NULL OR job_id = :job) AND id > :after ORDER BY id",
+            {"source": source, "after": after_id, "job": job_id},
         )
         return [{**row, "payload": json.loads(row["payload_json"])} for row in rows]
