@@ -8,6 +8,7 @@ runs on a laptop. ``configs/demo.yaml`` is the same experiment as a file (a test
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 DEMO_DATASET = "data/demo"
@@ -36,6 +37,20 @@ DEMO_CONFIG: dict = {
         {**_TEXT, "text_encoder.unfreeze": 1},
     ],
 }
+
+
+def demo_configs(overrides: list[str] | tuple[str, ...] = (), say: Callable[[str], None] = print) -> list:
+    """The demo's configs (with ``-S`` overrides), its dataset and text encoder built if missing."""
+    from engine.config import load_config
+
+    configs = load_config(None, overrides, base=dict(DEMO_CONFIG))
+    data_path = configs[0].dataset.path
+    if ensure_demo_dataset(data_path):
+        say(f"synthesized the demo dataset in {data_path}")
+    for model in sorted({c.text_encoder.model for c in configs if c.text_encoder and c.trains_text_tower}):
+        if ensure_demo_encoder(model, data_path):
+            say(f"built the demo text encoder (tiny random-weight OPT) in {model}")
+    return configs
 
 
 def ensure_demo_dataset(path: str | Path = DEMO_DATASET) -> bool:

@@ -63,7 +63,7 @@ def run(
     """Train and evaluate; with no CONFIG, run the demo (pop, ID-SASRec, ID-DSSM, frozen and fine-tuned
     text SASRec on synthetic data with a tiny text encoder)."""
     from engine.config import Config, load_config
-    from engine.demo import DEMO_CONFIG, ensure_demo_dataset, ensure_demo_encoder
+    from engine.demo import demo_configs
     from engine.dist import init_distributed, shutdown
     from engine.experiment import prepared_data, run_experiment
     from engine.infer.job import sweep_depths
@@ -80,15 +80,7 @@ def run(
             raise TcfError(f"run {resume} already finished")
         configs = [Config.model_validate(json.loads(row["config_json"]))]
     elif config is None:
-        base = dict(DEMO_CONFIG)
-        configs = load_config(None, overrides, base=base)
-        data_path = configs[0].dataset.path
-        if ensure_demo_dataset(data_path):
-            err.print(f"synthesized the demo dataset in {data_path}")
-        encoders = {c.text_encoder.model for c in configs if c.text_encoder and c.model.item_tower == "text"}
-        for model in sorted(encoders):
-            if ensure_demo_encoder(model, data_path):
-                err.print(f"built the demo text encoder (tiny random-weight OPT) in {model}")
+        configs = demo_configs(overrides, say=err.print)
     else:
         configs = load_config(config, overrides)
     for cfg in configs:  # validate every dataset before anything is written

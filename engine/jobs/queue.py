@@ -25,6 +25,7 @@ import fnmatch
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -227,6 +228,26 @@ def add_jobs(store: Store, configs: list[Config], *, priority: int = 0, tags: li
             added.append(_insert(store, "train", cfg.run_name, cfg, {"keep_depths": list(keep)}, None, priority,
                                  tags, note, gpus, mem_bytes, deps))
     return added
+
+
+def queue_config(store: Store, path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *,
+                 say: Callable[[str], None] = print, **options: Any) -> list[int]:
+    """Load a config file (None: the embedded demo, its data built if missing), validate every run's
+    dataset before anything is written, and queue its jobs (``options`` as for :func:`add_jobs`)."""
+    from engine.config import load_config
+    from engine.demo import demo_configs
+    from engine.experiment import prepared_data
+
+    configs = demo_configs(overrides, say=say) if path is None else load_config(path, overrides)
+    for cfg in configs:
+        prepared_data(cfg)
+        if cfg.trains_text_tower:
+            from engine.infer.job import depth_of, model_dir_of
+
+            assert cfg.text_encoder is not None
+            model_dir_of(cfg.text_encoder)
+            depth_of(cfg)
+    return add_jobs(store, configs, **options)
 
 
 def _check_tags(tags: list[str] | tuple[str, ...]) -> list[str]:
