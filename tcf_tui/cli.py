@@ -25,7 +25,10 @@ app = typer.Typer(help="Text-based collaborative filtering experiments.", rich_m
                   no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Check, convert, filter and synthesize datasets.", no_args_is_help=True)
 import_app = typer.Typer(help="Convert public datasets into the TCF layout.", no_args_is_help=True)
+queue_app = typer.Typer(help="Queue experiments for `tcf worker`: add, list, cancel, retry, edit, remove.",
+                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(queue_app, name="queue")
 data_app.add_typer(import_app, name="import")
 
 err = Console(stderr=True)
@@ -252,6 +255,156 @@ def infer(
                 print(path)
     finally:
         shutdown()
+
+
+# -- queue and worker ----------------------------------------------------------------------------
+JobIdArg = Annotated[int, typer.Argument(metavar="ID", help="Job id (see `tcf queue ls`).")]
+
+
+@queue_app.command("add")
+def queue_add(
+    config: Annotated[Path | None, typer.Argument(help="Experiment YAML; omit to queue the embedded demo.")] = None,
+    set_: SetOption = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Tag the jobs (repeatable).")] = None,
+    note: Annotated[str, typer.Option(help="A note shown with the jobs.")] = "",
+    gpus: Annotated[int, typer.Option(min=1, help="Devices per job (several: torchrun, one rank each).")] = 1,
+    gpu_memory: Annotated[str | None, typer.Option(
+        help="Free GPU memory a worker waits for before starting a job, e.g. 20GiB "
+             "(default: text_encoder.gpu_memory_budget for pre-inference, else 1GiB).")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Queue every run of CONFIG (sweeps expand), each text encoder's pre-inference first."""
+    from engine.infer.planner import parse_bytes
+    from engine.jobs.queue import get_job, queue_config
+    from engine.store import Store
+
+    try:
+        mem = parse_bytes(gpu_memory) if gpu_memory is not None else None
+    except ValueError as e:
+        raise TcfError(f"--gpu-memory: {e}") from None
+    store = Store(db)
+    ids = queue_config(store, config, set_ or [], say=err.print, priority=priority, tags=tag or [], note=note,
+                       gpus=gpus, mem_bytes=mem)
+    for job_id in ids:
+        job = get_job(store, job_id)
+        after = f" after job {', '.join(map(str, job.deps))}" if job.deps else ""
+        err.print(f"queued job {job_id}: {job.kind} {job.name}{after}")
+    print(" ".join(map(str, ids)))
+
+
+@queue_app.command("ls")
+def queue_ls(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of jobs.")] = False,
+    state: Annotated[str | None, typer.Option(help="Only jobs in these states, e.g. running,lost.")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """The jobs: running, then queued by priority, then ended (newest first)."""
+    from engine.jobs.queue import STATES, list_jobs
+    from engine.jobs.views import live_view, progress_summary
+    from engine.store import Store
+
+    states = tuple(s.strip() for s in state.split(",")) if state else None
+    for s in states or ():
+        if s not in (*STATES, "blocked"):
+            raise TcfError(f"--state: unknown state {s!r}; one of {', '.join((*STATES, 'blocked'))}")
+    store = Store(db) if db.exists() else None
+    jobs = list_jobs(store, states) if store is not None else []
+    progress = {j.id: progress_summary(live_view(store, j)) for j in jobs if j.state in ("running", "finished")}
+    if as_json:
+        keys = ("id", "kind", "name", "priority", "tags", "note", "gpus", "devices", "attempts", "run_id",
+                "artifact", "created_at", "started_at", "finished_at", "error", "deps", "log_path")
+        rows = [{**{k: getattr(j, k) for k in keys}, "state": j.display, "stored_state": j.state,
+                 "progress": progress.get(j.id, "")} for j in jobs]
+        print(json.dumps(rows, indent=2, default=list))
+        return
+    table = Table(title=f"jobs in {db}")
+    for col in ("id", "state", "kind", "name", "devices", "progress", "prio", "tags", "note / error"):
+        table.add_column(col, overflow="fold")
+    colours = {"running": "green", "lost": "bold red", "failed": "red", "blocked": "yellow", "cancelled": "dim"}
+    for j in jobs:
+        state_text = f"[{colours[j.display]}]{j.display}[/]" if j.display in colours else j.display
+        table.add_row(str(j.id), state_text, j.kind, j.name, j.devices or "", progress.get(j.id, ""),
+                      str(j.priority), ",".join(j.tags), j.error or j.note)
+    out.print(table)
+
+
+@queue_app.command("cancel")
+def queue_cancel(job_id: JobIdArg, db: DbOption = DEFAULT_DB) -> None:
+    """Cancel a queued job, or stop a running one (SIGTERM; it records itself as cancelled)."""
+    from engine.jobs.queue import cancel_job
+
+    err.print(cancel_job(_store(db), job_id))
+
+
+@queue_app.command("retry")
+def queue_retry(
+    job_id: Annotated[int | None, typer.Argument(metavar="[ID]", help="Job id.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Retry every failed, lost or cancelled job.")] = False,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Queue a failed, lost or cancelled job again: pre-inference resumes from its last committed
+    block range, training from its last checkpoint."""
+    from engine.jobs.queue import retry_jobs
+
+    if (job_id is None) == (not failed):
+        raise TcfError("give a job ID or --failed (not both)")
+    ids = retry_jobs(_store(db), [job_id] if job_id is not None else None, failed=failed)
+    err.print(f"queued again: {', '.join(map(str, ids))}" if ids else "nothing to retry")
+
+
+@queue_app.command("rm")
+def queue_rm(job_id: JobIdArg, db: DbOption = DEFAULT_DB) -> None:
+    """Remove a job that is not running (its run, if any, stays in the results)."""
+    from engine.jobs.queue import remove_job
+
+    remove_job(_store(db), job_id)
+    err.print(f"removed job {job_id}")
+
+
+@queue_app.command("edit")
+def queue_edit(
+    job_id: JobIdArg,
+    priority: Annotated[int | None, typer.Option(help="New priority (higher runs first).")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Replace the tags (repeatable).")] = None,
+    note: Annotated[str | None, typer.Option(help="Replace the note.")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Change a job's priority, tags or note."""
+    from engine.jobs.queue import edit_job
+
+    job = edit_job(_store(db), job_id, priority=priority, tags=tag, note=note)
+    err.print(f"job {job.id}: priority {job.priority}, tags {','.join(job.tags) or '-'}, note {job.note or '-'}")
+
+
+def _store(db: Path):
+    from engine.store import Store
+
+    if not db.exists():
+        raise TcfError(f"{db}: no such result store")
+    return Store(db)
+
+
+@app.command()
+def worker(
+    gpus: Annotated[str | None, typer.Option(
+        help="GPUs to run jobs on: 'all' (default; the CPU when there is none), 'cpu', or indices like 0,1.")] = None,
+    max_jobs: Annotated[int | None, typer.Option(min=1, help="Stop after starting this many jobs.")] = None,
+    exit_when_idle: Annotated[bool, typer.Option(
+        "--exit-when-idle", help="Stop when no queued job is left that this worker could run.")] = False,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Run queued jobs, each as its own process (torchrun for several GPUs), on free GPUs with enough
+    free memory. Ctrl-C: take no new jobs and wait; twice: cancel the running ones."""
+    from engine.infer.gpu import get_provider
+    from engine.jobs.worker import Worker, parse_gpus
+
+    provider = get_provider()
+    devices = parse_gpus(gpus, provider)
+    if devices == ["cpu"] and gpus is None:
+        err.print(f"no GPU ({provider.reason}): running jobs on the CPU, one at a time")
+    Worker(db, devices, max_jobs=max_jobs, exit_when_idle=exit_when_idle, provider=provider,
+           say=lambda s: err.print(s, highlight=False, soft_wrap=True)).run()
 
 
 # -- data ----------------------------------------------------------------------------------------

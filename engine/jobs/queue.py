@@ -349,14 +349,28 @@ def next_ready(store: Store, max_gpus: int) -> Job | None:
     return None if row is None else get_job(store, int(row[0]))
 
 
-def claim(store: Store, worker_id: int, devices: str, max_gpus: int, job_id: int | None = None) -> Job | None:
-    """Atomically move the next ready job (or ``job_id``, if still ready) to running for this worker.
+def busy_devices(store: Store) -> set[str]:
+    """GPUs of this host that a running job holds: one whose process lives, or that was claimed and
+    is being started (no PID yet). A dead worker's jobs keep running and keep their GPUs."""
+    busy: set[str] = set()
+    for devices, pid, started in store.db.execute(
+            "SELECT devices, pid, pid_start FROM jobs WHERE state = 'running' AND host = ? AND devices IS NOT NULL",
+            [hostname()]).fetchall():
+        if pid is None or is_alive(pid, started):
+            busy.update(d for d in devices.split(",") if d.isdigit())
+    return busy
 
-    The pick and the update share one ``BEGIN IMMEDIATE`` transaction: no other writer runs in between.
+
+def claim(store: Store, worker_id: int, devices: str, max_gpus: int, job_id: int | None = None) -> Job | None:
+    """Atomically move the next ready job (or ``job_id``, if still ready) to running on ``devices``.
+
+    The pick, the check that no running job of this host holds one of the GPUs, and the update share
+    one ``BEGIN IMMEDIATE`` transaction: no other writer runs in between, so two workers never take
+    the same job or the same GPU.
     """
     with store.transaction():
         row = store.db.execute(_PICK, {"max_gpus": max_gpus, "job": job_id}).fetchone()
-        if row is None:
+        if row is None or set(devices.split(",")) & busy_devices(store):
             return None
         store.db.execute(
             "UPDATE jobs SET state = 'running', worker_id = ?, host = ?, devices = ?, started_at = ?, heartbeat = ?, "

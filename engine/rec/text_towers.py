@@ -22,9 +22,6 @@ from torch import nn
 
 from engine.errors import TcfError
 from engine.infer.latents import POOLINGS, ArrayFile, LatentStore
-from engine.infer.runner import pool
-from engine.lm import adapter_class, load_config, load_stage
-from engine.lm.base import BlockStack
 from engine.rec.latent_gather import LatentGather
 from engine.rec.towers import MLP
 
@@ -48,6 +45,8 @@ class TextSource:
     def resolved_pooling(self) -> str:
         if self.pooling != "auto":
             return self.pooling
+        from engine.lm import load_config
+
         return default_pooling(load_config(self.model_dir).model_type)
 
 
@@ -92,7 +91,7 @@ class FineTunedTextTower(nn.Module):
     host memory does not grow with the number of items.
     """
 
-    def __init__(self, blocks: BlockStack, latents: ArrayFile, lengths: np.ndarray, rows: torch.Tensor,
+    def __init__(self, blocks: nn.Module, latents: ArrayFile, lengths: np.ndarray, rows: torch.Tensor,
                  pooling: str, dim: int, projection_layers: int = 1, dropout: float = 0.1, init: str = "xavier"):
         super().__init__()
         if pooling not in POOLINGS:
@@ -108,6 +107,8 @@ class FineTunedTextTower(nn.Module):
     def from_source(cls, source: TextSource, item_keys: list[str], dim: int, projection_layers: int = 1,
                     dropout: float = 0.1, init: str = "xavier") -> FineTunedTextTower:
         store = LatentStore(source.latents)
+        from engine.lm import adapter_class, load_config, load_stage  # transformers: only for text towers
+
         config = load_config(source.model_dir)
         n_blocks = adapter_class(config.model_type).count_blocks(config)
         depth = n_blocks - source.unfreeze
@@ -140,6 +141,8 @@ class FineTunedTextTower(nn.Module):
             x, mask = self.gather.take(rows, device)
             hidden = self.blocks(x.to(weight.dtype), mask.long())
             hidden = hidden.masked_fill(~mask[..., None], 0)
+            from engine.infer.runner import pool
+
             pooled[1:] = pool(hidden, mask)[self.pooling].to(pooled.dtype)
         lookup = torch.as_tensor(np.concatenate([[0], unique])).to(device, non_blocking=True)
         position = torch.searchsorted(lookup, ids.reshape(-1))

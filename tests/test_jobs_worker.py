@@ -1,0 +1,206 @@
+"""Workers running real job processes: exactly once, GPU assignment and memory waits (fake GPUs),
+SIGKILL of a job (lost, then a retry resumes from the checkpoint) and of a worker, cancellation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from conftest import ROOT, tcf
+
+from engine.infer.gpu import FakeProvider
+from engine.jobs import queue as q
+from engine.jobs.worker import Worker, parse_gpus
+from engine.store import Store
+
+ENV = {"OMP_NUM_THREADS": "1"}
+SASREC = ["-S", "model.embedding_dim=32", "-S", "train.batch_size=32", "-S", "train.patience=100",
+          "-S", "eval.ks=[5,10]", "-S", "train.epochs=6"]
+
+
+def _config(tmp_path: Path, dataset: Path, body: str = "model:\n  architecture: pop\n") -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(f"dataset:\n  path: {dataset}\n{body}")
+    return p
+
+
+def _worker(db: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tcf_tui.cli", "worker", "--db", str(db), *args],
+                            cwd=db.parent, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait(predicate, timeout: float = 240, what: str = "condition") -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _job(db: Path, job_id: int) -> q.Job:
+    return q.get_job(Store(db), job_id)
+
+
+def _epochs(db: Path) -> list[int]:
+    with sqlite3.connect(db, timeout=30) as c:
+        return [e for (e,) in c.execute("SELECT epoch FROM epochs ORDER BY epoch")]
+
+
+def test_three_workers_run_every_job_exactly_once(tmp_path, small_dataset):
+    db = tmp_path / "experiments.db"
+    cfg = _config(tmp_path, small_dataset, "model:\n  architecture: pop\nsweep:\n  seed: [1, 2, 3, 4, 5, 6, 7, 8]\n")
+    r = tcf("queue", "add", str(cfg), "--tag", "pop", "--db", str(db), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ids = [int(i) for i in r.stdout.split()]
+    assert len(ids) == 8
+    workers = [_worker(db, "--exit-when-idle") for _ in range(3)]
+    for w in workers:
+        assert w.wait(timeout=300) == 0, w.stderr.read()
+    listing = json.loads(tcf("queue", "ls", "--json", "--db", str(db), cwd=tmp_path).stdout)
+    assert sorted(j["id"] for j in listing) == ids
+    assert all(j["state"] == "finished" and j["attempts"] == 1 and j["tags"] == ["pop"] for j in listing)
+    with sqlite3.connect(db) as c:
+        runs = c.execute("SELECT id, status FROM runs").fetchall()
+        used = {w for (w,) in c.execute("SELECT DISTINCT worker_id FROM jobs")}
+    assert len(runs) == 8 and all(s == "finished" for _, s in runs)  # one run per job, none twice
+    assert sorted(j["run_id"] for j in listing) == sorted(i for i, _ in runs)
+    assert len(used) >= 2  # the work was shared
+
+
+def _intervals(store: Store) -> list[tuple[str, float, float]]:
+    out = []
+    for devices, start, end in store.db.execute("SELECT devices, started_at, finished_at FROM jobs").fetchall():
+        out.append((devices, datetime.fromisoformat(start).timestamp(), datetime.fromisoformat(end).timestamp()))
+    return out
+
+
+def test_gpu_worker_assigns_free_gpus_and_waits_for_memory(tmp_path, small_dataset, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    db = tmp_path / "experiments.db"
+    store = Store(db)
+    cfg = _config(tmp_path, small_dataset, "model:\n  architecture: pop\nsweep:\n  seed: [1, 2]\n")
+    q.queue_config(store, cfg, mem_bytes=20 << 30)
+    gpus = FakeProvider.uniform(2, total_bytes=80 << 30)
+    gpus.set(1, free_bytes=10 << 30)  # someone else's process holds GPU 1: too little for the jobs
+    messages: list[str] = []
+    Worker(db, parse_gpus("0,1", gpus), exit_when_idle=True, provider=gpus, say=messages.append, poll_s=0.1).run()
+    assert {d for d, _, _ in _intervals(store)} == {"0"}
+    jobs = q.list_jobs(store)
+    assert all(j.state == "finished" for j in jobs)
+    log = Path(jobs[0].log_path).read_text()
+    assert "devices 0" in log  # the job process saw the GPU it was given
+
+    gpus.set(1, free_bytes=70 << 30)
+    for _ in range(2):
+        q.queue_config(store, cfg, mem_bytes=20 << 30)
+    Worker(db, ["0", "1"], exit_when_idle=True, provider=gpus, say=messages.append, poll_s=0.1).run()
+    new = _intervals(store)[2:]
+    assert {d for d, _, _ in new} == {"0", "1"}
+    for i, (d1, s1, e1) in enumerate(new):  # never two jobs on one GPU at once
+        for d2, s2, e2 in new[i + 1:]:
+            assert d1 != d2 or e1 <= s2 or e2 <= s1
+
+
+def test_status_says_why_a_job_waits_for_memory(tmp_path, small_dataset):
+    store = Store(tmp_path / "experiments.db")
+    q.queue_config(store, _config(tmp_path, small_dataset), mem_bytes=20 << 30)
+    gpus = FakeProvider.uniform(1, total_bytes=80 << 30, free_bytes=5 << 30)
+    w = Worker(store.path, ["0"], provider=gpus, say=lambda s: None)
+    assert not w._start_next()
+    assert "waits for 20.0 GiB free on 1 GPU(s)" in w.status and "GPU 0 5.0 GiB" in w.status
+    assert q.list_jobs(store)[0].state == "queued"
+
+
+def test_sigkilled_job_is_lost_then_retry_resumes_from_its_checkpoint(tmp_path, small_dataset):
+    cfg = _config(tmp_path, small_dataset, "model:\n  architecture: sasrec\n")
+    ref_db = tmp_path / "ref.db"
+    r = tcf("run", str(cfg), *SASREC, "--db", str(ref_db), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (ref,) = json.loads(tcf("results", "--format", "json", "--db", str(ref_db), cwd=tmp_path).stdout)
+
+    db = tmp_path / "experiments.db"
+    (job_id,) = map(int, tcf("queue", "add", str(cfg), *SASREC, "--db", str(db), cwd=tmp_path).stdout.split())
+    worker = _worker(db, "--max-jobs", "1")
+    _wait(lambda: db.exists() and len(_epochs(db)) >= 3, what="three epochs")
+    job = _job(db, job_id)
+    assert job.display == "running" and job.run_id is not None
+    os.kill(job.pid, signal.SIGKILL)
+    t0 = time.time()
+    _wait(lambda: _job(db, job_id).display == "lost", timeout=30, what="lost")
+    assert time.time() - t0 < 30
+    assert worker.wait(timeout=60) == 0  # its one job is over
+    job = _job(db, job_id)
+    assert job.state == "lost" and "SIGKILL" in job.error
+    done = len(_epochs(db))
+    assert 3 <= done < 6
+    assert Store(db).get_run(job.run_id)["status"] == "interrupted"
+
+    r = tcf("queue", "retry", str(job_id), "--db", str(db), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert _worker(db, "--exit-when-idle").wait(timeout=300) == 0
+    job = _job(db, job_id)
+    assert (job.state, job.attempts) == ("finished", 2)
+    assert "resuming run" in Path(job.log_path).read_text()
+    (res,) = json.loads(tcf("results", "--format", "json", "--db", str(db), cwd=tmp_path).stdout)
+    assert res["run_id"] == job.run_id
+    for key in ("test_hr@10", "test_ndcg@10", "valid_hr@10", "best_epoch"):
+        assert res[key] == ref[key], key
+    assert _epochs(db) == list(range(1, 7))
+
+
+def test_cancel_stops_a_running_job_cleanly(tmp_path, small_dataset):
+    cfg = _config(tmp_path, small_dataset, "model:\n  architecture: sasrec\n")
+    db = tmp_path / "experiments.db"
+    (job_id,) = map(int, tcf("queue", "add", str(cfg), *SASREC, "-S", "train.epochs=200", "--db", str(db),
+                             cwd=tmp_path).stdout.split())
+    worker = _worker(db, "--exit-when-idle")
+    _wait(lambda: db.exists() and len(_epochs(db)) >= 1, what="an epoch")
+    r = tcf("queue", "cancel", str(job_id), "--db", str(db), cwd=tmp_path)
+    assert r.returncode == 0 and "SIGTERM" in r.stderr
+    assert worker.wait(timeout=120) == 0
+    job = _job(db, job_id)
+    assert job.state == "cancelled" and job.exit_code == 130
+    assert Store(db).get_run(job.run_id)["status"] == "interrupted"
+
+
+def test_sigkilled_worker_leaves_its_job_running_and_the_next_worker_reaps_the_dead(tmp_path, small_dataset):
+    cfg = _config(tmp_path, small_dataset, "model:\n  architecture: sasrec\n")
+    db = tmp_path / "experiments.db"
+    (job_id,) = map(int, tcf("queue", "add", str(cfg), *SASREC, "-S", "train.epochs=8", "--db", str(db),
+                             cwd=tmp_path).stdout.split())
+    worker = _worker(db)
+    _wait(lambda: db.exists() and len(_epochs(db)) >= 1, what="an epoch")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    job = _job(db, job_id)
+    assert job.display == "running"  # the job outlives its worker
+    _wait(lambda: _job(db, job_id).state == "finished", what="the orphaned job to finish")
+
+    # a job and its worker both killed: readers show it lost at once; the next worker records it
+    (second,) = map(int, tcf("queue", "add", str(cfg), *SASREC, "-S", "train.epochs=200", "--db", str(db),
+                             cwd=tmp_path).stdout.split())
+    worker = _worker(db)
+    _wait(lambda: _job(db, second).pid is not None and len(_epochs(db)) >= 10, what="the second job")
+    pid = _job(db, second).pid
+    worker.send_signal(signal.SIGKILL)
+    os.killpg(pid, signal.SIGKILL)
+    worker.wait()
+    _wait(lambda: _job(db, second).display == "lost", timeout=5, what="lost")
+    assert _job(db, second).state == "running"
+    nxt = _worker(db, "--exit-when-idle")
+    assert nxt.wait(timeout=60) == 0
+    job = _job(db, second)
+    assert job.state == "lost" and "is gone" in job.error
+
+
+def test_no_worker_code_path_imports_textual():
+    r = subprocess.run([sys.executable, "-c", "import sys, engine.jobs.worker, engine.jobs.exec, engine.jobs.views; "
+                        "print('textual' in sys.modules)"], cwd=ROOT, capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr
