@@ -409,11 +409,7 @@ def cell_text(view: View, row: Row, column: Column, latex: bool = False) -> str:
         text = str(row.n)
     elif column.id == "lm_params":
         text = display("lm_params", row.runs[0].lm_params)
-    elif column.kind == "run":
-        text = display(column.id, row_value(row, column.id))
-    elif column.id == SEED and row.n > 1:  # the seed column of an ungrouped view never gets here
-        text = ",".join(display(SEED, r.config.get(SEED)) for r in row.runs)
-    else:
+    else:  # other run columns, and config keys (one value per row: a group shares all but the seed)
         text = display(column.id, row_value(row, column.id))
     return latex_escape(text) if latex else text
 

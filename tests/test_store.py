@@ -286,3 +286,18 @@ def test_events_are_tailed_in_order(tmp_path):
     assert [e["payload"]["items_done"] for e in first] == [0, 10, 20, 30, 40]
     assert store.events("infer:abc", after_id=first[2]["id"]) == first[3:]
     assert [e["kind"] for e in store.events()] == ["progress"] * 5 + ["range_start"]
+
+
+def test_eight_processes_writing_events_at_50_hz_lose_none(tmp_path):
+    """The bench's load for 2 s (bench/event_load.py runs it for a minute): no event lost, none twice,
+    no 'database is locked'."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("event_load", Path(__file__).parents[1] / "bench" / "event_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.run(tmp_path / "experiments.db", processes=8, hz=50, seconds=2, readers=1)
+    assert res["errors"] == 0, res["first_error"]
+    assert res["missing"] == 0 and res["duplicated"] == 0
+    assert res["found"] == res["written"] >= 0.9 * res["target_events"]
+    assert res["reads"] > 0

@@ -219,7 +219,7 @@ def add_jobs(store: Store, configs: list[Config], *, priority: int = 0, tags: li
             te = cfg.text_encoder
             assert te is not None
             budget = mem_bytes or (parse_bytes(te.gpu_memory_budget) if te.gpu_memory_budget else None)
-            name = f"infer {Path(cfg.dataset.path).name}-{Path(te.model).name}"
+            name = f"{Path(cfg.dataset.path).name}-{Path(te.model).name}"
             infer_of[key] = _insert(store, "infer", name, cfg, {"keep_depths": list(keep)}, key, priority,
                                     tags, note, gpus, budget, [])
             added.append(infer_of[key])

@@ -1,0 +1,247 @@
+"""Two GPUs against one, through the commands a researcher types: DDP training, data-parallel
+pre-inference, and one worker keeping both GPUs busy.
+
+    python bench/multi_gpu.py --parts infer,train,worker --workdir /tmp/tcf-mg --out $OUT/multi_gpu.json
+    python bench/multi_gpu.py --small --workdir /tmp/tcf-mg-cpu --out /tmp/mg.json     # CPU smoke (gloo)
+
+- infer: `tcf infer` vs `torchrun --nproc_per_node 2 -m tcf_tui.cli infer` of an OPT-shaped random-weight
+  model over ``--infer-items`` items; every item once, pooled embeddings equal (bf16 tolerance), items/s
+  over the ranges' compute time and over the whole command.
+- train: `tcf run` (seeds s and s+1: the run-to-run noise) vs `torchrun --nproc_per_node 2 -m tcf_tui.cli
+  run` (seed s, same global batch) for an ID-SASRec and a text SASRec with the top 2 blocks of an
+  OPT-shaped model fine-tuned; test metrics, best epoch, and seconds per training epoch.
+- worker: four queued training jobs, `tcf worker --gpus all`; which GPU ran each job when, and NVML
+  utilisation sampled every 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+TCF = [sys.executable, "-m", "tcf_tui.cli"]
+TORCHRUN2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             "-m", "tcf_tui.cli"]
+
+
+def sh(argv: list[str], cwd: Path, log: Path) -> float:
+    """Run a command (argv list, no shell), its output to ``log``; returns wall seconds; raises on failure."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(argv, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
+    seconds = time.perf_counter() - t0
+    if rc != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({rc}); see {log}:\n" + log.read_text()[-3000:])
+    return seconds
+
+
+def model_dir(work: Path, name: str, data: Path) -> Path:
+    import torch
+    from preinfer import build_checkpoint
+
+    from engine.data.reader import load_dataset
+    from engine.lm.tiny import train_tokenizer
+
+    out = work / name
+    if not (out / "tokenizer.json").exists():
+        build_checkpoint(name, out, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        train_tokenizer(out, load_dataset(data).item_texts, vocab_size=8000)
+    return out
+
+
+def dataset(work: Path, name: str, users: int, items: int) -> Path:
+    from engine.data.synth import synth_dataset
+
+    out = work / name
+    if not (out / "behaviors.tsv").exists():
+        synth_dataset(out, users=users, items=items, seed=0)
+    return out
+
+
+def _range_seconds(db: Path) -> float:
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT payload_json FROM events WHERE kind = 'range_end'").fetchall()
+    return sum(json.loads(r[0])["seconds"] for r in rows)
+
+
+def part_infer(args: argparse.Namespace, work: Path) -> dict:
+    from engine.infer.latents import LatentStore
+
+    data = dataset(work, "infer-data", users=max(args.infer_items // 8, 500), items=args.infer_items)
+    ckpt = model_dir(work, args.infer_model, data)
+    cfg = work / "infer.yaml"
+    cfg.write_text(f"dataset:\n  path: {data}\ntext_encoder:\n  model: {ckpt}\n  max_tokens: 30\n"
+                   f"  gpu_memory_budget: {args.infer_budget}\n")
+    out: dict = {"model": args.infer_model, "items": args.infer_items, "budget": args.infer_budget}
+    pooled = {}
+    for label, cmd in (("one", TCF), ("two", TORCHRUN2)):
+        run_dir = work / f"infer-{label}"
+        run_dir.mkdir(exist_ok=True)
+        db = run_dir / "experiments.db"
+        wall = sh([*cmd, "infer", str(cfg), "--db", str(db)], run_dir, run_dir / "infer.log")
+        (path,) = [p for p in (run_dir / "artifacts" / "latents").iterdir() if not p.name.startswith(".")]
+        store = LatentStore(path)
+        keys = json.loads((path / "items.json").read_text())
+        pooled[label] = (keys, store.read("mean").float().numpy())
+        compute = _range_seconds(db)
+        out[label] = {"command": " ".join([*cmd[1:], "infer", "infer.yaml"]), "wall_s": wall, "compute_s": compute,
+                      "items_per_s_compute": args.infer_items / compute, "items_per_s_wall": args.infer_items / wall,
+                      "ranks": json.loads((path / "meta.json").read_text())["ranks"]}
+    (k1, e1), (k2, e2) = pooled["one"], pooled["two"]
+    assert k1 == k2, "the two artifacts list different items"
+    diff = np.abs(e1 - e2)
+    scale = np.abs(e1).max()
+    out["check"] = {"items_once": len(k2) == len(set(k2)) == args.infer_items,
+                    "zero_rows_two": int((np.abs(e2).sum(1) == 0).sum()),
+                    "max_abs_diff": float(diff.max()), "max_abs_value": float(scale),
+                    "max_rel_diff": float(diff.max() / scale),
+                    "cosine_min": float((np.sum(e1 * e2, 1) / (np.linalg.norm(e1, axis=1) * np.linalg.norm(e2, axis=1)
+                                                               + 1e-12)).min())}
+    out["speedup_compute"] = out["two"]["items_per_s_compute"] / out["one"]["items_per_s_compute"]
+    out["speedup_wall"] = out["two"]["items_per_s_wall"] / out["one"]["items_per_s_wall"]
+    return out
+
+
+def _run_figures(db: Path) -> dict:
+    with sqlite3.connect(db) as c:
+        c.row_factory = sqlite3.Row
+        run = dict(c.execute("SELECT * FROM results ORDER BY run_id DESC LIMIT 1").fetchone())
+        seconds = [r[0] for r in c.execute("SELECT seconds FROM epochs WHERE run_id = ? ORDER BY epoch",
+                                           [run["run_id"]])]
+    return {"test_hr@10": run["test_hr@10"], "test_ndcg@10": run["test_ndcg@10"], "best_epoch": run["best_epoch"],
+            "epoch_seconds": seconds, "epoch_s_median": float(np.median(seconds[1:] or seconds))}
+
+
+def _id_config(args: argparse.Namespace) -> str:
+    return (f"model:\n  embedding_dim: {args.id_dim}\n  num_blocks: 2\n  num_heads: 4\n"
+            f"train:\n  loss: ce\n  batch_size: {args.id_batch}\n  epochs: {args.epochs}\n  patience: 100\n")
+
+
+def part_train(args: argparse.Namespace, work: Path) -> dict:
+    id_data = dataset(work, "id-data", users=args.id_users, items=args.id_items)
+    text_data = dataset(work, "text-data", users=args.text_users, items=args.text_items)
+    ckpt = model_dir(work, args.text_model, text_data)
+    models = {
+        "id_sasrec": (id_data, _id_config(args)),
+        "text_sasrec_top2": (text_data, f"model:\n  item_tower: text\ntrain:\n  batch_size: {args.text_batch}\n"
+                                        f"  epochs: {args.epochs}\n  patience: 100\n  text_lr: 0.0001\n"
+                                        f"text_encoder:\n  model: {ckpt}\n  max_tokens: 30\n  unfreeze: 2\n"),
+    }
+    out: dict = {"epochs": args.epochs}
+    for name, (data, body) in models.items():
+        cfg = work / f"{name}.yaml"
+        cfg.write_text(f"dataset:\n  path: {data}\n{body}")
+        res: dict = {"config": cfg.read_text()}
+        run_dir = work / f"train-{name}"  # one artifacts folder: a text run's latents are encoded once
+        run_dir.mkdir(exist_ok=True)
+        for label, cmd, seed in (("one_seed1", TCF, 1), ("one_seed2", TCF, 2), ("two_seed1", TORCHRUN2, 1)):
+            db = run_dir / f"{label}.db"
+            wall = sh([*cmd, "run", str(cfg), "-S", f"seed={seed}", "--db", str(db)], run_dir, run_dir / f"{label}.log")
+            res[label] = {"command": " ".join([*cmd[1:], "run", cfg.name, "-S", f"seed={seed}"]), "wall_s": wall,
+                          **_run_figures(db)}
+        one, two, other = res["one_seed1"], res["two_seed1"], res["one_seed2"]
+        res["epoch_time_ratio"] = two["epoch_s_median"] / one["epoch_s_median"]
+        res["noise_hr@10"] = abs(one["test_hr@10"] - other["test_hr@10"])
+        res["diff_hr@10"] = abs(one["test_hr@10"] - two["test_hr@10"])
+        res["noise_ndcg@10"] = abs(one["test_ndcg@10"] - other["test_ndcg@10"])
+        res["diff_ndcg@10"] = abs(one["test_ndcg@10"] - two["test_ndcg@10"])
+        out[name] = res
+    return out
+
+
+def _iso(t: str) -> float:
+    return datetime.fromisoformat(t).timestamp()
+
+
+def part_worker(args: argparse.Namespace, work: Path) -> dict:
+    from engine.infer.gpu import get_provider
+
+    data = dataset(work, "id-data", users=args.id_users, items=args.id_items)
+    run_dir = work / "worker"
+    run_dir.mkdir(exist_ok=True)
+    db = run_dir / "experiments.db"
+    cfg = run_dir / "jobs.yaml"
+    cfg.write_text(f"dataset:\n  path: {data}\n{_id_config(args)}sweep:\n  seed: [1, 2, 3, 4]\n")
+    sh([*TCF, "queue", "add", str(cfg), "--db", str(db)], run_dir, run_dir / "queue.log")
+    provider = get_provider()
+    samples: list[dict] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            if provider.available:
+                samples.append({"t": time.time(), "util": [g.util_percent for g in provider.all()],
+                                "used_gib": [round(g.used_bytes / 2**30, 2) for g in provider.all()]})
+
+    threading.Thread(target=sample, daemon=True).start()
+    gpus = "all" if provider.available else "cpu"
+    wall = sh([*TCF, "worker", "--gpus", gpus, "--exit-when-idle", "--db", str(db)], run_dir, run_dir / "worker.log")
+    stop.set()
+    with sqlite3.connect(db) as c:
+        jobs = [{"id": i, "devices": d, "start": _iso(s), "end": _iso(e), "state": st}
+                for i, d, s, e, st in c.execute("SELECT id, devices, started_at, finished_at, state FROM jobs")]
+    overlaps_same_gpu = sum(1 for a in jobs for b in jobs if a["id"] < b["id"] and a["devices"] == b["devices"]
+                            and a["start"] < b["end"] and b["start"] < a["end"])
+    t0 = min(j["start"] for j in jobs)
+    both = [s for s in samples if sum(1 for j in jobs if j["start"] <= s["t"] <= j["end"]) >= 2]
+    return {"command": f"tcf queue add jobs.yaml; tcf worker --gpus {gpus} --exit-when-idle", "wall_s": wall,
+            "jobs": [{**j, "start": round(j["start"] - t0, 1), "end": round(j["end"] - t0, 1)} for j in jobs],
+            "devices_used": sorted({j["devices"] for j in jobs}), "overlaps_on_one_gpu": overlaps_same_gpu,
+            "all_finished": all(j["state"] == "finished" for j in jobs),
+            "util_while_two_run": [float(np.mean([s["util"][i] or 0 for s in both])) for i in
+                                   range(len(both[0]["util"]))] if both else None,
+            "samples": len(samples)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="infer,train,worker")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/tcf-mg"))
+    ap.add_argument("--out", type=Path, default=Path("multi_gpu.json"))
+    ap.add_argument("--small", action="store_true", help="CPU-sized smoke run (tiny model, few users)")
+    ap.add_argument("--infer-model", default="opt-6.7b")
+    ap.add_argument("--infer-items", type=int, default=32768)
+    ap.add_argument("--infer-budget", default="60GiB")
+    ap.add_argument("--text-model", default="opt-1.3b")
+    ap.add_argument("--id-users", type=int, default=100_000)
+    ap.add_argument("--id-items", type=int, default=20_000)
+    ap.add_argument("--id-dim", type=int, default=512)
+    ap.add_argument("--id-batch", type=int, default=4096)
+    ap.add_argument("--text-users", type=int, default=20_000)
+    ap.add_argument("--text-items", type=int, default=8000)
+    ap.add_argument("--text-batch", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=4)
+    args = ap.parse_args()
+    if args.small:
+        args.infer_model = args.text_model = "tiny"
+        args.infer_items, args.infer_budget = 2000, "1GiB"
+        args.id_users = args.text_users = 400
+        args.id_items = args.text_items = 200
+        args.id_dim, args.id_batch, args.text_batch, args.epochs = 32, 64, 32, 2
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for part in args.parts.split(","):
+        t0 = time.time()
+        results[part] = {"infer": part_infer, "train": part_train, "worker": part_worker}[part](args, args.workdir)
+        results[part]["part_seconds"] = time.time() - t0
+        args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(json.dumps({part: {k: v for k, v in results[part].items() if not isinstance(v, (dict, list))}}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
