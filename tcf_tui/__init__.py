@@ -1,1 +1,1 @@
-"""User interfaces of tcf (CLI now, Textual TUI later); the engine never imports from here."""
+"""User interfaces of tcf: the `tcf` CLI and the `tcf-tui` dashboard; the engine never imports from here."""

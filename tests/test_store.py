@@ -288,14 +288,12 @@ def test_events_are_tailed_in_order(tmp_path):
     assert [e["kind"] for e in store.events()] == ["progress"] * 5 + ["range_start"]
 
 
-def test_eight_processes_writing_events_at_50_hz_lose_none(tmp_path):
+def test_eight_processes_writing_events_at_50_hz_lose_none(tmp_path, monkeypatch):
     """The bench's load for 2 s (bench/event_load.py runs it for a minute): no event lost, none twice,
     no 'database is locked'."""
-    import importlib.util
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))  # spawned writers import it too
+    import event_load as bench
 
-    spec = importlib.util.spec_from_file_location("event_load", Path(__file__).parents[1] / "bench" / "event_load.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     res = bench.run(tmp_path / "experiments.db", processes=8, hz=50, seconds=2, readers=1)
     assert res["errors"] == 0, res["first_error"]
     assert res["missing"] == 0 and res["duplicated"] == 0

@@ -143,14 +143,15 @@ def list_jobs(store: Store, states: tuple[str, ...] | None = None, now: float | 
     return [j for j in jobs if states is None or j.display in states]
 
 
-def get_job(store: Store, job_id: int) -> Job:
+def get_job(store: Store, job_id: int, now: float | None = None) -> Job:
+    """One job; ``now`` (default: the clock) decides whether a silent running job shows as lost."""
     row = next(store.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]), None)
     if row is None:
         raise TcfError(f"{store.path}: no job with id {job_id}")
     deps = [(r[0], r[1]) for r in store.db.execute(
         "SELECT d.dep_id, p.state FROM job_deps d JOIN jobs p ON p.id = d.dep_id WHERE d.job_id = ? ORDER BY 1",
         [job_id]).fetchall()]
-    return _job(row, deps, time.time(), hostname())
+    return _job(row, deps, time.time() if now is None else now, hostname())
 
 
 # -- adding --------------------------------------------------------------------------------------
@@ -235,10 +236,15 @@ def queue_config(store: Store, path: str | Path | None, overrides: list[str] | t
     """Load a config file (None: the embedded demo, its data built if missing), validate every run's
     dataset before anything is written, and queue its jobs (``options`` as for :func:`add_jobs`)."""
     from engine.config import load_config
-    from engine.demo import demo_configs
+
+    if path is None:
+        from engine.demo import demo_configs
+
+        configs = demo_configs(overrides, say=say)
+    else:
+        configs = load_config(path, overrides)  # a bad path or key fails here, before the heavy imports
     from engine.experiment import prepared_data
 
-    configs = demo_configs(overrides, say=say) if path is None else load_config(path, overrides)
     for cfg in configs:
         prepared_data(cfg)
         if cfg.trains_text_tower:

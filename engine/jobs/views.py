@@ -11,6 +11,7 @@ queued job carries its ``job_id``. :func:`live_view` folds them into bars a UI c
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections import deque
@@ -66,6 +67,7 @@ class LiveView:
     eta_s: float | None  # of the current range, or of the remaining epochs (upper bound: early stopping)
     elapsed_s: float | None
     last_event_id: int = 0
+    event_peak_bytes: int | None = None  # the largest peak the events reported (the fold's own state)
 
 
 def _elapsed(job: Job, now: float) -> float | None:
@@ -76,16 +78,21 @@ def _elapsed(job: Job, now: float) -> float | None:
     return max(end - start, 0.0)
 
 
-def live_view(store: Store, job: Job, now: float | None = None) -> LiveView:
+def live_view(store: Store, job: Job, now: float | None = None, since: LiveView | None = None) -> LiveView:
     """Fold the job's events (all attempts: a retried pre-inference keeps its committed ranges) and its
-    run's epochs into progress bars."""
+    run's epochs into progress bars. With ``since`` (an earlier view of the same job) only the events
+    after it are read, so a UI that refreshes every second does not reread a long job's history."""
     now = time.time() if now is None else now
     ranges: dict[int, RangeProgress] = {}
     epochs: dict[int, EpochProgress] = {}
     stage = None
     mem = peak = None
     last_id = 0
-    for ev in store.events(job_id=job.id):
+    if since is not None and since.job.id == job.id:
+        ranges = {r.index: copy.copy(r) for r in since.ranges}
+        epochs = {e.epoch: copy.deepcopy(e) for e in since.epochs}
+        stage, mem, peak, last_id = since.stage, since.gpu_mem_bytes, since.event_peak_bytes, since.last_event_id
+    for ev in store.events(job_id=job.id, after_id=last_id):
         last_id = ev["id"]
         p: dict[str, Any] = ev["payload"]
         mem = p.get("gpu_mem_bytes", mem)
@@ -112,6 +119,7 @@ def live_view(store: Store, job: Job, now: float | None = None) -> LiveView:
             e = epochs.setdefault(row["epoch"], EpochProgress(row["epoch"], 0, 0))
             e.done = e.total = max(e.total, e.done)
             e.loss, e.seconds, e.metrics, e.finished = row["train_loss"], row["seconds"], row["metrics"], True
+    event_peak = peak
     peak = max(peak or 0, job.peak_mem_bytes or 0) or None
 
     fraction = eta = None
@@ -133,7 +141,7 @@ def live_view(store: Store, job: Job, now: float | None = None) -> LiveView:
             remaining = max_epochs - max(e.epoch for e in done) - (fraction or 0.0)
             eta = max(remaining, 0.0) * per_epoch
     return LiveView(job, stage, [ranges[i] for i in sorted(ranges)], [epochs[i] for i in sorted(epochs)],
-                    mem, peak, fraction, eta, _elapsed(job, now), last_id)
+                    mem, peak, fraction, eta, _elapsed(job, now), last_id, event_peak)
 
 
 def progress_summary(view: LiveView) -> str:
