@@ -350,11 +350,14 @@ def build_view(runs: Sequence[RunRecord], state: ViewState) -> View:
 
     config_keys = _leaf_keys(shown) if state.show_all_config else varying_keys(shown)
     config_keys = [k for k in config_keys if k not in SHOWN_AS_COLUMNS and not (state.grouped and k == SEED)]
-    run_columns = ["run_id", "name", *(["status"] if state.show_all_runs else []), "dataset", "architecture",
-                   "item_tower", "encoder", "lm_params", "tags", *(["n"] if state.grouped else [])]
-    columns = ([Column(c, RUN_COLUMN_LABELS[c], "run") for c in run_columns]
-               + [Column(k, k, "config") for k in config_keys]
-               + [Column(m, metric_label(m), "metric") for m in metrics])
+    # the metrics right after the name: on a 120-column terminal they must be visible without scrolling
+    lead = ["run_id", "name", *(["status"] if state.show_all_runs else [])]
+    describe = [*(["n"] if state.grouped else []), "dataset", "architecture", "item_tower", "encoder", "lm_params",
+                "tags"]
+    columns = ([Column(c, RUN_COLUMN_LABELS[c], "run") for c in lead]
+               + [Column(m, metric_label(m), "metric") for m in metrics]
+               + [Column(c, RUN_COLUMN_LABELS[c], "run") for c in describe]
+               + [Column(k, k, "config") for k in config_keys])
     sort = state.sort if state.sort and any(c.id == state.sort[0] for c in columns) else None
     return View(state=state, columns=tuple(columns), rows=tuple(sort_rows(rows, sort)), baseline=baseline,
                 baseline_ids=base_ids, pool=len(pool))

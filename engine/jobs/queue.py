@@ -321,8 +321,8 @@ def retry_jobs(store: Store, job_ids: list[int] | None = None, *, failed: bool =
                 raise TcfError(f"job {job.id}: its process {job.pid} still runs; cancel it first")
             store.db.execute(
                 "UPDATE jobs SET state = 'queued', cancel_requested = 0, worker_id = NULL, pid = NULL, "
-                "pid_start = NULL, devices = NULL, heartbeat = NULL, finished_at = NULL, exit_code = NULL, "
-                "error = NULL WHERE id = ?", [job.id])
+                "pid_start = NULL, devices = NULL, heartbeat = NULL, started_at = NULL, finished_at = NULL, "
+                "exit_code = NULL, error = NULL WHERE id = ?", [job.id])
     return [j.id for j in jobs]
 
 

@@ -92,17 +92,18 @@ class ResultsScreen(Screen):
     """
 
     BINDINGS = [
-        Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("escape", "clear_filter", "Clear filter", show=False),
-        Binding("s", "sort", "Sort"),
-        Binding("g", "group", "Group seeds"),
-        Binding("b", "baseline", "Baseline"),
-        Binding("m", "mark", "Mark"),
-        Binding("d", "diff", "Diff"),
-        Binding("e", "export", "Export"),
-        Binding("p", "plot", "Plot"),
-        Binding("a", "all_runs", "All runs"),
-        Binding("c", "all_config", "All config"),
+        Binding("slash", "filter", "Filter", key_display="/",
+                tooltip="filter: words, dataset:X, tag:Y, arch:, tower:, encoder:, status:"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, tooltip="clear the filter"),
+        Binding("s", "sort", "Sort", tooltip="sort by the cursor's column (best first, reversed, off)"),
+        Binding("g", "group", "Group seeds", tooltip="fold runs that differ only by seed: mean ± std"),
+        Binding("b", "baseline", "Baseline", tooltip="mark the row as the baseline: deltas on every other row"),
+        Binding("m", "mark", "Mark", tooltip="mark a run for a config diff"),
+        Binding("d", "diff", "Diff", tooltip="config diff of the marked run and this one"),
+        Binding("e", "export", "Export", tooltip="export the view to LaTeX, Markdown or CSV"),
+        Binding("p", "plot", "Plot", tooltip="plot the metric against model size"),
+        Binding("a", "all_runs", "All runs", tooltip="show runs of every status"),
+        Binding("c", "all_config", "All config", tooltip="show every config column, not only those that vary"),
     ]
 
     def __init__(self) -> None:
