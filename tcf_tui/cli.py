@@ -270,8 +270,8 @@ def queue_add(
     note: Annotated[str, typer.Option(help="A note shown with the jobs.")] = "",
     gpus: Annotated[int, typer.Option(min=1, help="Devices per job (several: torchrun, one rank each).")] = 1,
     gpu_memory: Annotated[str | None, typer.Option(
-        help="Free GPU memory a worker waits for before starting a job, e.g. 20GiB "
-             "(default: text_encoder.gpu_memory_budget for pre-inference, else 1GiB).")] = None,
+        help="Free GPU memory a worker waits for before starting a job, e.g. 20GiB (default: pre-inference "
+             "waits for text_encoder.gpu_memory_budget, else the least its plan needs; training for 1GiB).")] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Queue every run of CONFIG (sweeps expand), each text encoder's pre-inference first."""

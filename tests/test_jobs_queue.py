@@ -13,6 +13,7 @@ import pytest
 
 from engine.config import load_config
 from engine.errors import TcfError
+from engine.infer.job import minimum_budget
 from engine.jobs import queue as q
 from engine.jobs.process import is_alive, start_time
 from engine.lm.tiny import build_tiny_opt
@@ -48,6 +49,9 @@ def test_text_sweep_queues_one_preinference_that_the_trainings_wait_for(tmp_path
     train = [j for j in jobs.values() if j.kind == "train"]
     assert len(infer) == 1 and len(train) == 6 and ids[0] == infer[0].id
     assert infer[0].spec["keep_depths"] == [1, 2]  # depths of unfreeze 2 and 1 of a 3-block model
+    # no budget in the config: the worker waits for the least memory the planner can work in
+    assert infer[0].mem_bytes == minimum_budget(_configs(tmp_path, small_dataset, body)[0]) > 256 << 20
+    assert all(j.mem_bytes is None for j in train)
     assert all(j.deps == (infer[0].id,) and j.tags == ("scaling",) and j.priority == 3 for j in train)
     assert Path(train[0].config["dataset"]["path"]).is_absolute()
 

@@ -24,7 +24,7 @@ from engine.data.reader import load_dataset
 from engine.errors import TcfError
 from engine.infer.checkpoint_info import block_weight_bytes, model_shape
 from engine.infer.gpu import free_memory, get_provider
-from engine.infer.planner import Plan, plan_ranges, split_at
+from engine.infer.planner import BudgetTooSmall, Plan, plan_ranges, split_at
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FORMAT = 3
@@ -83,6 +83,21 @@ def make_plan(cfg: Config, n_items: int, *, budget: str | None = None, ranges: s
                        max_tokens=te.max_tokens, budget=resolve_budget(te, budget, gpu), n_items=n_items,
                        compute_dtype=te.dtype, latent_dtype=te.latent_dtype, ranges=ranges or te.ranges,
                        batch_size=batch_size or te.batch_size)
+
+
+def minimum_budget(cfg: Config) -> int:
+    """The least GPU memory the config's pre-inference can run in (one block range, one item at a time,
+    the planner's margin included): what a worker waits for when the config sets no budget."""
+    te = cfg.text_encoder
+    if te is None:
+        raise TcfError("text_encoder: the config has no text_encoder section")
+    model_dir = model_dir_of(te)
+    try:
+        plan_ranges(block_weight_bytes(model_dir, compute_dtype=te.dtype), model_shape(model_dir),
+                    max_tokens=te.max_tokens, budget=1, compute_dtype=te.dtype, latent_dtype=te.latent_dtype)
+    except BudgetTooSmall as e:
+        return e.minimum_bytes
+    return 1
 
 
 def latents_key(cfg: Config, tokens_hash: str, compute_dtype: str) -> dict[str, Any]:

@@ -191,10 +191,11 @@ def add_jobs(store: Store, configs: list[Config], *, priority: int = 0, tags: li
 
     A pre-inference job for the same encoder and depths that is already queued or running is
     reused as the dependency instead of queueing a second one (two would write the same artifact).
-    ``mem_bytes`` is the free GPU memory a worker waits for; a pre-inference job without it uses its
-    ``text_encoder.gpu_memory_budget``. Returns the ids of the new jobs, pre-inference first.
+    ``mem_bytes`` is the free GPU memory a worker waits for; a pre-inference job without it waits for
+    its ``text_encoder.gpu_memory_budget``, else for the least memory its planner can work in (it then
+    takes what is free). Returns the ids of the new jobs, pre-inference first.
     """
-    from engine.infer.job import sweep_depths
+    from engine.infer.job import minimum_budget, sweep_depths
     from engine.infer.planner import parse_bytes
 
     if gpus < 1:
@@ -219,7 +220,7 @@ def add_jobs(store: Store, configs: list[Config], *, priority: int = 0, tags: li
                 continue
             te = cfg.text_encoder
             assert te is not None
-            budget = mem_bytes or (parse_bytes(te.gpu_memory_budget) if te.gpu_memory_budget else None)
+            budget = mem_bytes or (parse_bytes(te.gpu_memory_budget) if te.gpu_memory_budget else minimum_budget(cfg))
             name = f"{Path(cfg.dataset.path).name}-{Path(te.model).name}"
             infer_of[key] = _insert(store, "infer", name, cfg, {"keep_depths": list(keep)}, key, priority,
                                     tags, note, gpus, budget, [])
