@@ -57,8 +57,9 @@ text_encoder:
     return root, config, model_dir
 
 
-def _source(root: Path, config: Path, unfreeze: int):
-    cfg = load_config(config, [f"text_encoder.unfreeze={unfreeze}"])[0]
+def _source(root: Path, config: Path, unfreeze: int, max_tokens: int | None = None):
+    extra = [f"text_encoder.max_tokens={max_tokens}"] if max_tokens else []
+    cfg = load_config(config, [f"text_encoder.unfreeze={unfreeze}", *extra])[0]
     latents, _ = run_infer_job(cfg, root / "e.db", device=torch.device("cpu"))
     te = cfg.text_encoder
     return cfg, TextSource(latents, model_dir_of(te), te.unfreeze, te.pooling)
@@ -184,6 +185,40 @@ def test_two_gloo_ranks_train_a_text_sasrec_like_one_rank(setup, tmp_path, unfre
     assert a["status"] == b["status"] == "finished" and a["best_epoch"] == b["best_epoch"]
     for key in ("valid_hr@10", "valid_ndcg@10", "test_hr@10", "test_ndcg@10"):
         assert b[key] == pytest.approx(a[key], abs=1e-6), key
+
+
+def test_fine_tuned_tower_on_parts_of_a_batch_equals_the_whole_batch(setup):
+    """Two ranks each encode only their shard's unique items, padded to that shard's longest item: the
+    vectors and the summed block gradients must be those of one rank encoding the whole batch."""
+    root, config, _ = setup
+    cfg, source = _source(root, config, unfreeze=1, max_tokens=30)  # titles of several lengths
+    data = prepared_data(cfg)
+    tower = build_model(cfg, data, source).item_tower
+    assert isinstance(tower, FineTunedTextTower)
+    tower.train()
+    ids = torch.arange(1, data.n_items + 1)
+    lengths = torch.as_tensor(tower.gather.lengths[tower.rows[ids.numpy()]])
+    short = lengths < lengths.max()
+    assert 0 < int(short.sum()) < len(ids)  # the short part is padded to fewer positions than the whole
+    weights = torch.randn(len(ids), cfg.model.embedding_dim, generator=torch.Generator().manual_seed(0))
+    params = [p for p in tower.parameters() if p.requires_grad]
+
+    def run(parts: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        for p in params:
+            p.grad = None
+        vecs = torch.zeros(len(ids), cfg.model.embedding_dim)
+        for part in parts:
+            v = tower(ids[part])
+            (v * weights[part]).sum().backward()
+            vecs[part] = v.detach()
+        return vecs, [p.grad.clone() for p in params]
+
+    whole_v, whole_g = run([torch.ones_like(short)])
+    split_v, split_g = run([short, ~short])
+    torch.testing.assert_close(split_v, whole_v, rtol=1e-5, atol=1e-6)
+    scale = torch.cat([g.flatten() for g in whole_g]).norm()  # some gradients are zero up to rounding (k bias)
+    for a, b in zip(whole_g, split_g, strict=True):  # fp32 sums in another order
+        assert float((b - a).norm()) <= 1e-5 * float(scale)
 
 
 def test_latent_gather_returns_the_stored_rows_prefetched_or_not(setup):
