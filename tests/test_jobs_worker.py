@@ -204,3 +204,33 @@ def test_no_worker_code_path_imports_textual():
     r = subprocess.run([sys.executable, "-c", "import sys, engine.jobs.worker, engine.jobs.exec, engine.jobs.views; "
                         "print('textual' in sys.modules)"], cwd=ROOT, capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_sigkilled_preinference_job_resumes_from_its_last_committed_range(tmp_path):
+    from engine.data.reader import load_dataset
+    from engine.data.synth import synth_dataset
+    from engine.lm.tiny import build_tiny_opt
+
+    data = tmp_path / "data"
+    synth_dataset(data, users=60, items=2500, seed=1)
+    model_dir = build_tiny_opt(tmp_path / "opt", load_dataset(data).item_texts, hidden=64, n_blocks=3)
+    cfg = _config(tmp_path, data, f"model:\n  item_tower: text\ntext_encoder:\n  model: {model_dir}\n"
+                                  "  max_tokens: 12\n  latent_dtype: fp32\n  ranges: '0:1,1:2,2:3'\n"
+                                  "  batch_size: 1\n  gpu_memory_budget: 1GiB\n")
+    db = tmp_path / "experiments.db"
+    infer_id, _train_id = map(int, tcf("queue", "add", str(cfg), "--db", str(db), cwd=tmp_path).stdout.split())
+    worker = _worker(db, "--max-jobs", "1")  # the pre-inference only
+
+    def range_starts() -> list[int]:
+        return [e["payload"]["range"] for e in Store(db).events(job_id=infer_id) if e["kind"] == "range_start"]
+
+    _wait(lambda: db.exists() and range_starts()[-1:] == [1], what="range 1:2 under way")
+    os.killpg(_job(db, infer_id).pid, signal.SIGKILL)
+    assert worker.wait(timeout=60) == 0
+    assert _job(db, infer_id).state == "lost" and range_starts() == [0, 1]
+
+    assert tcf("queue", "retry", str(infer_id), "--db", str(db), cwd=tmp_path).returncode == 0
+    assert _worker(db, "--max-jobs", "1").wait(timeout=300) == 0
+    job = _job(db, infer_id)
+    assert (job.state, job.attempts) == ("finished", 2) and Path(job.artifact).is_dir()
+    assert range_starts() == [0, 1, 1, 2]  # range 0:1 was committed: the retry starts at blocks 1:2
