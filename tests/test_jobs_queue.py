@@ -13,10 +13,8 @@ import pytest
 
 from engine.config import load_config
 from engine.errors import TcfError
-from engine.infer.job import minimum_budget
 from engine.jobs import queue as q
 from engine.jobs.process import is_alive, start_time
-from engine.lm.tiny import build_tiny_opt
 from engine.store import Store
 
 
@@ -34,6 +32,7 @@ def _configs(tmp_path: Path, dataset: Path, body: str = "model:\n  architecture:
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory, small_dataset) -> Path:
     from engine.data.reader import load_dataset
+    from engine.lm.tiny import build_tiny_opt  # here, not at the top: spawned claimers import this module
 
     out = tmp_path_factory.mktemp("enc") / "tiny-opt"
     build_tiny_opt(out, load_dataset(small_dataset).item_texts, hidden=32, n_blocks=3, vocab_size=500)
@@ -50,6 +49,8 @@ def test_text_sweep_queues_one_preinference_that_the_trainings_wait_for(tmp_path
     assert len(infer) == 1 and len(train) == 6 and ids[0] == infer[0].id
     assert infer[0].spec["keep_depths"] == [1, 2]  # depths of unfreeze 2 and 1 of a 3-block model
     # no budget in the config: the worker waits for the least memory the planner can work in
+    from engine.infer.job import minimum_budget
+
     assert infer[0].mem_bytes == minimum_budget(_configs(tmp_path, small_dataset, body)[0]) > 256 << 20
     assert all(j.mem_bytes is None for j in train)
     assert all(j.deps == (infer[0].id,) and j.tags == ("scaling",) and j.priority == 3 for j in train)

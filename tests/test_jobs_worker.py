@@ -212,7 +212,7 @@ def test_sigkilled_preinference_job_resumes_from_its_last_committed_range(tmp_pa
     from engine.lm.tiny import build_tiny_opt
 
     data = tmp_path / "data"
-    synth_dataset(data, users=60, items=2500, seed=1)
+    synth_dataset(data, users=60, items=1200, seed=1)
     model_dir = build_tiny_opt(tmp_path / "opt", load_dataset(data).item_texts, hidden=64, n_blocks=3)
     cfg = _config(tmp_path, data, f"model:\n  item_tower: text\ntext_encoder:\n  model: {model_dir}\n"
                                   "  max_tokens: 12\n  latent_dtype: fp32\n  ranges: '0:1,1:2,2:3'\n"

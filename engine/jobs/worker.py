@@ -91,6 +91,7 @@ class Worker:
         self.provider = self.provider or get_provider()
         self.logs = self.db.parent / "artifacts" / "logs"
         self.status = ""
+        self.on_cpu = self.devices == [CPU]
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -138,7 +139,7 @@ class Worker:
 
     def _capacity(self, job: q.Job) -> bool:
         """Whether this worker can ever run ``job``: on the CPU any number of (gloo) ranks, else enough GPUs."""
-        return self.devices == [CPU] or job.gpus <= len(self.devices)
+        return self.on_cpu or job.gpus <= len(self.devices)
 
     def _idle(self) -> bool:
         """Nothing queued that this worker could ever run (blocked jobs wait for a retry, not for us)."""
@@ -146,7 +147,7 @@ class Worker:
 
     def _free_devices(self) -> list[str]:
         """The CPU is one slot per worker; a GPU is free when no live job of this host holds it."""
-        if self.devices == [CPU]:
+        if self.on_cpu:
             return [] if self.running else [CPU]
         busy = q.busy_devices(self.store)
         return [d for d in self.devices if d not in busy]
@@ -160,12 +161,12 @@ class Worker:
         free = self._free_devices()
         if not free:
             return False
-        slots = len(free) if self.devices != [CPU] else 1_000_000  # a CPU job with N ranks runs N gloo ranks
+        slots = 1_000_000 if self.on_cpu else len(free)  # a CPU job with N ranks runs N gloo ranks
         job = q.next_ready(self.store, slots)
         if job is None:
             self.status = "idle" if not self.running else self.status
             return False
-        if self.devices == [CPU]:
+        if self.on_cpu:
             chosen = [CPU]
         else:
             need = job.mem_bytes or DEFAULT_NEED
