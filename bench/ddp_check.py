@@ -144,6 +144,8 @@ def main() -> None:
                     help="one rank: run the text tower on each half of a training batch (two ranks' split)")
     ap.add_argument("--profile", type=int, default=0, help="profile this many steps (after --profile-at)")
     ap.add_argument("--profile-at", type=int, default=100)
+    ap.add_argument("--sdpa", default=None,
+                    help="attention backends the fit may use, e.g. efficient,flash,math (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=Path("."))
     args = ap.parse_args()
     if args.setup:
@@ -247,8 +249,17 @@ def main() -> None:
         tower._unique = unique
         LatentGather.take = take
 
+    backends = contextlib.nullcontext()
+    if args.sdpa:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        names = {"efficient": SDPBackend.EFFICIENT_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                 "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
+        backends = sdpa_kernel([names[n] for n in args.sdpa.split(",")])
+    out["sdpa"] = args.sdpa
     t_fit = time.perf_counter()
-    result = trainer.fit()
+    with backends:
+        result = trainer.fit()
     fit_s = time.perf_counter() - t_fit
     if prof is not None:
         prof.stop()
@@ -271,7 +282,7 @@ def main() -> None:
     if ctx.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{args.label}.json").write_text(json.dumps(out, indent=1) + "\n")
-        brief = {k: out[k] for k in ("label", "world", "steps", "fit_s", "epoch_seconds")}
+        brief = {k: out[k] for k in ("label", "world", "sdpa", "steps", "fit_s", "epoch_seconds")}
         brief["loss_first"] = out["losses"][:3]
         brief["loss_at"] = {i: out["losses"][i] for i in (10, 50, 100, 200) if i < len(out["losses"])}
         brief["loss_last"] = out["losses"][-3:]

@@ -239,3 +239,20 @@ def test_latent_gather_returns_the_stored_rows_prefetched_or_not(setup):
             assert mask.sum(1).tolist() == lengths[wanted].tolist()
     finally:
         gather.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the attention backends differ there")
+def test_fine_tuned_tower_keeps_off_cudnn_attention_on_cuda(setup):
+    """cuDNN's attention builds a plan for every new batch shape; the tower's shape changes every batch."""
+    root, config, _ = setup
+    cfg, source = _source(root, config, unfreeze=1)
+    data = prepared_data(cfg)
+    tower = build_model(cfg, data, source).item_tower.cuda()
+    tower.train()
+    ids = torch.arange(1, data.n_items + 1, device="cuda")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            tower(ids).float().sum().backward()
+    ops = {e.key for e in prof.key_averages()}
+    assert not any("cudnn_attention" in op for op in ops), sorted(op for op in ops if "attention" in op)
+    assert any("scaled_dot_product" in op for op in ops)  # the blocks do run SDPA
