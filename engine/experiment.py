@@ -10,15 +10,13 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from engine.config import Config
 from engine.data.prepare import Prepared, prepare
 from engine.data.reader import load_dataset
 from engine.dist import DistContext, broadcast_object, init_distributed
 from engine.errors import TcfError
 from engine.infer.checkpoint_info import parameter_count
-from engine.infer.job import RateLimited, model_dir_of, run_infer_job
+from engine.infer.job import RateLimited, gpu_memory, model_dir_of, run_infer_job
 from engine.rec.text_towers import TextSource
 from engine.rec.trainer import Reporter, Trainer, TrainResult
 from engine.store import Store
@@ -53,12 +51,6 @@ def checkpoint_dir(db_path: Path, run_id: int) -> Path:
     return db_path.resolve().parent / "artifacts" / "checkpoints" / f"run-{run_id}"
 
 
-def _gpu_memory() -> dict[str, int]:
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return {}
-    return {"gpu_mem_bytes": torch.cuda.memory_allocated(), "gpu_peak_bytes": torch.cuda.max_memory_allocated()}
-
-
 class _StoreReporter(Reporter):
     """Forwards progress to the UI's reporter and records stages, steps (at most once a second) and
     each epoch in the store, so that a UI in another process can draw the run's progress."""
@@ -70,7 +62,7 @@ class _StoreReporter(Reporter):
 
     def _log_progress(self) -> None:
         assert self.store is not None
-        self.store.log_event(f"run:{self.run_id}", "progress", {**self._stage, **_gpu_memory()}, self.run_id)
+        self.store.log_event(f"run:{self.run_id}", "progress", {**self._stage, **gpu_memory()}, self.run_id)
 
     def stage(self, name: str, total: int | None = None) -> None:
         self._stage = {"stage": name, "total": total, "done": 0}

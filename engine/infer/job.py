@@ -174,6 +174,13 @@ def finish_artifact(work: Path, final: Path, meta: dict[str, Any]) -> None:
     os.replace(work, final)
 
 
+def gpu_memory() -> dict[str, int]:
+    """This process's CUDA memory for a progress event ({} when it has no CUDA context: asking would make one)."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"gpu_mem_bytes": torch.cuda.memory_allocated(), "gpu_peak_bytes": torch.cuda.max_memory_allocated()}
+
+
 class EventReporter:
     """Runner progress -> experiments.db events (progress at most once a second) and an optional UI."""
 
@@ -182,14 +189,9 @@ class EventReporter:
         self._progress = RateLimited(self._log_progress, 1.0)
         self._range: dict[str, Any] = {}
 
-    def _gpu(self) -> dict[str, Any]:
-        if not torch.cuda.is_available():
-            return {}
-        return {"gpu_mem_bytes": torch.cuda.memory_allocated(), "gpu_peak_bytes": torch.cuda.max_memory_allocated()}
-
     def _log_progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
         self.store.log_event(self.source, "progress", {**self._range, "items_done": items_done,
-                                                       "n_items": n_items, "items_per_s": items_per_s, **self._gpu()})
+                                                       "n_items": n_items, "items_per_s": items_per_s, **gpu_memory()})
 
     def range_start(self, i: int, start: int, stop: int, n_items: int) -> None:
         self._range = {"range": i, "start": start, "stop": stop}
@@ -203,7 +205,7 @@ class EventReporter:
             self.ui.progress(items_done, n_items, items_per_s)
 
     def range_end(self, i: int, seconds: float) -> None:
-        self.store.log_event(self.source, "range_end", {**self._range, "seconds": seconds, **self._gpu()})
+        self.store.log_event(self.source, "range_end", {**self._range, "seconds": seconds, **gpu_memory()})
         if self.ui is not None:
             self.ui.range_end(i, seconds)
 

@@ -32,6 +32,7 @@ from engine.jobs.views import LiveView, live_view, progress_summary
 from engine.store import Store
 from tcf_tui.screens.base import DataScreen
 from tcf_tui.widgets.dialogs import AddJobDialog, AddRequest, PromptDialog, split_tags
+from tcf_tui.widgets.filter_box import FilterBox
 from tcf_tui.widgets.fmt import duration
 from tcf_tui.widgets.footer import KeyFooter
 from tcf_tui.widgets.tabs import ScreenTabs
@@ -119,7 +120,7 @@ class QueueScreen(DataScreen):
     def compose(self) -> ComposeResult:
         yield ScreenTabs("queue")
         yield Static(id="workers")
-        yield Input(placeholder="filter: name, tag, state, kind, id (glob or substring)", id="filter")
+        yield FilterBox(placeholder="filter: name, tag, state, kind, id (glob or substring)", id="filter")
         table = JobTable(id="jobs", cursor_type="row", zebra_stripes=True)
         for column in COLUMNS:
             table.add_column(column, key=column)
@@ -128,7 +129,6 @@ class QueueScreen(DataScreen):
         yield KeyFooter()
 
     def on_mount(self) -> None:
-        self.query_one("#filter", Input).display = False
         self.query_one(DataTable).focus()
 
     # -- loading -------------------------------------------------------------------------------
@@ -291,23 +291,14 @@ class QueueScreen(DataScreen):
     # -- filter --------------------------------------------------------------------------------
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.display = True
-        box.focus()
+        self.query_one("#filter", FilterBox).open()
 
     def action_clear_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.value, box.display = "", False
+        self.query_one("#filter", FilterBox).close()
         self.filter_text = ""
-        self.query_one(DataTable).focus()
         self.show_jobs()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "filter":
             self.filter_text = event.value
             self.show_jobs()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "filter":
-            event.input.display = bool(event.value)
-            self.query_one(DataTable).focus()

@@ -45,6 +45,8 @@ from engine.compare import (
 from engine.errors import TcfError
 from engine.results import write_output
 from engine.store import Store
+from tcf_tui.widgets.filter_box import FilterBox
+from tcf_tui.widgets.tabs import ScreenTabs
 
 DEFAULT_EXPORT = "results.tex"
 FORMAT_NAMES = {"latex": "LaTeX (.tex)", "md": "Markdown (.md)", "csv": "CSV (.csv)"}
@@ -123,21 +125,15 @@ class ResultsScreen(Screen):
         self._cursor: tuple[str | None, str | None] = (None, None)  # (row key, column id), kept while no row shows
 
     def compose(self) -> ComposeResult:
-        try:  # the app's tab bar, when the app has one
-            from tcf_tui.widgets.tabs import ScreenTabs
-
-            yield ScreenTabs("results")
-        except ImportError:
-            pass
+        yield ScreenTabs("results")
         yield Static("loading experiments.db ...", id="results-status")
-        yield Input(placeholder="filter: words (name, dataset, tags, encoder), dataset:X, tag:Y, arch:, tower:, "
-                                "status:", id="results-filter")
+        yield FilterBox(placeholder="filter: words (name, dataset, tags, encoder), dataset:X, tag:Y, arch:, tower:, "
+                                    "status:", id="results-filter")
         yield DataTable(id="results-table", cursor_type="cell", zebra_stripes=True, fixed_columns=2)
         yield Static(id="results-note")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#results-filter", Input).display = False
         self.query_one(DataTable).focus()
         self.refresh_s = float(getattr(self.app, "refresh_s", 1.0) or 0)
         self.reload(force=True)
@@ -309,24 +305,15 @@ class ResultsScreen(Screen):
     # -- actions -------------------------------------------------------------------------------
 
     def action_filter(self) -> None:
-        box = self.query_one("#results-filter", Input)
-        box.display = True
-        box.focus()
+        self.query_one("#results-filter", FilterBox).open()
 
     def action_clear_filter(self) -> None:
-        box = self.query_one("#results-filter", Input)
-        box.value, box.display = "", False
-        self.query_one(DataTable).focus()
+        self.query_one("#results-filter", FilterBox).close()
         self._set(query="")
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "results-filter":
             self._set(query=event.value)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "results-filter":
-            event.input.display = bool(event.value)
-            self.query_one(DataTable).focus()
 
     def action_sort(self, column_id: str | None = None) -> None:
         """Sort by the cursor's column: its natural direction (metrics best first), reversed, then off."""
