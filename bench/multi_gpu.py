@@ -7,9 +7,9 @@ pre-inference, and one worker keeping both GPUs busy.
 - infer: `tcf infer` vs `torchrun --nproc_per_node 2 -m tcf_tui.cli infer` of an OPT-shaped random-weight
   model over ``--infer-items`` items; every item once, pooled embeddings equal (bf16 tolerance), items/s
   over the ranges' compute time and over the whole command.
-- train: `tcf run` (seeds s and s+1: the run-to-run noise) vs `torchrun --nproc_per_node 2 -m tcf_tui.cli
-  run` (seed s, same global batch) for an ID-SASRec and a text SASRec with the top 2 blocks of an
-  OPT-shaped model fine-tuned; test metrics, best epoch, and seconds per training epoch.
+- train: `tcf run` vs `torchrun --nproc_per_node 2 -m tcf_tui.cli run` (same global batch), seeds 1..``--seeds``
+  each, for an ID-SASRec and a text SASRec with the top 2 blocks of an OPT-shaped model fine-tuned; test
+  metrics (mean and standard deviation over seeds: the run-to-run noise), best epoch, seconds per epoch.
 - worker: four queued training jobs, `tcf worker --gpus all`; which GPU ran each job when, and NVML
   utilisation sampled every 0.5 s.
 """
@@ -98,7 +98,11 @@ def part_infer(args: argparse.Namespace, work: Path) -> dict:
         keys = json.loads((path / "items.json").read_text())
         pooled[label] = (keys, store.read("mean").float().numpy())
         compute = _range_seconds(db)
+        timings = store.state().get("timings", [])  # per range: weight load, encoding, commit
+        encode = sum(t["run_s"] for t in timings)
         out[label] = {"command": " ".join([*cmd[1:], "infer", "infer.yaml"]), "wall_s": wall, "compute_s": compute,
+                      "encode_s": encode, "timings": timings,
+                      "items_per_s_encode": args.infer_items / encode,
                       "items_per_s_compute": args.infer_items / compute, "items_per_s_wall": args.infer_items / wall,
                       "ranks": json.loads((path / "meta.json").read_text())["ranks"]}
     (k1, e1), (k2, e2) = pooled["one"], pooled["two"]
@@ -111,6 +115,7 @@ def part_infer(args: argparse.Namespace, work: Path) -> dict:
                     "max_rel_diff": float(diff.max() / scale),
                     "cosine_min": float((np.sum(e1 * e2, 1) / (np.linalg.norm(e1, axis=1) * np.linalg.norm(e2, axis=1)
                                                                + 1e-12)).min())}
+    out["speedup_encode"] = out["two"]["items_per_s_encode"] / out["one"]["items_per_s_encode"]
     out["speedup_compute"] = out["two"]["items_per_s_compute"] / out["one"]["items_per_s_compute"]
     out["speedup_wall"] = out["two"]["items_per_s_wall"] / out["one"]["items_per_s_wall"]
     return out
@@ -132,33 +137,40 @@ def _id_config(args: argparse.Namespace) -> str:
 
 
 def part_train(args: argparse.Namespace, work: Path) -> dict:
-    id_data = dataset(work, "id-data", users=args.id_users, items=args.id_items)
-    text_data = dataset(work, "text-data", users=args.text_users, items=args.text_items)
-    ckpt = model_dir(work, args.text_model, text_data)
-    models = {
-        "id_sasrec": (id_data, _id_config(args)),
-        "text_sasrec_top2": (text_data, f"model:\n  item_tower: text\ntrain:\n  batch_size: {args.text_batch}\n"
-                                        f"  epochs: {args.epochs}\n  patience: 100\n  text_lr: 0.0001\n"
-                                        f"text_encoder:\n  model: {ckpt}\n  max_tokens: 30\n  unfreeze: 2\n"),
-    }
-    out: dict = {"epochs": args.epochs}
+    models = {}
+    if "id" in args.models:
+        id_data = dataset(work, "id-data", users=args.id_users, items=args.id_items)
+        models["id_sasrec"] = (id_data, _id_config(args))
+    if "text" in args.models:
+        text_data = dataset(work, "text-data", users=args.text_users, items=args.text_items)
+        ckpt = model_dir(work, args.text_model, text_data)
+        models["text_sasrec_top2"] = (text_data, f"model:\n  item_tower: text\n"
+                                                 f"train:\n  batch_size: {args.text_batch}\n  epochs: {args.epochs}\n"
+                                                 f"  patience: 100\n  text_lr: 0.0001\n"
+                                                 f"text_encoder:\n  model: {ckpt}\n  max_tokens: 30\n  unfreeze: 2\n")
+    out: dict = {"epochs": args.epochs, "seeds": args.seeds}
     for name, (data, body) in models.items():
         cfg = work / f"{name}.yaml"
         cfg.write_text(f"dataset:\n  path: {data}\n{body}")
         res: dict = {"config": cfg.read_text()}
         run_dir = work / f"train-{name}"  # one artifacts folder: a text run's latents are encoded once
         run_dir.mkdir(exist_ok=True)
-        for label, cmd, seed in (("one_seed1", TCF, 1), ("one_seed2", TCF, 2), ("two_seed1", TORCHRUN2, 1)):
-            db = run_dir / f"{label}.db"
-            wall = sh([*cmd, "run", str(cfg), "-S", f"seed={seed}", "--db", str(db)], run_dir, run_dir / f"{label}.log")
-            res[label] = {"command": " ".join([*cmd[1:], "run", cfg.name, "-S", f"seed={seed}"]), "wall_s": wall,
-                          **_run_figures(db)}
-        one, two, other = res["one_seed1"], res["two_seed1"], res["one_seed2"]
-        res["epoch_time_ratio"] = two["epoch_s_median"] / one["epoch_s_median"]
-        res["noise_hr@10"] = abs(one["test_hr@10"] - other["test_hr@10"])
-        res["diff_hr@10"] = abs(one["test_hr@10"] - two["test_hr@10"])
-        res["noise_ndcg@10"] = abs(one["test_ndcg@10"] - other["test_ndcg@10"])
-        res["diff_ndcg@10"] = abs(one["test_ndcg@10"] - two["test_ndcg@10"])
+        for seed in range(1, args.seeds + 1):
+            for layout, cmd in (("one", TCF), ("two", TORCHRUN2)):
+                label = f"{layout}_seed{seed}"
+                db = run_dir / f"{label}.db"
+                wall = sh([*cmd, "run", str(cfg), "-S", f"seed={seed}", "--db", str(db)], run_dir,
+                          run_dir / f"{label}.log")
+                res[label] = {"command": " ".join([*cmd[1:], "run", cfg.name, "-S", f"seed={seed}"]),
+                              "wall_s": wall, **_run_figures(db)}
+        for layout in ("one", "two"):
+            runs = [res[f"{layout}_seed{s}"] for s in range(1, args.seeds + 1)]
+            res[layout] = {key: {"mean": float(np.mean([r[key] for r in runs])),
+                                 "std": float(np.std([r[key] for r in runs], ddof=1)) if len(runs) > 1 else None}
+                           for key in ("test_hr@10", "test_ndcg@10", "epoch_s_median")}
+        res["epoch_time_ratio"] = res["two"]["epoch_s_median"]["mean"] / res["one"]["epoch_s_median"]["mean"]
+        for key in ("test_hr@10", "test_ndcg@10"):
+            res[f"diff_{key}"] = res["two"][key]["mean"] - res["one"][key]["mean"]
         out[name] = res
     return out
 
@@ -225,13 +237,15 @@ def main() -> None:
     ap.add_argument("--text-items", type=int, default=8000)
     ap.add_argument("--text-batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=4, help="training runs per layout (1 GPU, 2 GPUs), seeds 1..N")
+    ap.add_argument("--models", default="id,text", help="which trainings: id, text or both")
     args = ap.parse_args()
     if args.small:
         args.infer_model = args.text_model = "tiny"
         args.infer_items, args.infer_budget = 2000, "1GiB"
         args.id_users = args.text_users = 400
         args.id_items = args.text_items = 200
-        args.id_dim, args.id_batch, args.text_batch, args.epochs = 32, 64, 32, 2
+        args.id_dim, args.id_batch, args.text_batch, args.epochs, args.seeds = 32, 64, 32, 2, 2
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for part in args.parts.split(","):

@@ -157,3 +157,14 @@ def test_ce_loss_is_full_softmax_without_padding():
     logits = q @ table[1:].T  # items 1..8 only
     expected = -torch.log_softmax(logits, dim=1)[torch.arange(6), targets - 1].sum()
     assert torch.allclose(ce_loss(q, targets, table), expected, atol=1e-5)
+
+
+def test_unique_padded_matches_torch_unique():
+    from engine.rec.losses import _unique_padded
+
+    ids = torch.tensor([5, 0, 3, 5, 9, 0, 3, 3, 12])
+    uniq, inverse = _unique_padded(ids)
+    want, want_inverse = torch.unique(ids, return_inverse=True)
+    k = len(want)
+    assert torch.equal(uniq[:k], want) and torch.equal(inverse, want_inverse)
+    assert (uniq[k:] == torch.iinfo(torch.int64).max).all() and len(uniq) == len(ids)

@@ -20,6 +20,7 @@ from test_lm_tokenize import make_tiny_opt
 from engine.config import load_config
 from engine.data.reader import load_dataset
 from engine.dist import DistContext
+from engine.errors import TcfError
 from engine.experiment import prepared_data
 from engine.infer.job import model_dir_of, run_infer_job
 from engine.infer.latents import LatentStore
@@ -256,3 +257,61 @@ def test_fine_tuned_tower_keeps_off_cudnn_attention_on_cuda(setup):
     ops = {e.key for e in prof.key_averages()}
     assert not any("cudnn_attention" in op for op in ops), sorted(op for op in ops if "attention" in op)
     assert any("scaled_dot_product" in op for op in ops)  # the blocks do run SDPA
+
+
+def test_fine_tuned_tower_uses_announced_ids_and_catches_a_wrong_announcement(setup):
+    """prefetch() announces the next forward's ids from the host so the forward need not copy its ids
+    back from the GPU; a forward given other ids than announced is caught at the next check."""
+    root, config, _ = setup
+    cfg, source = _source(root, config, unfreeze=1)
+    data = prepared_data(cfg)
+    tower = build_model(cfg, data, source).item_tower
+    tower.eval()
+    ids = torch.tensor([[0, 3, 5, 3], [7, 0, 1, 5]])
+    with torch.no_grad():
+        plain = tower(ids)
+        tower.prefetch(ids.numpy())
+        announced = tower(ids)
+        tower.check_announced()
+        torch.testing.assert_close(announced, plain)
+        tower.prefetch(ids.numpy())
+        tower(ids + 1)  # ids 2, 4, 6, 8 were never announced
+        with pytest.raises(TcfError, match="announced"):
+            tower.check_announced()
+        tower.check_announced()  # the count starts again after a report
+        assert tower(ids).shape == plain.shape  # nothing announced: the forward reads its own ids
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the boundary is cached on the GPU")
+def test_latent_gather_serves_rows_from_its_gpu_copy(setup):
+    root, config, _ = setup
+    _, source = _source(root, config, unfreeze=1)
+    store = LatentStore(source.latents)
+    depth = N_BLOCKS - 1
+    full, lengths = store.read(depth), store.lengths()
+    gather = LatentGather(store.open(depth), lengths)
+    try:
+        gather.prefetch(np.array([1, 2]))
+        x, mask = gather.take(np.array([4, 0, 9]), torch.device("cuda"))
+        assert gather._cache is not None and gather._pending is None
+        longest = int(lengths[[4, 0, 9]].max())
+        assert torch.equal(x.cpu(), full[[4, 0, 9], :longest])
+        assert mask.sum(1).tolist() == lengths[[4, 0, 9]].tolist()
+    finally:
+        gather.close()
+
+
+@pytest.mark.parametrize("n_items", [1, 2, 7, 10])
+def test_deal_gives_every_item_to_one_rank_and_finds_it_after_the_gather(n_items):
+    from engine.rec.text_towers import _deal
+
+    lengths = np.random.default_rng(n_items).integers(1, 30, n_items)
+    world = 3
+    parts = [_deal(lengths, DistContext(rank, world, torch.device("cpu")))[0] for rank in range(world)]
+    width = len(parts[0])
+    assert all(len(p) == width for p in parts) and width == -(-n_items // world)
+    gathered = np.concatenate(parts)  # what all_gather hands every rank: item indices in rank order
+    source = _deal(lengths, DistContext(0, world, torch.device("cpu")))[1]
+    assert np.array_equal(gathered[source], np.arange(n_items))  # each item's row holds that item
+    real = [p[: len(range(r, n_items, world))] for r, p in enumerate(parts)]
+    assert sorted(np.concatenate(real).tolist()) == list(range(n_items))  # each item encoded by one rank

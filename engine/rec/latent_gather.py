@@ -6,6 +6,9 @@ to the GPU: on an H200 the step then waits on the host for three times as long a
 Here rows are read with ``pread`` by several threads into pinned buffers, the next batch's rows while
 the current step runs, and copied to the GPU asynchronously.
 
+On a GPU with room to spare (the boundary needs at most ``CACHE_SHARE`` of its free memory) the whole
+boundary is copied to the GPU once instead, and a batch is a gather there: no host reads at all.
+
 Usage::
 
     gather = LatentGather(store.open(depth), lengths)
@@ -24,6 +27,8 @@ import torch
 from engine.infer.latents import ArrayFile
 
 READERS = 4  # pread threads: the page cache copies at several GB/s per thread
+CACHE_SHARE = 0.25  # keep the boundary on the GPU when it needs at most this share of the free memory
+CACHE_CHUNK = 256 << 20  # bytes per host-to-GPU copy while filling that cache
 
 
 class LatentGather:
@@ -40,6 +45,8 @@ class LatentGather:
         self._pool: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
         self.pin = torch.cuda.is_available()
+        self._cache: torch.Tensor | None = None  # the whole boundary on the GPU
+        self._cache_checked = False
 
     def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         if self._pool is None:
@@ -72,8 +79,30 @@ class LatentGather:
             f.result()
         return slot, out
 
+    def _device_cache(self, device: torch.device) -> torch.Tensor | None:
+        """The boundary on ``device`` when it fits (decided once, at the first GPU batch)."""
+        if device.type != "cuda" or self._cache_checked:
+            return self._cache
+        self._cache_checked = True
+        if self._pending is not None:  # a read started before the decision; its rows are not needed
+            self._pending[1].result()
+            self._pending = None
+        need = self.file.row_bytes * self.file.shape[0]
+        if need > CACHE_SHARE * torch.cuda.mem_get_info(device)[0]:
+            return None
+        cache = torch.empty(self.file.shape, dtype=self.file.dtype, device=device)
+        step = max(1, CACHE_CHUNK // self.file.row_bytes)
+        host = torch.empty((step, *self.file.shape[1:]), dtype=self.file.dtype, pin_memory=True)
+        for lo in range(0, self.file.shape[0], step):
+            rows = np.arange(lo, min(lo + step, self.file.shape[0]))
+            cache[lo:lo + len(rows)].copy_(self.file.read(rows, out=host[:len(rows)]))
+        self._cache = cache
+        return cache
+
     def prefetch(self, rows: np.ndarray) -> None:
         """Start reading ``rows`` (latents row numbers, ascending) for the next :meth:`take`."""
+        if self._cache is not None:
+            return  # nothing to read: the rows are on the GPU
         rows = np.asarray(rows, dtype=np.int64)
         pool, _ = self._pools()
         self._pending = (rows, pool.submit(self._read, rows))
@@ -81,6 +110,13 @@ class LatentGather:
     def take(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """([n, T, H] latents on ``device``, [n, T] bool mask) for ``rows``; T = their longest length."""
         rows = np.asarray(rows, dtype=np.int64)
+        lengths = torch.as_tensor(self.lengths[rows])
+        cache = self._device_cache(device)
+        if cache is not None:
+            length = int(lengths.max())
+            index = torch.from_numpy(rows).to(device, non_blocking=True)
+            mask = (torch.arange(length) < lengths[:, None]).to(device, non_blocking=True)
+            return cache[:, :length][index], mask
         pending, self._pending = self._pending, None
         if pending is not None and np.array_equal(pending[0], rows):
             slot, host = pending[1].result()
@@ -95,7 +131,6 @@ class LatentGather:
             self._copied[slot] = event
         else:
             x = x.clone()  # the buffer is reused two batches later
-        lengths = torch.as_tensor(self.lengths[rows])
         mask = (torch.arange(host.shape[1]) < lengths[:, None]).to(device, non_blocking=self.pin)
         return x, mask
 
@@ -104,4 +139,5 @@ class LatentGather:
             if pool is not None:
                 pool.shutdown(wait=True)
         self._pool = self._readers = None
+        self._cache = None
         self.file.close()

@@ -28,6 +28,18 @@ def log_popularity(popularity: np.ndarray | torch.Tensor) -> torch.Tensor:
     return out.float()
 
 
+def _unique_padded(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(ids, return_inverse=True)`` with the unique values padded to ``len(ids)`` by the
+    largest int64, so their count never has to reach the host: on a GPU that sync stalled every step."""
+    ordered, perm = ids.sort()
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[1:] = ordered[1:] != ordered[:-1]
+    group = new.cumsum(0) - 1
+    inverse = torch.empty_like(group).scatter_(0, perm, group)
+    uniq = torch.full_like(ordered, torch.iinfo(ordered.dtype).max).scatter_(0, group, ordered)
+    return uniq, inverse
+
+
 def ibce_loss(queries: torch.Tensor, query_user: torch.Tensor, target_slot: torch.Tensor,
               cand_vecs: torch.Tensor, cand_ids: torch.Tensor, user_windows: torch.Tensor,
               log_pop: torch.Tensor) -> torch.Tensor:
@@ -42,7 +54,7 @@ def ibce_loss(queries: torch.Tensor, query_user: torch.Tensor, target_slot: torc
     dev = cand_ids.device
     rows = torch.arange(queries.shape[0], device=dev)
     # Window membership without an [R, W, M] tensor: flag (user, unique id) pairs, then gather.
-    uniq, inv = torch.unique(cand_ids, return_inverse=True)
+    uniq, inv = _unique_padded(cand_ids)
     k = uniq.numel()
     pos = torch.searchsorted(uniq, user_windows.contiguous()).clamp_max(k - 1)
     col = torch.where(uniq[pos] == user_windows, pos, k)              # k = "not a candidate"

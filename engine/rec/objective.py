@@ -14,6 +14,12 @@ from engine.dist import DistContext, gather_padded
 from engine.rec.losses import bce_loss, ce_loss, ibce_loss, sample_negatives
 
 
+def _count(n: float, like: torch.Tensor) -> torch.Tensor:
+    """``n`` as a 0-d float tensor on ``like``'s device, made by a kernel: ``torch.tensor(n, device=cuda)``
+    copies from the host and waits for the GPU to finish every queued step first."""
+    return torch.full((), float(n), device=like.device)
+
+
 class _Objective(nn.Module):
     def __init__(self, model: nn.Module, log_pop: torch.Tensor, loss: str, n_items: int):
         super().__init__()
@@ -34,7 +40,7 @@ class SASRecObjective(_Objective):
         if self.loss == "ce":
             table = self.model.item_tower(torch.arange(self.n_items + 1, device=seq.device))
             total = ce_loss(queries, seq[rows_b, rows_t + 1], table)
-            return total, torch.tensor(float(len(rows_b)), device=seq.device)
+            return total, _count(float(len(rows_b)), seq)
         if self.loss == "ibce":
             slots = seq.shape[1]
             g_vecs = gather_padded(vecs, ctx, width, with_grad=True)
@@ -42,12 +48,12 @@ class SASRecObjective(_Objective):
             users = offset + rows_b
             total = ibce_loss(queries, users, users * slots + rows_t + 1, g_vecs.reshape(-1, vecs.shape[-1]),
                               g_seq.reshape(-1), g_seq, self.log_pop)
-            return total, torch.tensor(float(len(rows_b)), device=seq.device)
+            return total, _count(float(len(rows_b)), seq)
         neg = sample_negatives(seq, self.n_items, tuple(seq.shape), generator)
         neg_vecs = self.model.item_tower(neg)
         pos = (queries * vecs[rows_b, rows_t + 1]).sum(-1)
         negs = (queries * neg_vecs[rows_b, rows_t + 1]).sum(-1)
-        return bce_loss(pos, negs), torch.tensor(2.0 * len(rows_b), device=seq.device)
+        return bce_loss(pos, negs), _count(2.0 * len(rows_b), seq)
 
 
 class DSSMObjective(_Objective):
@@ -61,16 +67,16 @@ class DSSMObjective(_Objective):
         b = len(users)
         if self.loss == "ce":
             table = self.model.item_vectors(torch.arange(self.n_items + 1, device=users.device))
-            return ce_loss(u, items, table), torch.tensor(float(b), device=users.device)
+            return ce_loss(u, items, table), _count(float(b), users)
         if self.loss == "ibce":
             g_v = gather_padded(v, ctx, width, with_grad=True)
             g_items = gather_padded(items, ctx, width)
             g_windows = gather_padded(windows, ctx, width)
             rows = offset + torch.arange(b, device=users.device)
             total = ibce_loss(u, rows, rows, g_v, g_items, g_windows, self.log_pop)
-            return total, torch.tensor(float(b), device=users.device)
+            return total, _count(float(b), users)
         neg = sample_negatives(windows, self.n_items, (b, 1), generator)
         neg_v = self.model.item_vectors(neg[:, 0])
         pos = (u * v).sum(-1)
         negs = (u * neg_v).sum(-1)
-        return bce_loss(pos, negs), torch.tensor(2.0 * b, device=users.device)
+        return bce_loss(pos, negs), _count(2.0 * b, users)

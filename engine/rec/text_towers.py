@@ -16,12 +16,15 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from engine.dist import DistContext
 from engine.errors import TcfError
 from engine.infer.latents import POOLINGS, ArrayFile, LatentStore
 from engine.rec.latent_gather import LatentGather
@@ -90,12 +93,26 @@ class FrozenTextTower(nn.Module):
         return self.mlp(self.table[ids])
 
 
+class Announced(NamedTuple):
+    """The next forward's items, known on the host: unique ids (ascending, no padding), their latents
+    rows, and under DDP how the ranks share them (:func:`_deal`)."""
+
+    unique: np.ndarray
+    rows: np.ndarray
+    split: tuple[np.ndarray, np.ndarray] | None
+
+
 class FineTunedTextTower(nn.Module):
     """Top N LM blocks on stored latents -> pooling -> projection MLP, for the items of each batch only.
 
     The latents stay on disk: each batch's rows are read with ``pread`` into pinned memory (the next
     batch's while the current one computes, when the caller announces it with :meth:`prefetch`), so
-    host memory does not grow with the number of items.
+    host memory does not grow with the number of items; a GPU with room keeps them all (LatentGather).
+
+    Under DDP, an announced global batch is split by items, not by users: its unique items are dealt out
+    to the ranks (in length order, so every rank pads to about the same length), each rank encodes its
+    share, and the vectors are all-gathered with their gradients. Every item is encoded once per step
+    instead of once on every rank whose users hold it, and the result is the single-process one.
     """
 
     def __init__(self, blocks: nn.Module, latents: ArrayFile, lengths: np.ndarray, rows: torch.Tensor,
@@ -109,6 +126,8 @@ class FineTunedTextTower(nn.Module):
         self.pooling = pooling
         self.width = latents.shape[2]
         self.mlp = MLP(self.width, dim, projection_layers, dropout, init)
+        self._announced: Announced | None = None  # host ids of the next forward
+        self._missed: torch.Tensor | None = None  # ids a forward got but was not announced
 
     @classmethod
     def from_source(cls, source: TextSource, item_keys: list[str], dim: int, projection_layers: int = 1,
@@ -133,25 +152,67 @@ class FineTunedTextTower(nn.Module):
         unique = unique[unique != 0]
         return unique, self.rows[unique]
 
-    def prefetch(self, ids: torch.Tensor | np.ndarray) -> None:
-        """Start reading the latents of the items in ``ids`` (host ids of the next forward)."""
-        _, rows = self._unique(ids)
+    def prefetch(self, ids: torch.Tensor | np.ndarray, ctx: DistContext | None = None) -> None:
+        """Announce the ids of the next forward (a host copy): it starts reading their latents now and
+        will not copy its ids back from the GPU, a wait for every queued kernel. Under DDP (``ctx``) pass
+        the whole global batch: the ranks then share its items (see the class docstring)."""
+        unique, rows = self._unique(ids)
+        split = _deal(self.gather.lengths[rows], ctx) if ctx is not None and ctx.distributed and len(rows) else None
+        self._announced = Announced(unique, rows, split)
         if len(rows):
-            self.gather.prefetch(rows)
+            self.gather.prefetch(rows if split is None else rows[split[0]])
+
+    def check_announced(self) -> None:
+        """Raise if a forward's ids differed from what :meth:`prefetch` announced (one host sync)."""
+        missed, self._missed = self._missed, None
+        if missed is not None and int(missed):
+            raise TcfError("internal error: the fine-tuned text tower was announced other ids than it got")
+
+    def _encode(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Pooled top-block outputs [len(rows), H] (fp32) of latents rows ``rows``."""
+        weight = next(self.blocks.parameters())
+        x, mask = self.gather.take(rows, device)
+        with sdpa_kernel(TOWER_ATTENTION) if device.type == "cuda" else contextlib.nullcontext():
+            hidden = self.blocks(x.to(weight.dtype), mask.long())
+        hidden = hidden.masked_fill(~mask[..., None], 0)
+        from engine.infer.runner import pool
+
+        return pool(hidden, mask)[self.pooling].float()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        weight = next(self.blocks.parameters())
-        device = weight.device
-        unique, rows = self._unique(ids)
-        pooled = torch.zeros(len(unique) + 1, self.width, device=device)  # row 0: padding
-        if len(unique):
-            x, mask = self.gather.take(rows, device)
-            with sdpa_kernel(TOWER_ATTENTION) if device.type == "cuda" else contextlib.nullcontext():
-                hidden = self.blocks(x.to(weight.dtype), mask.long())
-            hidden = hidden.masked_fill(~mask[..., None], 0)
-            from engine.infer.runner import pool
-
-            pooled[1:] = pool(hidden, mask)[self.pooling].to(pooled.dtype)
+        device = next(self.blocks.parameters()).device
+        announced, self._announced = self._announced, None
+        unique, rows, split = announced if announced is not None else (*self._unique(ids), None)
+        if split is None:
+            pooled = torch.zeros(len(unique) + 1, self.width, device=device)  # row 0: padding
+            if len(unique):
+                pooled[1:] = self._encode(rows, device)
+            table = self.mlp(pooled)
+        else:  # this rank's share, then everyone's, in ``unique`` order
+            mine, source = split
+            shared = torch.cat(dist_fn.all_gather(self.mlp(self._encode(rows[mine], device))))
+            source_rows = torch.as_tensor(source).to(device, non_blocking=True)
+            table = torch.cat([self.mlp(torch.zeros(1, self.width, device=device)), shared[source_rows]])
         lookup = torch.as_tensor(np.concatenate([[0], unique])).to(device, non_blocking=True)
-        position = torch.searchsorted(lookup, ids.reshape(-1))
-        return self.mlp(pooled)[position].view(*ids.shape, -1)
+        flat = ids.reshape(-1)
+        position = torch.searchsorted(lookup, flat).clamp_max(len(unique))
+        if announced is not None:  # checked at the caller's next sync, not here
+            missed = (lookup[position] != flat).sum()
+            self._missed = missed if self._missed is None else self._missed + missed
+        return table[position].view(*ids.shape, -1)
+
+
+def _deal(lengths: np.ndarray, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
+    """Deal items (their token ``lengths``) round-robin in length order: (this rank's item indices, padded
+    with its first to the common width so every rank's blocks run; for each item, its row in the
+    all-gathered [world * width] vectors)."""
+    order = np.argsort(lengths, kind="stable")
+    world = ctx.world_size
+    width = -(-len(order) // world)
+    source = np.empty(len(order), dtype=np.int64)
+    for r in range(world):
+        part = order[r::world]
+        source[part] = r * width + np.arange(len(part))
+    mine = order[ctx.rank::world]
+    mine = np.concatenate([mine, np.repeat(order[:1], width - len(mine))])
+    return mine, source

@@ -136,12 +136,14 @@ class Trainer:
             pair_item = seqs[pair_user, pair_pos]
             n_rows = len(pair_user)
         step_module = DistributedDataParallel(objective) if ctx.distributed else objective
-        # a tower that reads inputs from disk (fine-tuned text) reads the next batch's during this step
+        # a tower that reads inputs from disk (fine-tuned text) is told the next global batch during this step
         prefetch = getattr(model.item_tower, "prefetch", None)
         host_ids = (data.train_sequences() if cfg.model.architecture == "sasrec"
                     else pair_item.cpu().numpy()) if prefetch is not None else None
         text_params = _text_tower_params(model)
-        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        # fused on GPUs: a few kernels per step for all parameters instead of several per tensor list
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                      fused=device.type == "cuda")
         amp_dtype = _amp(cfg, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -170,10 +172,12 @@ class Trainer:
             batches = global_batches(n_rows, cfg.train.batch_size, cfg.seed, epoch, ctx.world_size)
             self.reporter.stage(f"epoch {epoch}", total=len(batches))
             loss_total = torch.zeros((), device=device)
+            # one host-to-GPU copy per epoch: a copy per step would wait for the GPU every step
+            on_device = torch.cat(batches).to(device).split([len(b) for b in batches])
             if prefetch is not None:
-                prefetch(host_ids[shard(batches[0], ctx.rank, ctx.world_size)[0].numpy()])
-            for i, gb in enumerate(batches):
-                idx, offset, width = shard(gb.to(device), ctx.rank, ctx.world_size)
+                prefetch(host_ids[batches[0].numpy()], ctx)
+            for i, gb in enumerate(on_device):
+                idx, offset, width = shard(gb, ctx.rank, ctx.world_size)
                 autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype
                             else contextlib.nullcontext())
                 with autocast:
@@ -184,7 +188,7 @@ class Trainer:
                         loss_sum, n_terms = step_module(users, pair_item[idx], seqs[users], offset, width,
                                                         ctx, gen)
                 if prefetch is not None and i + 1 < len(batches):  # after this forward took its own batch
-                    prefetch(host_ids[shard(batches[i + 1], ctx.rank, ctx.world_size)[0].numpy()])
+                    prefetch(host_ids[batches[i + 1].numpy()], ctx)
                 total_terms = all_reduce_sum(n_terms.detach(), ctx).clamp_min(1.0)
                 loss = loss_sum.float() * ctx.world_size / total_terms
                 optimizer.zero_grad(set_to_none=True)
@@ -197,6 +201,8 @@ class Trainer:
                 loss_total += all_reduce_sum(loss_sum.detach().float(), ctx) / total_terms
                 self.reporter.advance()
             epoch_loss = float(loss_total) / max(len(batches), 1)
+            if prefetch is not None:
+                model.item_tower.check_announced()
             if not math.isfinite(epoch_loss):
                 raise TcfError(f"training diverged: the loss is {epoch_loss} in epoch {epoch}")
             state["epoch_seconds"].append(time.perf_counter() - t0)
