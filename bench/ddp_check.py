@@ -20,10 +20,13 @@ own) without any collective. Runs of bench/results/ddp_check_h200x2.json, each w
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +149,8 @@ def main() -> None:
     ap.add_argument("--profile-at", type=int, default=100)
     ap.add_argument("--sdpa", default=None,
                     help="attention backends the fit may use, e.g. efficient,flash,math (default: torch's choice)")
+    ap.add_argument("--sync-debug", type=int, default=0,
+                    help="count the host syncs (with their call sites) of this many training steps after step 5")
     ap.add_argument("--out", type=Path, default=Path("."))
     args = ap.parse_args()
     if args.setup:
@@ -194,6 +199,14 @@ def main() -> None:
 
         tower.forward = halves
     prof = None
+    if args.profile or args.sync_debug:
+        n_rows = len(data.train_sequences()) if cfg.model.architecture == "sasrec" else None
+        per_epoch = -(-n_rows // cfg.train.batch_size) if n_rows else None
+        if args.steps:
+            per_epoch = min(per_epoch or args.steps, args.steps)
+        last = max(args.profile_at + 3 + args.profile if args.profile else 0, 5 + args.sync_debug)
+        if per_epoch and last > per_epoch * cfg.train.epochs:
+            raise SystemExit(f"--profile/--sync-debug need {last} steps; the run has {per_epoch * cfg.train.epochs}")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile, schedule
 
@@ -208,6 +221,16 @@ def main() -> None:
     real_sum, real_batches = trainer_mod.all_reduce_sum, trainer_mod.global_batches
     real_clip = torch.nn.utils.clip_grad_norm_
 
+    syncs: collections.Counter = collections.Counter()
+
+    def record_sync(message, category, filename, lineno, file=None, line=None):
+        if "synchronizing CUDA operation" not in str(message):
+            return show_warning(message, category, filename, lineno, file, line)
+        frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
+        syncs[" <- ".join(f"{Path(f.filename).name}:{f.lineno}:{f.name}" for f in frames[-4:][::-1])] += 1
+
+    show_warning = warnings.showwarning
+
     def all_reduce_sum(x, c):
         r = real_sum(x, c)
         reduced.append(r.detach().float().reshape(()))
@@ -215,6 +238,12 @@ def main() -> None:
             step_times.append(time.perf_counter())
             if prof is not None:
                 prof.step()
+            if args.sync_debug and len(step_times) in (5, 5 + args.sync_debug):
+                on = len(step_times) == 5
+                warnings.simplefilter("always")
+                warnings.showwarning = record_sync if on else show_warning
+                if torch.cuda.is_available():
+                    torch.cuda.set_sync_debug_mode("warn" if on else "default")
         return r
 
     def global_batches(*a, **k):
@@ -276,6 +305,7 @@ def main() -> None:
         "text_grad_norms": [round(float(n), 5) for n in norms],
         "valid": result.valid, "test": result.test, "epoch_seconds": result.epoch_seconds,
         "fit_s": fit_s, "setup_s": t_fit - t_start, "steps": steps,
+        "syncs_per_step": {k: v / args.sync_debug for k, v in syncs.most_common()} if args.sync_debug else None,
         "waits": {**{k: v for k, v in waits.items() if k != "unique_n"},
                   "unique_mean": float(np.mean(waits["unique_n"])) if waits["unique_n"] else None},
     })
@@ -295,6 +325,8 @@ def main() -> None:
             brief["profile"] = {k: out["profile"][k] for k in ("dev_ms_per_step", "cpu_ms_per_step")}
         if "split_check" in out:
             brief["split_check"] = out["split_check"]
+        if out["syncs_per_step"]:
+            brief["syncs_per_step"] = out["syncs_per_step"]
         print(json.dumps(brief), flush=True)
     from engine.dist import shutdown
 

@@ -235,7 +235,8 @@ def main() -> None:
     ap.add_argument("--id-batch", type=int, default=4096)
     ap.add_argument("--text-users", type=int, default=20_000)
     ap.add_argument("--text-items", type=int, default=8000)
-    ap.add_argument("--text-batch", type=int, default=64)
+    ap.add_argument("--text-batch", type=int, default=512,
+                    help="global batch of the text runs (at 64 a step is too short to split: fixed costs dominate)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=4, help="training runs per layout (1 GPU, 2 GPUs), seeds 1..N")
     ap.add_argument("--models", default="id,text", help="which trainings: id, text or both")

@@ -246,3 +246,34 @@ def test_no_safetensors_is_a_user_error(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(TcfError, match="no model.safetensors"):
         CheckpointReader(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["opt", "bert", "t5", "llama", "qwen2"])
+def test_stage_without_mask_inspection_computes_the_same(tmp_path, family):
+    """A fine-tuned tower turns off transformers' look at the mask (a host sync per step): same outputs,
+    on padded and unpadded batches."""
+    model, _ = _save(family, tmp_path, sharded=False)
+    stage = load_stage(tmp_path, 0, N_BLOCKS, include_embedding=True, include_final=True)
+    ids, mask = _batch(model.config.pad_token_id)
+    for batch, m in ((ids, mask), (ids[:1], mask[:1])):  # row 0 alone has no padding
+        with torch.no_grad():
+            stage.inspect_masks = True
+            inspected = stage(batch, m)
+            stage.inspect_masks = False
+            blind = stage(batch, m)
+        torch.testing.assert_close(blind, inspected, rtol=1e-5, atol=1e-5)
+
+
+def test_mask_builders_are_told_not_to_inspect():
+    """The flags exist in the installed transformers: without them the tower would wait on every step."""
+    from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+
+    from engine.lm.base import BlockStack
+
+    stage = BlockStack.__new__(BlockStack)
+    stage.inspect_masks = False
+    assert stage.mask_options(create_causal_mask, "allow_is_causal_skip") == {"allow_is_causal_skip": False}
+    assert stage.mask_options(create_bidirectional_mask, "allow_is_bidirectional_skip") == {
+        "allow_is_bidirectional_skip": False}
+    stage.inspect_masks = True
+    assert stage.mask_options(create_causal_mask, "allow_is_causal_skip") == {}

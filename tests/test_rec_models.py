@@ -182,3 +182,19 @@ def test_init_schemes_apply_to_own_layers_only():
     assert abs(float(tower.embedding.weight[1:].detach().std()) - 0.02) < 0.002  # the tower kept its own init
     with pytest.raises(ValueError, match="init must be one of"):
         init_weights_([tower], "uniform")
+
+
+@pytest.mark.parametrize("loss", ["ibce", "ce", "bce"])
+def test_sasrec_objective_with_a_known_row_count_is_the_same(loss):
+    """The trainer passes the count of real positions from its host copy (no GPU wait to find them)."""
+    from engine.dist import DistContext
+    from engine.rec.objective import SASRecObjective
+
+    seq = left_padded(6, L + 1, seed=3)
+    objective = SASRecObjective(make_sasrec(), log_popularity(torch.arange(N_ITEMS + 1.0)), loss, N_ITEMS).eval()
+    ctx = DistContext(0, 1, torch.device("cpu"))
+    n_rows = int((seq[:, :-1] != 0).sum())
+    plain = objective(seq, 0, len(seq), ctx, torch.Generator().manual_seed(0))
+    counted = objective(seq, 0, len(seq), ctx, torch.Generator().manual_seed(0), n_rows=n_rows)
+    assert float(plain[1]) == float(counted[1]) > 0
+    torch.testing.assert_close(counted[0], plain[0], rtol=0, atol=0)

@@ -7,6 +7,9 @@ Each family (opt.py, bert.py, t5.py, llama.py) subclasses ``BlockStack`` and reg
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -47,6 +50,10 @@ class BlockStack(nn.Module):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ()
+    #: Whether transformers may read an attention mask's contents to drop it when a batch has no padding
+    #: (a faster kernel). Reading it waits for the GPU to finish all queued work; a fine-tuned tower's
+    #: batches are always padded, so it turns this off and its steps never wait on the host.
+    inspect_masks: bool = True
 
     def __init__(self, config: PretrainedConfig, start: int, stop: int, include_embedding: bool, include_final: bool):
         super().__init__()
@@ -90,6 +97,11 @@ class BlockStack(nn.Module):
 
     # --- shared ---------------------------------------------------------------------------------------
 
+    def mask_options(self, make: Callable, skip_flag: str) -> dict[str, bool]:
+        """Keyword arguments for transformers' mask builder ``make``: its ``skip_flag`` off unless
+        :attr:`inspect_masks` (older transformers without the flag always inspect)."""
+        return {} if self.inspect_masks or skip_flag not in _parameters(make) else {skip_flag: False}
+
     def _check_range(self, start: int, stop: int) -> None:
         if not self.start <= start <= stop <= self.stop:
             raise TcfError(f"blocks [{start}, {stop}) are not loaded; this stage holds [{self.start}, {self.stop})")
@@ -104,3 +116,8 @@ class BlockStack(nn.Module):
         if self.include_final:
             hidden = self.final(hidden)
         return hidden
+
+
+@functools.cache
+def _parameters(fn: Callable) -> frozenset[str]:
+    return frozenset(inspect.signature(fn).parameters)

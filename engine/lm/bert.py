@@ -41,7 +41,9 @@ class BertStack(BlockStack):
         blocks = self._blocks(start, stop)
         if not blocks:
             return hidden
-        attn_mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask)
+        attn_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden, attention_mask=mask,
+            **self.mask_options(create_bidirectional_mask, "allow_is_bidirectional_skip"))
         for block in blocks:
             hidden = block(hidden, attn_mask)
         return hidden

@@ -80,7 +80,7 @@ class LlamaStack(BlockStack):
             kind = self._layer_type(index)
             if kind not in masks:
                 make = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
-                masks[kind] = make(*args, position_ids=position_ids)
+                masks[kind] = make(*args, position_ids=position_ids, **self.mask_options(make, "allow_is_causal_skip"))
             hidden = block(
                 hidden, attention_mask=masks[kind], position_ids=position_ids, position_embeddings=position_embeddings
             )

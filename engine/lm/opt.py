@@ -55,7 +55,8 @@ class OPTStack(BlockStack):
         if not blocks:
             return hidden
         # positional: transformers 5.x renamed the 4th (cache) argument between minor releases
-        attn_mask = create_causal_mask(self.config, hidden, mask, None)
+        attn_mask = create_causal_mask(self.config, hidden, mask, None,
+                                       **self.mask_options(create_causal_mask, "allow_is_causal_skip"))
         for block in blocks:
             hidden = block(hidden, attention_mask=attn_mask)
         return hidden

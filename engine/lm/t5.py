@@ -66,7 +66,9 @@ class T5EncoderStack(BlockStack):
             return hidden
         length = hidden.shape[1]
         position_bias = self.relative_bias.compute_bias(length, length, device=hidden.device).to(hidden.dtype)
-        attn_mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask)
+        attn_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden, attention_mask=mask,
+            **self.mask_options(create_bidirectional_mask, "allow_is_bidirectional_skip"))
         for block in blocks:
             hidden = block(hidden, attn_mask, position_bias)[0]
         return hidden

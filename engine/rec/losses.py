@@ -52,7 +52,6 @@ def ibce_loss(queries: torch.Tensor, query_user: torch.Tensor, target_slot: torc
     negatives); the target slot itself stays unmasked, so no row is fully masked.
     """
     dev = cand_ids.device
-    rows = torch.arange(queries.shape[0], device=dev)
     # Window membership without an [R, W, M] tensor: flag (user, unique id) pairs, then gather.
     uniq, inv = _unique_padded(cand_ids)
     k = uniq.numel()
@@ -63,7 +62,7 @@ def ibce_loss(queries: torch.Tensor, query_user: torch.Tensor, target_slot: torc
     mask = flags[query_user[:, None], inv[None, :]]                     # [R, M]
     mask |= (cand_ids == 0)[None, :]
     mask |= cand_ids[None, :] == cand_ids[target_slot][:, None]
-    mask[rows, target_slot] = False
+    mask.scatter_(1, target_slot[:, None], False)  # scalar fill; ``mask[r, t] = False`` copies False and waits
 
     with torch.autocast(queries.device.type, enabled=False):  # logits in fp32, even under bf16 AMP
         z = queries.float() @ cand_vecs.float().T - log_pop.to(dev)[cand_ids].float()[None, :]

@@ -33,9 +33,15 @@ class SASRecObjective(_Objective):
     """Next-item prediction at every real position of each user's training window."""
 
     def forward(self, seq: torch.Tensor, offset: int, width: int, ctx: DistContext,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator, n_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n_rows``: the number of real input positions in ``seq`` when the caller knows it (from a host
+        copy): finding them then needs no wait for the GPU."""
         hidden, vecs = self.model(seq)  # [b, L, d], [b, L+1, d]
-        rows_b, rows_t = (seq[:, :-1] != 0).nonzero(as_tuple=True)
+        real = seq[:, :-1] != 0
+        if n_rows is None:
+            rows_b, rows_t = real.nonzero(as_tuple=True)
+        else:
+            rows_b, rows_t = torch.nonzero_static(real, size=n_rows).unbind(1)
         queries = hidden[rows_b, rows_t]
         if self.loss == "ce":
             table = self.model.item_tower(torch.arange(self.n_items + 1, device=seq.device))

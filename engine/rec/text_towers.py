@@ -121,6 +121,7 @@ class FineTunedTextTower(nn.Module):
         if pooling not in POOLINGS:
             raise TcfError(f"text_encoder.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
         self.blocks = blocks
+        blocks.inspect_masks = False  # no host sync per step (see BlockStack.inspect_masks)
         self.gather = LatentGather(latents, lengths)
         self.rows = rows.numpy().copy()  # dense item id -> latents row, looked up on the host
         self.pooling = pooling

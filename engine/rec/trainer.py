@@ -130,6 +130,8 @@ class Trainer:
         if cfg.model.architecture == "sasrec":
             objective: nn.Module = SASRecObjective(model, log_pop, cfg.train.loss, data.n_items)
             n_rows = len(seqs)
+            # real input positions per user, on the host: the objective then finds them without a sync
+            real_inputs = (data.train_sequences()[:, :-1] != 0).sum(1)
         else:
             objective = DSSMObjective(model, log_pop, cfg.train.loss, data.n_items)
             pair_user, pair_pos = (seqs != 0).nonzero(as_tuple=True)
@@ -182,7 +184,9 @@ class Trainer:
                             else contextlib.nullcontext())
                 with autocast:
                     if cfg.model.architecture == "sasrec":
-                        loss_sum, n_terms = step_module(seqs[idx], offset, width, ctx, gen)
+                        mine = shard(batches[i], ctx.rank, ctx.world_size)[0].numpy()
+                        loss_sum, n_terms = step_module(seqs[idx], offset, width, ctx, gen,
+                                                        n_rows=int(real_inputs[mine].sum()))
                     else:
                         users = pair_user[idx]
                         loss_sum, n_terms = step_module(users, pair_item[idx], seqs[users], offset, width,
