@@ -10,6 +10,7 @@ pre-inference, and one worker keeping both GPUs busy.
 - train: `tcf run` vs `torchrun --nproc_per_node 2 -m tcf_tui.cli run` (same global batch), seeds 1..``--seeds``
   each, for an ID-SASRec and a text SASRec with the top 2 blocks of an OPT-shaped model fine-tuned; test
   metrics (mean and standard deviation over seeds: the run-to-run noise), best epoch, seconds per epoch.
+  A run whose database already holds a finished run is kept, so a call cut off by a time limit resumes.
 - worker: four queued training jobs, `tcf worker --gpus all`; which GPU ran each job when, and NVML
   utilisation sampled every 0.5 s.
 """
@@ -131,6 +132,13 @@ def _run_figures(db: Path) -> dict:
             "epoch_seconds": seconds, "epoch_s_median": float(np.median(seconds[1:] or seconds))}
 
 
+def _finished(db: Path) -> bool:
+    if not db.exists():
+        return False
+    with sqlite3.connect(db) as c:
+        return c.execute("SELECT count(*) FROM runs WHERE status = 'finished'").fetchone()[0] > 0
+
+
 def _id_config(args: argparse.Namespace) -> str:
     return (f"model:\n  embedding_dim: {args.id_dim}\n  num_blocks: 2\n  num_heads: 4\n"
             f"train:\n  loss: ce\n  batch_size: {args.id_batch}\n  epochs: {args.epochs}\n  patience: 100\n")
@@ -159,10 +167,15 @@ def part_train(args: argparse.Namespace, work: Path) -> dict:
             for layout, cmd in (("one", TCF), ("two", TORCHRUN2)):
                 label = f"{layout}_seed{seed}"
                 db = run_dir / f"{label}.db"
+                command = " ".join([*cmd[1:], "run", cfg.name, "-S", f"seed={seed}"])
+                if _finished(db):  # from an earlier call that ran out of time: keep it
+                    res[label] = {"command": command, "wall_s": None, "reused": True, **_run_figures(db)}
+                    continue
+                for stale in run_dir.glob(f"{label}.db*"):
+                    stale.unlink()
                 wall = sh([*cmd, "run", str(cfg), "-S", f"seed={seed}", "--db", str(db)], run_dir,
                           run_dir / f"{label}.log")
-                res[label] = {"command": " ".join([*cmd[1:], "run", cfg.name, "-S", f"seed={seed}"]),
-                              "wall_s": wall, **_run_figures(db)}
+                res[label] = {"command": command, "wall_s": wall, **_run_figures(db)}
         for layout in ("one", "two"):
             runs = [res[f"{layout}_seed{s}"] for s in range(1, args.seeds + 1)]
             res[layout] = {key: {"mean": float(np.mean([r[key] for r in runs])),
