@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.dist import DistContext
 from engine.rec.towers import MLP, encode_all_items, init_weights_
 
 
@@ -31,9 +32,10 @@ class DSSM(nn.Module):
         """ids [...] -> [..., d]."""
         return self.item_mlp(self.item_tower(ids))
 
-    def item_table(self, n_items: int, batch: int = 4096) -> torch.Tensor:
-        """Vectors of item ids 0..I, [I+1, d]; call under ``torch.no_grad()`` and ``eval()``."""
-        return encode_all_items(self.item_vectors, n_items, batch, self.user_embedding.weight.device)
+    def item_table(self, n_items: int, batch: int = 4096, ctx: DistContext | None = None) -> torch.Tensor:
+        """Vectors of item ids 0..I, [I+1, d] (shared out over ``ctx``'s ranks); call under
+        ``torch.no_grad()`` and ``eval()``."""
+        return encode_all_items(self.item_vectors, n_items, batch, self.user_embedding.weight.device, ctx)
 
     def query(self, users: torch.Tensor) -> torch.Tensor:
         """Evaluation query for users [B] -> [B, d] (same as user_vectors)."""

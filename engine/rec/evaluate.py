@@ -26,7 +26,7 @@ def evaluate(model: nn.Module | Popularity, split: EvalSplit, n_items: int, ks: 
     else:
         was_training = model.training
         model.eval()
-        table = model.item_table(n_items).float()
+        table = model.item_table(n_items, ctx=ctx).float()
     ranks = []
     for lo in range(users.start, users.stop, batch_size):
         hi = min(lo + batch_size, users.stop)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.dist import DistContext
 from engine.rec.towers import encode_all_items, init_weights_
 
 LN_EPS = 1e-6
@@ -94,12 +95,13 @@ class SASRec(nn.Module):
         hidden = self.encode(vecs[:, :-1], seq[:, :-1] != 0)
         return hidden, vecs
 
-    def item_table(self, n_items: int, batch: int = 4096) -> torch.Tensor:
-        """Vectors of item ids 0..I, [I+1, d], computed ``batch`` ids at a time.
+    def item_table(self, n_items: int, batch: int = 4096, ctx: DistContext | None = None) -> torch.Tensor:
+        """Vectors of item ids 0..I, [I+1, d], computed ``batch`` ids at a time (shared out over ``ctx``'s
+        ranks, see :func:`encode_all_items`).
 
         Call under ``torch.no_grad()`` and ``eval()`` for evaluation.
         """
-        return encode_all_items(self.item_tower, n_items, batch, self.positions.weight.device)
+        return encode_all_items(self.item_tower, n_items, batch, self.positions.weight.device, ctx)
 
     def query(self, item_table: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """inputs [B, L] left-padded ids -> user vectors [B, d] (encoder output at the last position)."""
