@@ -46,7 +46,7 @@ class SASRecObjective(_Objective):
         if self.loss == "ce":
             table = self.model.item_tower(torch.arange(self.n_items + 1, device=seq.device))
             total = ce_loss(queries, seq[rows_b, rows_t + 1], table)
-            return total, _count(float(len(rows_b)), seq)
+            return total, _count(len(rows_b), seq)
         if self.loss == "ibce":
             slots = seq.shape[1]
             g_vecs = gather_padded(vecs, ctx, width, with_grad=True)
@@ -54,7 +54,7 @@ class SASRecObjective(_Objective):
             users = offset + rows_b
             total = ibce_loss(queries, users, users * slots + rows_t + 1, g_vecs.reshape(-1, vecs.shape[-1]),
                               g_seq.reshape(-1), g_seq, self.log_pop)
-            return total, _count(float(len(rows_b)), seq)
+            return total, _count(len(rows_b), seq)
         neg = sample_negatives(seq, self.n_items, tuple(seq.shape), generator)
         neg_vecs = self.model.item_tower(neg)
         pos = (queries * vecs[rows_b, rows_t + 1]).sum(-1)
@@ -73,14 +73,14 @@ class DSSMObjective(_Objective):
         b = len(users)
         if self.loss == "ce":
             table = self.model.item_vectors(torch.arange(self.n_items + 1, device=users.device))
-            return ce_loss(u, items, table), _count(float(b), users)
+            return ce_loss(u, items, table), _count(b, users)
         if self.loss == "ibce":
             g_v = gather_padded(v, ctx, width, with_grad=True)
             g_items = gather_padded(items, ctx, width)
             g_windows = gather_padded(windows, ctx, width)
             rows = offset + torch.arange(b, device=users.device)
             total = ibce_loss(u, rows, rows, g_v, g_items, g_windows, self.log_pop)
-            return total, _count(float(b), users)
+            return total, _count(b, users)
         neg = sample_negatives(windows, self.n_items, (b, 1), generator)
         neg_v = self.model.item_vectors(neg[:, 0])
         pos = (u * v).sum(-1)
