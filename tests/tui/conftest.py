@@ -145,8 +145,11 @@ def plain(widget: Any) -> str:
 
 
 async def settle(pilot: Any) -> None:
-    """Wait for every worker (loads, actions, GPU samples) and the messages they posted."""
+    """Wait for every worker (loads, actions, GPU samples) and the messages they posted, then give the
+    screen real time to lay out: a table filled just before a dialog opens re-measures its columns only
+    when it next idles (on a loaded machine a snapshot once caught the old widths)."""
     for _ in range(3):
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
+    await pilot.pause(0.1)
 

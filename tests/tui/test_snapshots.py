@@ -66,7 +66,7 @@ def test_live_screen_pre_inference_without_nvml(snap_compare, db):
 
 
 def test_help_screen(snap_compare, db):
-    assert snap_compare(app_for(db), terminal_size=SIZE, run_before=settle, press=["question_mark"])
+    assert snap_compare(app_for(db), terminal_size=SIZE, run_before=typing("question_mark"))
 
 
 def test_add_dialog(snap_compare, db):
