@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 from rich.text import Text
 from textual.content import Content
+from textual.widgets import DataTable
 
 from engine.infer.gpu import FakeProvider, GpuInfo
 from engine.jobs.process import hostname
@@ -145,11 +146,24 @@ def plain(widget: Any) -> str:
 
 
 async def settle(pilot: Any) -> None:
-    """Wait for every worker (loads, actions, GPU samples) and the messages they posted, then give the
-    screen real time to lay out: a table filled just before a dialog opens re-measures its columns only
-    when it next idles (on a loaded machine a snapshot once caught the old widths)."""
-    for _ in range(3):
+    """Wait until every screen has loaded (its load worker started and finished, its message handled),
+    every worker is done, and the tables have measured their rows: a DataTable does that when it next
+    idles, and one covered by a dialog before then keeps its old column widths in the snapshot."""
+
+    def pending() -> bool:
+        loaders = [getattr(screen, "_loader", False) for screen in pilot.app.screen_stack]
+        tables = pilot.app.screen.query(DataTable)
+        return (any(loader is None or (loader and not loader.is_finished) for loader in loaders)
+                or any(t._require_update_dimensions or t._updated_cells for t in tables))
+
+    for _ in range(3):  # a handled load can start measuring: look again after each quiet spell
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
-    await pilot.pause(0.1)
+        for _ in range(300):
+            if not pending():
+                break
+            await pilot.app.workers.wait_for_complete()
+            await pilot.pause(0.01)
+        await pilot.pause(0.05)  # and for the layout refresh that measuring asked for
+    await pilot.pause()
 
