@@ -222,13 +222,18 @@ def test_fine_tuned_tower_on_parts_of_a_batch_equals_the_whole_batch(setup):
         assert float((b - a).norm()) <= 1e-5 * float(scale)
 
 
-def test_latent_gather_returns_the_stored_rows_prefetched_or_not(setup):
+def _gather_top1(setup) -> tuple[LatentGather, torch.Tensor, np.ndarray]:
+    """A LatentGather over the boundary a top-1 tower reads, with that boundary and its lengths in full."""
     root, config, _ = setup
     _, source = _source(root, config, unfreeze=1)
     store = LatentStore(source.latents)
     depth = N_BLOCKS - 1
-    full, lengths = store.read(depth), store.lengths()
-    gather = LatentGather(store.open(depth), lengths)
+    lengths = store.lengths()
+    return LatentGather(store.open(depth), lengths), store.read(depth), lengths
+
+
+def test_latent_gather_returns_the_stored_rows_prefetched_or_not(setup):
+    gather, full, lengths = _gather_top1(setup)
     cpu = torch.device("cpu")
     try:
         for prefetched, wanted in [([5, 1, 7], [2, 3, 9, 4]), ([6, 0], [6, 0]), ([8], [8]), ([3, 11], [3, 11])]:
@@ -284,12 +289,7 @@ def test_fine_tuned_tower_uses_announced_ids_and_catches_a_wrong_announcement(se
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the boundary is cached on the GPU")
 def test_latent_gather_serves_rows_from_its_gpu_copy(setup):
-    root, config, _ = setup
-    _, source = _source(root, config, unfreeze=1)
-    store = LatentStore(source.latents)
-    depth = N_BLOCKS - 1
-    full, lengths = store.read(depth), store.lengths()
-    gather = LatentGather(store.open(depth), lengths)
+    gather, full, lengths = _gather_top1(setup)
     try:
         gather.prefetch(np.array([1, 2]))
         x, mask = gather.take(np.array([4, 0, 9]), torch.device("cuda"))
