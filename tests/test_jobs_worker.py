@@ -209,6 +209,7 @@ def test_no_worker_code_path_imports_textual():
 def test_sigkilled_preinference_job_resumes_from_its_last_committed_range(tmp_path):
     from engine.data.reader import load_dataset
     from engine.data.synth import synth_dataset
+    from engine.infer.latents import LatentStore
     from engine.lm.tiny import build_tiny_opt
 
     data = tmp_path / "data"
@@ -224,7 +225,12 @@ def test_sigkilled_preinference_job_resumes_from_its_last_committed_range(tmp_pa
     def range_starts() -> list[int]:
         return [e["payload"]["range"] for e in Store(db).events(job_id=infer_id) if e["kind"] == "range_start"]
 
-    _wait(lambda: db.exists() and range_starts()[-1:] == [1], what="range 1:2 under way")
+    def committed() -> list[int]:  # ranges commit on a background thread, after the next range has started
+        works = (tmp_path / "artifacts" / "latents").glob(".work-*")
+        return [k for work in works for k in LatentStore(work).committed()]
+
+    _wait(lambda: db.exists() and range_starts()[-1:] == [1] and committed() == [1],
+          what="range 1:2 under way, 0:1 committed")
     os.killpg(_job(db, infer_id).pid, signal.SIGKILL)
     assert worker.wait(timeout=60) == 0
     assert _job(db, infer_id).state == "lost" and range_starts() == [0, 1]
