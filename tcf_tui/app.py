@@ -103,8 +103,9 @@ class TcfApp(App[None]):
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
         self.gpu_history.add(message.gpus, message.reason)
-        for panel in self.screen.query(GpuPanel):
-            panel.show(self.gpu_history)
+        for screen in self.screen_stack[-1:]:  # none while the app exits: a late sample is only recorded
+            for panel in screen.query(GpuPanel):
+                panel.show(self.gpu_history)
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):

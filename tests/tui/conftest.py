@@ -146,15 +146,21 @@ def plain(widget: Any) -> str:
 
 
 async def settle(pilot: Any) -> None:
-    """Wait until every screen has loaded (its load worker started and finished, its message handled),
-    every worker is done, and the tables have measured their rows: a DataTable does that when it next
-    idles, and one covered by a dialog before then keeps its old column widths in the snapshot."""
+    """Wait until every screen on the stack has loaded (its load worker started and finished, no reload
+    asked for, the posted result handled), every worker is done, and every table has measured its rows.
+    A DataTable measures when it next idles; one covered by a dialog before then keeps its old column
+    widths in the snapshot, so the screens under the top one count too."""
 
     def pending() -> bool:
-        loaders = [getattr(screen, "_loader", False) for screen in pilot.app.screen_stack]
-        tables = pilot.app.screen.query(DataTable)
-        return (any(loader is None or (loader and not loader.is_finished) for loader in loaders)
-                or any(t._require_update_dimensions or t._updated_cells for t in tables))
+        screens = pilot.app.screen_stack
+        for screen in screens:
+            loader = getattr(screen, "_loader", False)
+            if loader is None or (loader and not loader.is_finished) or getattr(screen, "_again", False):
+                return True
+            if screen.message_queue_size:  # e.g. a load's result posted, not yet shown
+                return True
+        tables = [t for screen in screens for t in screen.query(DataTable)]
+        return any(t._require_update_dimensions or t._updated_cells for t in tables)
 
     for _ in range(3):  # a handled load can start measuring: look again after each quiet spell
         await pilot.app.workers.wait_for_complete()
