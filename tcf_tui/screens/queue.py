@@ -35,6 +35,7 @@ from tcf_tui.widgets.dialogs import AddJobDialog, AddRequest, PromptDialog, spli
 from tcf_tui.widgets.filter_box import FilterBox
 from tcf_tui.widgets.fmt import duration
 from tcf_tui.widgets.footer import KeyFooter
+from tcf_tui.widgets.table import Table
 from tcf_tui.widgets.tabs import ScreenTabs
 
 STATE_STYLE = {
@@ -46,7 +47,7 @@ NAME_WIDTH = 34
 NO_WORKER = "no worker running: start one with `tcf worker`"
 
 
-class JobTable(DataTable):
+class JobTable(Table):
     """The jobs; Enter (DataTable's select) opens the Live screen, and the footer says so."""
 
     BINDINGS = [Binding("enter", "select_cursor", "Live", tooltip="open the Live screen of the selected job")]

@@ -46,6 +46,7 @@ from engine.errors import TcfError
 from engine.results import write_output
 from engine.store import Store
 from tcf_tui.widgets.filter_box import FilterBox
+from tcf_tui.widgets.table import Table
 from tcf_tui.widgets.tabs import ScreenTabs
 
 DEFAULT_EXPORT = "results.tex"
@@ -129,7 +130,7 @@ class ResultsScreen(Screen):
         yield Static("loading experiments.db ...", id="results-status")
         yield FilterBox(placeholder="filter: words (name, dataset, tags, encoder), dataset:X, tag:Y, arch:, tower:, "
                                     "status:", id="results-filter")
-        yield DataTable(id="results-table", cursor_type="cell", zebra_stripes=True, fixed_columns=2)
+        yield Table(id="results-table", cursor_type="cell", zebra_stripes=True, fixed_columns=2)
         yield Static(id="results-note")
         yield Footer()
 
@@ -435,7 +436,7 @@ class DiffScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="diff-dialog"):
             yield Static(id="diff-title")
-            yield DataTable(id="diff-table", cursor_type="row", zebra_stripes=True)
+            yield Table(id="diff-table", cursor_type="row", zebra_stripes=True)
             yield Label("a: all keys / only differing   escape: close", id="diff-help")
 
     def on_mount(self) -> None:
