@@ -148,8 +148,8 @@ def plain(widget: Any) -> str:
 async def settle(pilot: Any) -> None:
     """Wait until every screen on the stack has loaded (its load worker started and finished, no reload
     asked for, the posted result handled), every worker is done, and every table has measured its rows.
-    A DataTable measures when it next idles; one covered by a dialog before then keeps its old column
-    widths in the snapshot, so the screens under the top one count too."""
+    A DataTable measures its rows when it next idles: a snapshot taken before shows them cut to the header
+    widths, under a dialog as well, so the screens below the top one count too."""
 
     def pending() -> bool:
         screens = pilot.app.screen_stack
