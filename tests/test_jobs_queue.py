@@ -146,6 +146,8 @@ def test_running_job_with_dead_process_shows_lost_and_is_reaped(tmp_path, store,
     assert not is_alive(proc.pid, start_time(proc.pid))
     assert q.get_job(store, job_id).display == "lost"  # readers see it at once
     assert q.get_job(store, job_id).state == "running"
+    assert q.reap_lost(store, skip={job_id}) == []  # a worker's own child: it records the exit status itself
+    assert q.get_job(store, job_id).state == "running"
     assert q.reap_lost(store) == [job_id]
     job = q.get_job(store, job_id)
     assert job.state == job.display == "lost" and "is gone" in job.error

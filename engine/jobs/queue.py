@@ -25,7 +25,7 @@ import fnmatch
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -420,9 +420,12 @@ def finish_job(store: Store, job_id: int, state: str, *, error: str | None = Non
         return cur.rowcount > 0
 
 
-def reap_lost(store: Store, now: float | None = None) -> list[int]:
-    """Record every running job whose process is gone (this host) or silent too long (any host) as lost."""
-    lost = [j for j in list_jobs(store, states=("lost",), now=now) if j.state == "running"]
+def reap_lost(store: Store, now: float | None = None, skip: Collection[int] = ()) -> list[int]:
+    """Record every running job whose process is gone (this host) or silent too long (any host) as lost.
+
+    ``skip``: the calling worker's own children, which it waits for itself to record how they ended (a
+    SIGKILLed child is gone, a zombie, before the worker collects its exit status)."""
+    lost = [j for j in list_jobs(store, states=("lost",), now=now) if j.state == "running" and j.id not in skip]
     for job in lost:
         silent = job.heartbeat is not None and (now or time.time()) - job.heartbeat > LOST_AFTER_S
         why = (f"no heartbeat for {LOST_AFTER_S:.0f} s" if silent

@@ -107,7 +107,7 @@ class Worker:
                 self._forward_cancels()
                 if time.monotonic() - last_reap >= REAP_EVERY_S:
                     last_reap = time.monotonic()
-                    for job_id in q.reap_lost(self.store):
+                    for job_id in q.reap_lost(self.store, skip=self.running.keys()):
                         self.say(f"job {job_id} lost: its process died without reporting")
                     q.worker_heartbeat(self.store, self.id, self.status)
                 if not (self.draining or self.cancelling) and not self._at_max():
