@@ -137,7 +137,11 @@ class Trainer:
             pair_user, pair_pos = (seqs != 0).nonzero(as_tuple=True)
             pair_item = seqs[pair_user, pair_pos]
             n_rows = len(pair_user)
-        step_module = DistributedDataParallel(objective) if ctx.distributed else objective
+        # The buffers (frozen item table, log popularity, rotary tables) are built alike on every rank and never
+        # change: DDP's default re-broadcast before each forward would send the whole frozen table every step.
+        # Gradients live in DDP's buckets rather than being copied into them after each backward.
+        step_module = (DistributedDataParallel(objective, broadcast_buffers=False, gradient_as_bucket_view=True)
+                       if ctx.distributed else objective)
         # a tower that reads inputs from disk (fine-tuned text) is told the next global batch during this step
         prefetch = getattr(model.item_tower, "prefetch", None)
         host_ids = (data.train_sequences() if cfg.model.architecture == "sasrec"
