@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import ROOT
 from safetensors.torch import load_file, save_file
 from transformers import (
     BertConfig,
@@ -277,3 +281,36 @@ def test_mask_builders_are_told_not_to_inspect():
         "allow_is_bidirectional_skip": False}
     stage.inspect_masks = True
     assert stage.mask_options(create_causal_mask, "allow_is_causal_skip") == {}
+
+
+def test_the_family_table_sends_each_model_type_to_the_module_that_handles_it():
+    from engine.lm import base
+    from engine.lm.families import FAMILIES
+
+    for module in set(FAMILIES.values()):
+        importlib.import_module(f"engine.lm.{module}")
+    handled = {model_type: cls.__module__ for model_type, cls in base._REGISTRY.items()}
+    assert handled == {model_type: f"engine.lm.{m}" for model_type, m in FAMILIES.items()}
+
+
+def test_checking_a_model_directory_imports_no_modeling_code_until_a_stage_is_built(tmp_path):
+    """`tcf plan` and queue checks only validate the family: transformers and its modeling code take seconds."""
+    _save("opt", tmp_path, sharded=False)
+    code = f"""
+import sys
+from engine.config import TextEncoderConfig
+from engine.infer.job import model_dir_of
+
+def modeling():
+    return sorted(m for m in sys.modules if m.split(".")[0] == "transformers" or m == "engine.lm.opt")
+
+model_dir_of(TextEncoderConfig(model={str(tmp_path)!r}))
+print(modeling())
+from engine.lm import adapter_class
+adapter_class("opt")
+print(modeling())
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    before, after = r.stdout.splitlines()
+    assert before == "[]" and "'engine.lm.opt'" in after and "'transformers.models.opt.modeling_opt'" in after

@@ -25,6 +25,7 @@ from engine.errors import TcfError
 from engine.infer.checkpoint_info import block_weight_bytes, model_shape
 from engine.infer.gpu import free_memory, get_provider
 from engine.infer.planner import BudgetTooSmall, Plan, plan_ranges, split_at
+from engine.lm.families import check_supported
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FORMAT = 3
@@ -39,9 +40,7 @@ def model_dir_of(te: TextEncoderConfig) -> Path:
         model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
     except (OSError, ValueError, AttributeError) as e:
         raise TcfError(f"{model_dir / 'config.json'}: not a JSON object ({e})") from None
-    from engine.lm import adapter_class
-
-    adapter_class(model_type)  # an unsupported family fails here, naming the supported ones
+    check_supported(model_type)  # an unsupported family fails here, naming the supported ones
     return model_dir
 
 

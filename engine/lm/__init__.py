@@ -6,9 +6,17 @@ top = load_stage(model_dir, 0, n, include_embedding=False, include_final=True)
 out = top(emb(ids, mask), mask)
 """
 
-from engine.lm import bert, llama, opt, t5  # noqa: F401  (registers the families)
-from engine.lm.base import BlockStack, adapter_class, supported_model_types
-from engine.lm.loader import load_config, load_stage
-from engine.lm.weights import CheckpointReader
+import importlib
+from typing import Any
 
-__all__ = ["BlockStack", "CheckpointReader", "adapter_class", "load_config", "load_stage", "supported_model_types"]
+# Exported lazily (PEP 562): importing engine.lm.families must not import torch or transformers.
+_EXPORTS = {"BlockStack": "base", "adapter_class": "base", "check_supported": "families",
+            "supported_model_types": "families", "load_config": "loader", "load_stage": "loader",
+            "CheckpointReader": "weights"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'engine.lm' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"engine.lm.{_EXPORTS[name]}"), name)

@@ -1,13 +1,15 @@
 """A contiguous slice of a language model: optional embedding stage, blocks [start, stop), optional final norm.
 
 Each family (opt.py, bert.py, t5.py, llama.py) subclasses ``BlockStack`` and registers itself for the
-``config.model_type`` values it handles. Blocks are kept in ``self.layers`` under their original index
+``config.model_type`` values it handles; ``families.FAMILIES`` says which module that is, so it is
+imported only when a stage is built. Blocks are kept in ``self.layers`` under their original index
 (``layers.10``), so the local parameter names map one-to-one onto checkpoint tensor names.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Callable
 from typing import ClassVar
@@ -17,6 +19,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from engine.errors import TcfError
+from engine.lm.families import FAMILIES, check_supported
 
 _REGISTRY: dict[str, type[BlockStack]] = {}
 
@@ -28,18 +31,12 @@ def register(cls: type[BlockStack]) -> type[BlockStack]:
     return cls
 
 
-def supported_model_types() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 def adapter_class(model_type: str) -> type[BlockStack]:
-    """The adapter for ``config.model_type``; TcfError naming the supported ones otherwise."""
-    try:
-        return _REGISTRY[model_type]
-    except KeyError:
-        raise TcfError(
-            f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
-        ) from None
+    """The adapter for ``config.model_type`` (importing its family); TcfError naming the supported ones."""
+    check_supported(model_type)
+    if model_type not in _REGISTRY:
+        importlib.import_module(f"engine.lm.{FAMILIES[model_type]}")
+    return _REGISTRY[model_type]
 
 
 class BlockStack(nn.Module):

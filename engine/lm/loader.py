@@ -18,6 +18,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from engine.errors import TcfError
 from engine.lm.base import BlockStack, adapter_class
+from engine.lm.families import check_supported
 from engine.lm.transfer import to_device
 from engine.lm.weights import TORCH_DTYPES, CheckpointReader
 
@@ -34,7 +35,7 @@ def load_config(model_dir: str | Path, attn_implementation: str = "sdpa") -> Pre
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise TcfError(f"{config_file}: not a JSON object ({exc})") from exc
-    adapter_class(model_type)  # unsupported families fail here, naming the supported ones
+    check_supported(model_type)  # unsupported families fail here, naming the supported ones
     try:
         config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
