@@ -121,7 +121,7 @@ def test_sigterm_marks_run_interrupted_and_resume_keeps_its_config(tmp_path, sma
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     (row,) = _results(db)
     assert row["status"] == "interrupted"
     r = tcf("run", "--resume", str(row["run_id"]), "-S", "train.epochs=3", "--db", str(db), cwd=tmp_path)

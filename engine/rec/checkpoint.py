@@ -11,15 +11,19 @@ from typing import Any
 
 import torch
 
+from engine.signals import signals_held
+
 
 def save_atomic(obj: Any, path: Path) -> None:
+    """Write ``path`` whole; a SIGINT/SIGTERM that comes meanwhile takes effect once it is in place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with signals_held():
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> Any:
