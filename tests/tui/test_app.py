@@ -92,7 +92,6 @@ async def test_an_unreadable_store_is_a_notification_not_a_crash(tmp_path, provi
     assert len(notes) == 1 and "cannot open the experiment store" in notes[0]
 
 
-
 async def test_a_gpu_sample_that_lands_while_the_app_exits_is_recorded_not_a_crash(db, provider):
     app = TcfApp(db, provider=provider, refresh_s=0, clock=clock)
     async with app.run_test(size=SIZE) as pilot:
@@ -100,6 +99,7 @@ async def test_a_gpu_sample_that_lands_while_the_app_exits_is_recorded_not_a_cra
     assert not app.screen_stack  # the sampling worker's message can still arrive now
     app.on_gpu_sampled(GpuSampled(provider.all(), None))
     assert [g.index for g in app.gpu_history.latest] == [0, 1]
+
 
 def test_main_takes_db_from_option_or_environment(monkeypatch, tmp_path):
     started: list[TcfApp] = []
