@@ -6,7 +6,8 @@ pre-inference, and one worker keeping both GPUs busy.
 
 - infer: `tcf infer` vs `torchrun --nproc_per_node 2 -m tcf_tui.cli infer` of an OPT-shaped random-weight
   model over ``--infer-items`` items; every item once, pooled embeddings equal (bf16 tolerance), items/s
-  over the ranges' compute time and over the whole command.
+  over the ranges' compute time, over the slowest rank's own encoding and over the whole command, and each
+  GPU's SM clock, power and power-cap throttling while busy (NVML).
 - train: `tcf run` vs `torchrun --nproc_per_node 2 -m tcf_tui.cli run` (same global batch), seeds 1..``--seeds``
   each, for an ID-SASRec and a text SASRec with the top 2 blocks of an OPT-shaped model fine-tuned; test
   metrics (mean and standard deviation over seeds: the run-to-run noise), best epoch, seconds per epoch.
@@ -79,6 +80,53 @@ def _range_seconds(db: Path) -> float:
     return sum(json.loads(r[0])["seconds"] for r in rows)
 
 
+class Clocks:
+    """NVML samples (SM clock, power, utilisation, power-cap throttling) of every GPU while a command runs,
+    summarised over the busy samples: on a power-capped card the clock, not the code, can set the speed-up."""
+
+    def __init__(self, every: float = 0.2):
+        self.every, self.samples, self._stop = every, [], threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except Exception:  # no NVML here (CPU smoke run): no samples
+            self.nvml, self.handles = None, []
+
+    def _sample(self) -> None:
+        nv = self.nvml
+        reasons = (getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                   or nv.nvmlDeviceGetCurrentClocksThrottleReasons)
+        power_cap = 0x4  # the software power cap holds the clock down
+        while not self._stop.wait(self.every):
+            self.samples.append([(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM), nv.nvmlDeviceGetPowerUsage(h) / 1e3,
+                                  nv.nvmlDeviceGetUtilizationRates(h).gpu, bool(reasons(h) & power_cap))
+                                 for h in self.handles])
+
+    def __enter__(self) -> Clocks:
+        if self.handles:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.handles:
+            self._thread.join()
+
+    def summary(self) -> list[dict]:
+        out = []
+        for i in range(len(self.handles)):
+            busy = [s[i] for s in self.samples if s[i][2] >= 90]
+            out.append({"gpu": i, "busy_samples": len(busy),
+                        "sm_mhz_mean": round(float(np.mean([b[0] for b in busy])), 1) if busy else None,
+                        "power_w_mean": round(float(np.mean([b[1] for b in busy])), 1) if busy else None,
+                        "power_capped_share": round(float(np.mean([b[3] for b in busy])), 3) if busy else None})
+        return out
+
+
 def part_infer(args: argparse.Namespace, work: Path) -> dict:
     from engine.infer.latents import LatentStore
 
@@ -93,7 +141,8 @@ def part_infer(args: argparse.Namespace, work: Path) -> dict:
         run_dir = work / f"infer-{label}"
         run_dir.mkdir(exist_ok=True)
         db = run_dir / "experiments.db"
-        wall = sh([*cmd, "infer", str(cfg), "--db", str(db)], run_dir, run_dir / "infer.log")
+        with Clocks() as clocks:
+            wall = sh([*cmd, "infer", str(cfg), "--db", str(db)], run_dir, run_dir / "infer.log")
         (path,) = [p for p in (run_dir / "artifacts" / "latents").iterdir() if not p.name.startswith(".")]
         store = LatentStore(path)
         keys = json.loads((path / "items.json").read_text())
@@ -101,9 +150,13 @@ def part_infer(args: argparse.Namespace, work: Path) -> dict:
         compute = _range_seconds(db)
         timings = store.state().get("timings", [])  # per range: weight load, encoding, commit
         encode = sum(t["run_s"] for t in timings)
+        # the slowest rank's own encoding, without waiting for another rank's weight load
+        encode_ranks = sum(max(r["encode_s"] for r in t["ranks"]) for t in timings)
         out[label] = {"command": " ".join([*cmd[1:], "infer", "infer.yaml"]), "wall_s": wall, "compute_s": compute,
-                      "encode_s": encode, "timings": timings,
+                      "encode_s": encode, "encode_slowest_rank_s": encode_ranks, "timings": timings,
+                      "gpus": clocks.summary(),
                       "items_per_s_encode": args.infer_items / encode,
+                      "items_per_s_encode_slowest_rank": args.infer_items / encode_ranks,
                       "items_per_s_compute": args.infer_items / compute, "items_per_s_wall": args.infer_items / wall,
                       "ranks": json.loads((path / "meta.json").read_text())["ranks"]}
     (k1, e1), (k2, e2) = pooled["one"], pooled["two"]
@@ -117,6 +170,8 @@ def part_infer(args: argparse.Namespace, work: Path) -> dict:
                     "cosine_min": float((np.sum(e1 * e2, 1) / (np.linalg.norm(e1, axis=1) * np.linalg.norm(e2, axis=1)
                                                                + 1e-12)).min())}
     out["speedup_encode"] = out["two"]["items_per_s_encode"] / out["one"]["items_per_s_encode"]
+    out["speedup_encode_slowest_rank"] = (out["two"]["items_per_s_encode_slowest_rank"]
+                                          / out["one"]["items_per_s_encode_slowest_rank"])
     out["speedup_compute"] = out["two"]["items_per_s_compute"] / out["one"]["items_per_s_compute"]
     out["speedup_wall"] = out["two"]["items_per_s_wall"] / out["one"]["items_per_s_wall"]
     return out

@@ -71,6 +71,15 @@ def broadcast_object(obj: object, ctx: DistContext) -> object:
     return box[0]
 
 
+def gather_objects(obj: object, ctx: DistContext) -> list:
+    """Every rank's ``obj`` (any picklable value), in rank order, on every rank; waits for all ranks."""
+    if not ctx.distributed:
+        return [obj]
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_sum(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed:
         x = x.clone()

@@ -322,6 +322,13 @@ shutdown()
     store = LatentStore(tmp_path / "out")
     assert store.has_pooled() and not list((tmp_path / "out").glob("*.tmp"))
     assert_pooled(store, model)  # every row written, by one rank or the other
+    timings = store.state()["timings"]  # each range with both ranks' own seconds, as rank 0 recorded it
+    assert [t["range"] for t in timings] == [[0, 1], [1, 3], [3, N_BLOCKS]]
+    for t in timings:
+        assert len(t["ranks"]) == 2
+        assert all(set(rank) == {"load_s", "wait_s", "encode_s"} and min(rank.values()) >= 0 for rank in t["ranks"])
+        assert t["ranks"][0]["load_s"] == t["load_s"]
+        assert t["run_s"] == pytest.approx(t["ranks"][0]["wait_s"] + t["ranks"][0]["encode_s"], abs=0.002)
 
 
 def test_volatile_boundaries_survive_a_crash_but_not_a_reboot(model, tmp_path, monkeypatch):

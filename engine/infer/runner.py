@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.dist import DistContext, barrier
+from engine.dist import DistContext, barrier, gather_objects
 from engine.errors import TcfError
 from engine.infer.latents import DTYPES, POOLINGS, ArrayFile, Key, LatentStore, dtype_name
 from engine.infer.planner import Plan, RangePlan
@@ -164,6 +164,7 @@ def run_preinference(
                         for k in outputs:
                             store.create(k, shape if isinstance(k, int) else (n_items, hidden), latent)
                     barrier(ctx)
+                    ready = time.perf_counter()
                     writers = {k: store.open_tmp(k, latent, sync_every=_SYNC_EVERY if _durable(k, keep) else None)
                                for k in outputs}
                     _run_range(stage, source, r, ids, lengths, mine, device, dtype, DTYPES[latent], writers,
@@ -180,7 +181,10 @@ def run_preinference(
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                 computed = time.perf_counter()
-                barrier(ctx)  # every rank's rows are in the files
+                # waits for every rank, so every rank's rows are in the files; the ranks' own seconds tell
+                # a slow GPU (encode_s) from one that waited for another's weight load (wait_s)
+                ranks = gather_objects({"load_s": round(loaded - began, 3), "wait_s": round(ready - loaded, 3),
+                                        "encode_s": round(computed - ready, 3)}, ctx)
                 if source is not None:
                     source.close()
                 store.release(r.start)
@@ -191,7 +195,7 @@ def run_preinference(
                     if committing is not None:
                         committing.result()  # commits stay in order; an error surfaces here
                     timing = {"range": [r.start, r.stop], "load_s": round(loaded - began, 3),
-                              "run_s": round(computed - loaded, 3)}
+                              "run_s": round(computed - loaded, 3), "ranks": ranks}
                     committing = committer.submit(_commit, store, outputs, r, keep, latent, timing)
                     reporter.range_end(i, time.perf_counter() - began)
             if committing is not None:
