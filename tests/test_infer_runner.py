@@ -161,6 +161,28 @@ def test_padding_is_zero_and_batches_are_length_sorted(model, tmp_path):
     assert maxima == sorted(maxima) and maxima[0] < T  # short batches really are trimmed
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 4096])
+def test_length_batches_keep_to_one_length_unless_a_length_is_rare(batch_size):
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(5, 12, 3000), [20, 20, 30]])  # two rare lengths at the end
+    rng.shuffle(lengths)
+    batches = length_batches(lengths, batch_size)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))  # every row once
+    assert all(0 < len(b) <= batch_size for b in batches)
+    assert [int(lengths[b].min()) for b in batches] == sorted(int(lengths[b].min()) for b in batches)
+    for b in batches:
+        spans = sorted(set(lengths[b].tolist()))
+        # a batch mixes lengths only where all but the longest are rare (fewer than batch_size / 8 rows)
+        assert all(np.sum(lengths == n) * 8 < batch_size for n in spans[:-1]), (batch_size, spans)
+    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
+    ordered = np.sort(lengths)
+    cut_every = sum(int(ordered[i: i + batch_size].max()) * len(ordered[i: i + batch_size])
+                    for i in range(0, len(ordered), batch_size))
+    assert padded <= cut_every
+    if batch_size <= 64:
+        assert padded == lengths.sum() + (30 - 20) * (2 if batch_size > 8 else 0)  # only the rare 20s padded
+
+
 def test_keep_depths_keeps_only_requested_boundaries(model, tmp_path):
     out = run(model, tmp_path / "lat", SPLITS["per-block"], keep_depths=(2,))
     store = LatentStore(out)

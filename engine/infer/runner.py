@@ -62,9 +62,25 @@ def inputs_fingerprint(ids: np.ndarray, lengths: np.ndarray, item_keys: Sequence
 
 
 def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Row indices in batches of ``batch_size``, sorted by length (ties by row), shortest first."""
+    """Row indices in batches of at most ``batch_size``, in length order (ties by row), shortest first.
+
+    A batch is padded to its longest item, so batches keep to one length: cutting the sorted rows every
+    ``batch_size`` wastes a share of the compute on padding, twice as much on each of two ranks (whose
+    batches span twice the length range), which alone kept a 2-GPU run of 10-token items 4 % short of
+    2x. A length with fewer than ``batch_size / 8`` items joins the next longer one rather than making a
+    batch of its own, since every batch pays a pass over the weights and the kernel launches."""
     order = np.lexsort((np.arange(len(lengths)), lengths))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    groups = np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1) if len(order) else []
+    batches: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    for i, group in enumerate(groups):
+        pending.append(group)
+        rows = sum(len(g) for g in pending)
+        if rows * 8 >= batch_size or i == len(groups) - 1:
+            merged = np.concatenate(pending)
+            batches.extend(np.array_split(merged, -(-rows // batch_size)))  # equal parts, none over the size
+            pending = []
+    return batches
 
 
 def share(lengths: np.ndarray, rank: int, world: int) -> np.ndarray:
