@@ -75,10 +75,9 @@ def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     pending: list[np.ndarray] = []
     for i, group in enumerate(groups):
         pending.append(group)
-        rows = sum(len(g) for g in pending)
-        if rows * 8 >= batch_size or i == len(groups) - 1:
+        if sum(map(len, pending)) * 8 >= batch_size or i == len(groups) - 1:
             merged = np.concatenate(pending)
-            batches.extend(np.array_split(merged, -(-rows // batch_size)))  # equal parts, none over the size
+            batches.extend(np.array_split(merged, -(-len(merged) // batch_size)))  # equal parts, none too big
             pending = []
     return batches
 
