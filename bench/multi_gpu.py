@@ -7,7 +7,8 @@ pre-inference, and one worker keeping both GPUs busy.
 - infer: `tcf infer` vs `torchrun --nproc_per_node 2 -m tcf_tui.cli infer` of an OPT-shaped random-weight
   model over ``--infer-items`` items; every item once, pooled embeddings equal (bf16 tolerance), items/s
   over the ranges' compute time, over the slowest rank's own encoding and over the whole command, and each
-  GPU's SM clock, power and power-cap throttling while busy (NVML).
+  GPU's SM clock, power and power-cap throttling while busy (NVML); ``--infer-repeats N`` runs N pairs,
+  alternating which layout goes first, for the spread between runs (``speedup_encode_median``).
 - train: `tcf run` vs `torchrun --nproc_per_node 2 -m tcf_tui.cli run` (same global batch), seeds 1..``--seeds``
   each, for an ID-SASRec and a text SASRec with the top 2 blocks of an OPT-shaped model fine-tuned; test
   metrics (mean and standard deviation over seeds: the run-to-run noise), best epoch, seconds per epoch.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -127,53 +129,66 @@ class Clocks:
         return out
 
 
-def part_infer(args: argparse.Namespace, work: Path) -> dict:
+def _infer_run(args: argparse.Namespace, cfg: Path, run_dir: Path, cmd: list[str]) -> tuple[dict, tuple]:
+    """One `tcf infer` (one process or torchrun) in a fresh ``run_dir``: its figures and (item keys, pooled)."""
     from engine.infer.latents import LatentStore
 
+    shutil.rmtree(run_dir, ignore_errors=True)  # an artifact left by an earlier call would be reused, not timed
+    run_dir.mkdir(parents=True)
+    db = run_dir / "experiments.db"
+    with Clocks() as clocks:
+        wall = sh([*cmd, "infer", str(cfg), "--db", str(db)], run_dir, run_dir / "infer.log")
+    (path,) = [p for p in (run_dir / "artifacts" / "latents").iterdir() if not p.name.startswith(".")]
+    store = LatentStore(path)
+    keys = json.loads((path / "items.json").read_text())
+    compute = _range_seconds(db)
+    timings = store.state().get("timings", [])  # per range: weight load, encoding, commit
+    encode = sum(t["run_s"] for t in timings)
+    # the slowest rank's own encoding, without waiting for another rank's weight load
+    encode_ranks = sum(max(r["encode_s"] for r in t["ranks"]) for t in timings)
+    figures = {"command": " ".join([*cmd[1:], "infer", "infer.yaml"]), "wall_s": wall, "compute_s": compute,
+               "encode_s": encode, "encode_slowest_rank_s": encode_ranks, "timings": timings,
+               "gpus": clocks.summary(),
+               "items_per_s_encode": args.infer_items / encode,
+               "items_per_s_encode_slowest_rank": args.infer_items / encode_ranks,
+               "items_per_s_compute": args.infer_items / compute, "items_per_s_wall": args.infer_items / wall,
+               "ranks": json.loads((path / "meta.json").read_text())["ranks"]}
+    return figures, (keys, store.read("mean").float().numpy())
+
+
+def _compare(args: argparse.Namespace, one: dict, two: dict, pooled_one: tuple, pooled_two: tuple) -> dict:
+    (k1, e1), (k2, e2) = pooled_one, pooled_two
+    assert k1 == k2, "the two artifacts list different items"
+    diff = np.abs(e1 - e2)
+    scale = np.abs(e1).max()
+    cosine = np.sum(e1 * e2, 1) / (np.linalg.norm(e1, axis=1) * np.linalg.norm(e2, axis=1) + 1e-12)
+    return {"check": {"items_once": len(k2) == len(set(k2)) == args.infer_items,
+                      "zero_rows_two": int((np.abs(e2).sum(1) == 0).sum()),
+                      "max_abs_diff": float(diff.max()), "max_abs_value": float(scale),
+                      "max_rel_diff": float(diff.max() / scale), "cosine_min": float(cosine.min())},
+            **{f"speedup_{k}": two[f"items_per_s_{k}"] / one[f"items_per_s_{k}"]
+               for k in ("encode", "encode_slowest_rank", "compute", "wall")}}
+
+
+def part_infer(args: argparse.Namespace, work: Path) -> dict:
     data = dataset(work, "infer-data", users=max(args.infer_items // 8, 500), items=args.infer_items)
     ckpt = model_dir(work, args.infer_model, data)
     cfg = work / "infer.yaml"
     cfg.write_text(f"dataset:\n  path: {data}\ntext_encoder:\n  model: {ckpt}\n  max_tokens: 30\n"
                    f"  gpu_memory_budget: {args.infer_budget}\n")
-    out: dict = {"model": args.infer_model, "items": args.infer_items, "budget": args.infer_budget}
-    pooled = {}
-    for label, cmd in (("one", TCF), ("two", TORCHRUN2)):
-        run_dir = work / f"infer-{label}"
-        run_dir.mkdir(exist_ok=True)
-        db = run_dir / "experiments.db"
-        with Clocks() as clocks:
-            wall = sh([*cmd, "infer", str(cfg), "--db", str(db)], run_dir, run_dir / "infer.log")
-        (path,) = [p for p in (run_dir / "artifacts" / "latents").iterdir() if not p.name.startswith(".")]
-        store = LatentStore(path)
-        keys = json.loads((path / "items.json").read_text())
-        pooled[label] = (keys, store.read("mean").float().numpy())
-        compute = _range_seconds(db)
-        timings = store.state().get("timings", [])  # per range: weight load, encoding, commit
-        encode = sum(t["run_s"] for t in timings)
-        # the slowest rank's own encoding, without waiting for another rank's weight load
-        encode_ranks = sum(max(r["encode_s"] for r in t["ranks"]) for t in timings)
-        out[label] = {"command": " ".join([*cmd[1:], "infer", "infer.yaml"]), "wall_s": wall, "compute_s": compute,
-                      "encode_s": encode, "encode_slowest_rank_s": encode_ranks, "timings": timings,
-                      "gpus": clocks.summary(),
-                      "items_per_s_encode": args.infer_items / encode,
-                      "items_per_s_encode_slowest_rank": args.infer_items / encode_ranks,
-                      "items_per_s_compute": args.infer_items / compute, "items_per_s_wall": args.infer_items / wall,
-                      "ranks": json.loads((path / "meta.json").read_text())["ranks"]}
-    (k1, e1), (k2, e2) = pooled["one"], pooled["two"]
-    assert k1 == k2, "the two artifacts list different items"
-    diff = np.abs(e1 - e2)
-    scale = np.abs(e1).max()
-    out["check"] = {"items_once": len(k2) == len(set(k2)) == args.infer_items,
-                    "zero_rows_two": int((np.abs(e2).sum(1) == 0).sum()),
-                    "max_abs_diff": float(diff.max()), "max_abs_value": float(scale),
-                    "max_rel_diff": float(diff.max() / scale),
-                    "cosine_min": float((np.sum(e1 * e2, 1) / (np.linalg.norm(e1, axis=1) * np.linalg.norm(e2, axis=1)
-                                                               + 1e-12)).min())}
-    out["speedup_encode"] = out["two"]["items_per_s_encode"] / out["one"]["items_per_s_encode"]
-    out["speedup_encode_slowest_rank"] = (out["two"]["items_per_s_encode_slowest_rank"]
-                                          / out["one"]["items_per_s_encode_slowest_rank"])
-    out["speedup_compute"] = out["two"]["items_per_s_compute"] / out["one"]["items_per_s_compute"]
-    out["speedup_wall"] = out["two"]["items_per_s_wall"] / out["one"]["items_per_s_wall"]
+    out: dict = {"model": args.infer_model, "items": args.infer_items, "budget": args.infer_budget, "repeats": []}
+    for rep in range(args.infer_repeats):
+        layouts = [("one", TCF), ("two", TORCHRUN2)]
+        runs = {}
+        for label, cmd in layouts if rep % 2 == 0 else layouts[::-1]:  # alternate which layout goes first
+            runs[label] = _infer_run(args, cfg, work / (f"infer-{label}" + (f"-{rep}" if rep else "")), cmd)
+        (one, pooled_one), (two, pooled_two) = runs["one"], runs["two"]
+        pair = {"one": one, "two": two, **_compare(args, one, two, pooled_one, pooled_two)}
+        if rep == 0:
+            out.update(pair)
+        out["repeats"].append({k: v for k, v in pair.items() if k not in ("one", "two")}
+                              | {"encode_s": [one["encode_s"], two["encode_s"]]})
+    out["speedup_encode_median"] = float(np.median([r["speedup_encode"] for r in out["repeats"]]))
     return out
 
 
@@ -296,6 +311,8 @@ def main() -> None:
     ap.add_argument("--infer-model", default="opt-6.7b")
     ap.add_argument("--infer-items", type=int, default=32768)
     ap.add_argument("--infer-budget", default="60GiB")
+    ap.add_argument("--infer-repeats", type=int, default=1,
+                    help="one-GPU / two-GPU pairs, alternating which goes first (the spread between runs)")
     ap.add_argument("--text-model", default="opt-1.3b")
     ap.add_argument("--id-users", type=int, default=100_000)
     ap.add_argument("--id-items", type=int, default=20_000)
