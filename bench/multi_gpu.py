@@ -119,9 +119,12 @@ class Clocks:
             self._thread.join()
 
     def summary(self) -> list[dict]:
+        """Per GPU, over the samples that compute: utilisation ≥ 90 % and at least half the run's peak power
+        (a rank spinning in an NCCL wait also reads 100 % utilisation, at idle power)."""
         out = []
         for i in range(len(self.handles)):
-            busy = [s[i] for s in self.samples if s[i][2] >= 90]
+            peak = max((s[i][1] for s in self.samples), default=0.0)
+            busy = [s[i] for s in self.samples if s[i][2] >= 90 and s[i][1] >= peak / 2]
             out.append({"gpu": i, "busy_samples": len(busy),
                         "sm_mhz_mean": round(float(np.mean([b[0] for b in busy])), 1) if busy else None,
                         "power_w_mean": round(float(np.mean([b[1] for b in busy])), 1) if busy else None,
