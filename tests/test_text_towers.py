@@ -222,6 +222,29 @@ def test_fine_tuned_tower_on_parts_of_a_batch_equals_the_whole_batch(setup):
         assert float((b - a).norm()) <= 1e-5 * float(scale)
 
 
+def test_item_table_encodes_in_length_order_and_returns_rows_in_id_order(setup, monkeypatch):
+    root, config, _ = setup
+    cfg, source = _source(root, config, unfreeze=1, max_tokens=30)  # titles of several lengths
+    data = prepared_data(cfg)
+    model = build_model(cfg, data, source).eval()
+    tower = model.item_tower
+    lengths = tower.item_lengths
+    assert lengths[0] == 0 and (lengths[1:] > 0).all() and len(set(lengths[1:].tolist())) > 2
+    with torch.no_grad():
+        by_id = torch.cat([tower(chunk) for chunk in torch.arange(data.n_items + 1).split(5)])  # id order
+        seen: list[torch.Tensor] = []
+        real_forward = tower.forward
+        monkeypatch.setattr(tower, "forward", lambda ids: seen.append(ids) or real_forward(ids))
+        table = model.item_table(data.n_items, batch=5)
+    torch.testing.assert_close(table, by_id, rtol=1e-5, atol=1e-6)
+    flat = torch.cat(seen).numpy()
+    assert sorted(flat.tolist()) == list(range(data.n_items + 1))  # every id once
+    assert (np.diff(lengths[flat]) >= 0).all()  # chunk by chunk, shortest first
+    padded = sum(int(lengths[c.numpy()].max()) * len(c) for c in seen)
+    assert padded < sum(int(lengths[c].max()) * len(c) for c in np.array_split(np.arange(data.n_items + 1),
+                                                                               len(seen)))
+
+
 def _gather_top1(setup) -> tuple[LatentGather, torch.Tensor, np.ndarray]:
     """A LatentGather over the boundary a top-1 tower reads, with that boundary and its lengths in full."""
     root, config, _ = setup

@@ -35,7 +35,8 @@ class DSSM(nn.Module):
     def item_table(self, n_items: int, batch: int = 4096, ctx: DistContext | None = None) -> torch.Tensor:
         """Vectors of item ids 0..I, [I+1, d] (shared out over ``ctx``'s ranks); call under
         ``torch.no_grad()`` and ``eval()``."""
-        return encode_all_items(self.item_vectors, n_items, batch, self.user_embedding.weight.device, ctx)
+        return encode_all_items(self.item_vectors, n_items, batch, self.user_embedding.weight.device, ctx,
+                                getattr(self.item_tower, "item_lengths", None))
 
     def query(self, users: torch.Tensor) -> torch.Tensor:
         """Evaluation query for users [B] -> [B, d] (same as user_vectors)."""

@@ -101,7 +101,8 @@ class SASRec(nn.Module):
 
         Call under ``torch.no_grad()`` and ``eval()`` for evaluation.
         """
-        return encode_all_items(self.item_tower, n_items, batch, self.positions.weight.device, ctx)
+        return encode_all_items(self.item_tower, n_items, batch, self.positions.weight.device, ctx,
+                                getattr(self.item_tower, "item_lengths", None))
 
     def query(self, item_table: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """inputs [B, L] left-padded ids -> user vectors [B, d] (encoder output at the last position)."""

@@ -147,6 +147,12 @@ class FineTunedTextTower(nn.Module):
         return cls(blocks, store.open(depth), store.lengths(), item_rows(store, item_keys),
                    source.resolved_pooling(), dim, projection_layers, dropout, init)
 
+    @property
+    def item_lengths(self) -> np.ndarray:
+        """Token count of each dense item id (0 for id 0, padding): the order that keeps the item table's
+        chunks short (:func:`engine.rec.towers.encode_all_items`)."""
+        return np.concatenate([[0], self.gather.lengths[self.rows[1:]]])
+
     def _unique(self, ids: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(unique item ids, ascending, padding dropped; their latents rows)."""
         unique = np.unique(np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids))

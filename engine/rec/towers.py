@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
 from engine.dist import DistContext, gather_uneven
-from engine.rec.batches import eval_shard
 
 INITS = ("xavier", "normal")
 
@@ -78,14 +78,23 @@ class MLP(nn.Sequential):
 
 def encode_all_items(
     encode: Callable[[torch.Tensor], torch.Tensor], n_items: int, batch: int, device: torch.device,
-    ctx: DistContext | None = None,
+    ctx: DistContext | None = None, lengths: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Vectors of item ids 0..I, [I+1, d], ``batch`` ids at a time (bounded memory for big towers).
 
-    Under DDP (``ctx``) each rank encodes a contiguous share and the shares are all-gathered: a
-    fine-tuned text tower's table then costs 1/N of the blocks' work per rank instead of all of it."""
-    ids = torch.arange(n_items + 1, device=device)
-    if ctx is None or not ctx.distributed:
-        return torch.cat([encode(chunk) for chunk in ids.split(batch)])
-    mine = ids[eval_shard(n_items + 1, ctx.rank, ctx.world_size)]
-    return gather_uneven(torch.cat([encode(chunk) for chunk in mine.split(batch)]), ctx)
+    With the items' token ``lengths`` (a fine-tuned text tower's ``item_lengths``) the ids go in length
+    order, so each chunk is padded to about its own length instead of the longest in a run of ids. Under
+    DDP (``ctx``) the ranks take every N-th id of that order and the shares are all-gathered: a fine-tuned
+    text tower's table then costs 1/N of the blocks' work per rank instead of all of it."""
+    order = (torch.as_tensor(np.argsort(lengths, kind="stable")) if lengths is not None
+             else torch.arange(n_items + 1)).to(device)
+    world, rank = (ctx.world_size, ctx.rank) if ctx is not None and ctx.distributed else (1, 0)
+    mine = order[rank::world]
+    local = torch.cat([encode(chunk) for chunk in mine.split(batch)])
+    if world == 1:
+        shared, where = local, order
+    else:
+        shared, where = gather_uneven(local, ctx), torch.cat([order[r::world] for r in range(world)])
+    table = torch.empty_like(shared)
+    table[where] = shared
+    return table
