@@ -132,6 +132,29 @@ def test_final_hidden_states_and_pooled_embeddings_equal_whole_model(model, tmp_
     assert torch.equal(store.read(N_BLOCKS, rows, length=4), final[rows, :4])
 
 
+@pytest.mark.parametrize("batch", [3, 64])
+def test_batches_tell_the_stage_whether_they_are_padded_and_cudnn_attention_is_off(model, tmp_path, monkeypatch, batch):
+    """The stage is told, from the host's lengths, whether a batch is padded, and never has to read the
+    mask itself (that read waits for the GPU on every batch)."""
+    calls, real_load = [], runner_mod.load_stage
+
+    def load(model_dir, start, stop, **kw):
+        stage = real_load(model_dir, start, stop, **kw)
+        stage.register_forward_pre_hook(
+            lambda m, args, kwargs: calls.append((bool(args[1].all()), kwargs["padded"], m.inspect_masks,
+                                                  torch.backends.cuda.cudnn_sdp_enabled())),
+            with_kwargs=True)
+        return stage
+
+    monkeypatch.setattr(runner_mod, "load_stage", load)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    run(model, tmp_path / "lat", [(0, 4)], batch=batch)
+    assert calls and all(padded == (not full) and not inspect for full, padded, inspect, _ in calls)
+    assert {padded for _, padded, *_ in calls} == ({False} if batch == 3 else {True})
+    # cuDNN attention (a graph built on the host for every new batch shape) is off while encoding, only then
+    assert not any(cudnn for *_, cudnn in calls) and torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_without_keep_only_pooled_embeddings_remain(model, tmp_path):
     out = run(model, tmp_path / "lat", SPLITS["three-ranges"])
     store = LatentStore(out)

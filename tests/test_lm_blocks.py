@@ -268,6 +268,25 @@ def test_stage_without_mask_inspection_computes_the_same(tmp_path, family):
         torch.testing.assert_close(blind, inspected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["opt", "bert", "t5", "llama", "qwen2"])
+def test_unpadded_batches_need_no_mask(tmp_path, family):
+    """``padded=False`` (the caller knows every row is full) gives the masked result without the mask
+    reaching the attention: where the embedding ignores the mask, even a wrong mask changes nothing."""
+    model, _ = _save(family, tmp_path, sharded=False)
+    stage = load_stage(tmp_path, 0, N_BLOCKS, include_embedding=True, include_final=True)
+    stage.inspect_masks = False
+    ids = torch.randint(3, VOCAB, (3, 5), generator=torch.Generator().manual_seed(2))
+    ones = torch.ones_like(ids)
+    with torch.no_grad():
+        masked = stage(ids, ones)
+        torch.testing.assert_close(stage(ids, ones, padded=False), masked, rtol=1e-5, atol=1e-5)
+        if family != "opt":  # OPT's learned positions come from the mask
+            wrong = ones.clone()
+            wrong[:, 3:] = 0
+            torch.testing.assert_close(stage(ids, wrong, padded=False), masked, rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(stage(ids, wrong), masked, rtol=1e-3, atol=1e-3)
+
+
 def test_mask_builders_are_told_not_to_inspect():
     """The flags exist in the installed transformers: without them the tower would wait on every step."""
     from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
@@ -276,11 +295,14 @@ def test_mask_builders_are_told_not_to_inspect():
 
     stage = BlockStack.__new__(BlockStack)
     stage.inspect_masks = False
-    assert stage.mask_options(create_causal_mask, "allow_is_causal_skip") == {"allow_is_causal_skip": False}
-    assert stage.mask_options(create_bidirectional_mask, "allow_is_bidirectional_skip") == {
+    mask = torch.ones(2, 3)
+    assert stage.mask_options(create_causal_mask, "allow_is_causal_skip", mask) == {"allow_is_causal_skip": False}
+    assert stage.mask_options(create_bidirectional_mask, "allow_is_bidirectional_skip", mask) == {
         "allow_is_bidirectional_skip": False}
+    # no padding mask (an unpadded batch): the skip reads nothing, so the causal kernel may be used
+    assert stage.mask_options(create_causal_mask, "allow_is_causal_skip", None) == {}
     stage.inspect_masks = True
-    assert stage.mask_options(create_causal_mask, "allow_is_causal_skip") == {}
+    assert stage.mask_options(create_causal_mask, "allow_is_causal_skip", mask) == {}
 
 
 def test_the_family_table_sends_each_model_type_to_the_module_that_handles_it():

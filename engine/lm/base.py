@@ -86,7 +86,8 @@ class BlockStack(nn.Module):
     def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+        """Blocks [start, stop) on ``hidden``; ``mask`` None: no row is padded."""
         raise NotImplementedError
 
     def final(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -94,10 +95,12 @@ class BlockStack(nn.Module):
 
     # --- shared ---------------------------------------------------------------------------------------
 
-    def mask_options(self, make: Callable, skip_flag: str) -> dict[str, bool]:
+    def mask_options(self, make: Callable, skip_flag: str, mask: torch.Tensor | None) -> dict[str, bool]:
         """Keyword arguments for transformers' mask builder ``make``: its ``skip_flag`` off unless
-        :attr:`inspect_masks` (older transformers without the flag always inspect)."""
-        return {} if self.inspect_masks or skip_flag not in _parameters(make) else {skip_flag: False}
+        :attr:`inspect_masks` (older transformers without the flag always inspect). Without a padding mask
+        the skip reads nothing, so it stays on: no mask is built and attention takes the causal kernel."""
+        off = not self.inspect_masks and mask is not None and skip_flag in _parameters(make)
+        return {skip_flag: False} if off else {}
 
     def _check_range(self, start: int, stop: int) -> None:
         if not self.start <= start <= stop <= self.stop:
@@ -107,9 +110,12 @@ class BlockStack(nn.Module):
         self._check_range(start, stop)
         return [self.layers[str(i)] for i in range(start, stop)]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, padded: bool = True) -> torch.Tensor:
+        """``padded=False`` is the caller's promise that ``mask`` is all ones (it knows its token lengths):
+        the attention then runs unmasked (causal where the family is) without anyone reading the mask,
+        which would make the host wait for the GPU on every call."""
         hidden = self.embed(x, mask) if self.include_embedding else x
-        hidden = self.run_blocks(hidden, mask, self.start, self.stop)
+        hidden = self.run_blocks(hidden, mask if padded else None, self.start, self.stop)
         if self.include_final:
             hidden = self.final(hidden)
         return hidden

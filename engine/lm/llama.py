@@ -67,7 +67,7 @@ class LlamaStack(BlockStack):
     def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(ids)
 
-    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
         blocks = self._blocks(start, stop)
         if not blocks:
             return hidden
@@ -80,7 +80,8 @@ class LlamaStack(BlockStack):
             kind = self._layer_type(index)
             if kind not in masks:
                 make = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
-                masks[kind] = make(*args, position_ids=position_ids, **self.mask_options(make, "allow_is_causal_skip"))
+                options = self.mask_options(make, "allow_is_causal_skip", mask)
+                masks[kind] = make(*args, position_ids=position_ids, **options)
             hidden = block(
                 hidden, attention_mask=masks[kind], position_ids=position_ids, position_embeddings=position_embeddings
             )

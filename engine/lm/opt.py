@@ -50,13 +50,13 @@ class OPTStack(BlockStack):
             hidden = self.project_in(hidden)
         return hidden + self.embed_positions(mask, position_ids=positions)
 
-    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
         blocks = self._blocks(start, stop)
         if not blocks:
             return hidden
         # positional: transformers 5.x renamed the 4th (cache) argument between minor releases
         attn_mask = create_causal_mask(self.config, hidden, mask, None,
-                                       **self.mask_options(create_causal_mask, "allow_is_causal_skip"))
+                                       **self.mask_options(create_causal_mask, "allow_is_causal_skip", mask))
         for block in blocks:
             hidden = block(hidden, attention_mask=attn_mask)
         return hidden
