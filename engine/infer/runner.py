@@ -28,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
 from engine.dist import DistContext, barrier, gather_objects
 from engine.errors import TcfError
 from engine.infer.latents import DTYPES, POOLINGS, ArrayFile, Key, LatentStore, dtype_name
 from engine.infer.planner import Plan, RangePlan
 from engine.lm import adapter_class, load_config, load_stage
+from engine.lm.attention import ATTENTION_BACKENDS
 from engine.lm.loader import check_checkpoint
 
 FORMAT = 2
@@ -296,7 +297,7 @@ def _run_range(stage, source: ArrayFile | None, r: RangePlan, ids: np.ndarray, l
     done = 0
     with ThreadPoolExecutor(1, thread_name_prefix="tcf-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="tcf-write") as writer, torch.inference_mode(), \
-            sdpa_kernel(ATTENTION_BACKENDS):
+            sdpa_kernel(ATTENTION_BACKENDS):  # not cuDNN's: see engine.lm.attention
         reads = deque(reader.submit(fetch, b) for b in batches[:_AHEAD])
         writes: deque[Future] = deque()
         for b in range(len(batches)):
@@ -330,12 +331,6 @@ def _run_range(stage, source: ArrayFile | None, r: RangePlan, ids: np.ndarray, l
         while writes:
             writes.popleft().result()
 
-
-#: Attention kernels pre-inference may use. Not cuDNN's: it builds an execution graph for every new batch
-#: shape (each length, each batch size), on the host, and loads its libraries at the first one; a torch
-#: profile of a one-GPU OPT-6.7B-shape range on an H100 (32,768 items, 12 batches) spent 0.68 s of host
-#: time in ``_cudnn_attention_forward``, a cost every rank pays in full, so it does not halve on two GPUs.
-ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 _SYNC_EVERY = 64 << 20  # durable outputs are flushed to disk as they are written, so committing them is quick
 _AHEAD = 3  # batches read ahead of the GPU, and batches the GPU may run ahead of the writer

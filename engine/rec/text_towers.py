@@ -22,18 +22,14 @@ import numpy as np
 import torch
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
 from engine.dist import DistContext
 from engine.errors import TcfError
 from engine.infer.latents import POOLINGS, ArrayFile, LatentStore
+from engine.lm.attention import ATTENTION_BACKENDS
 from engine.rec.latent_gather import LatentGather
 from engine.rec.towers import MLP
-
-# cuDNN's attention plans every new (items, length) shape, ~50 ms of host time each, and a fine-tuned
-# tower's shape changes with every batch: on an H200 that tripled the first epoch of a top-2 OPT-1.3B
-# SASRec (16.5 s -> 5.3 s without it; 8.1 -> 4.1 s in the second; bench/ddp_check.py --sdpa)
-TOWER_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # masked mean for decoders and T5, the [CLS]/<s> position for BERT-style encoders
 DEFAULT_POOLING = {"bert": "first", "roberta": "first"}
@@ -179,7 +175,7 @@ class FineTunedTextTower(nn.Module):
         """Pooled top-block outputs [len(rows), H] (fp32) of latents rows ``rows``."""
         weight = next(self.blocks.parameters())
         x, mask = self.gather.take(rows, device)
-        with sdpa_kernel(TOWER_ATTENTION) if device.type == "cuda" else contextlib.nullcontext():
+        with sdpa_kernel(ATTENTION_BACKENDS) if device.type == "cuda" else contextlib.nullcontext():
             hidden = self.blocks(x.to(weight.dtype), mask.long())
         hidden = hidden.masked_fill(~mask[..., None], 0)
         from engine.infer.runner import pool
@@ -206,7 +202,9 @@ class FineTunedTextTower(nn.Module):
         if announced is not None:  # checked at the caller's next sync, not here
             missed = (lookup[position] != flat).sum()
             self._missed = missed if self._missed is None else self._missed + missed
-        return table[position].view(*ids.shape, -1)
+        # not table[position]: its backward accumulates repeated items in a thread-dependent order on CPUs
+        # (index_put_), so the same run gave different results; the embedding backward sums in a fixed one
+        return nn.functional.embedding(position, table).view(*ids.shape, -1)
 
 
 def _deal(lengths: np.ndarray, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
