@@ -164,7 +164,7 @@ def main() -> None:
                  "run_s": sum(t["run_s"] for t in timings), "load_s": sum(t["load_s"] for t in timings),
                  "batches": len(clock.events), **clock.summary()}
         out["passes"].append(entry)
-        print(json.dumps({k: v for k, v in entry.items()}), flush=True)
+        print(json.dumps(entry), flush=True)
         shutil.rmtree(folder)
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
