@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import subprocess
@@ -398,3 +399,35 @@ def test_volatile_boundaries_survive_a_crash_but_not_a_reboot(model, tmp_path, m
     assert any(p.endswith("boundary-003.npy.tmp") for p in synced)  # kept depths and outputs are durable
     assert any(p.endswith("pooled-mean.npy.tmp") for p in synced)
     assert_pooled(store, model)
+
+
+def test_pinned_ring_carves_disjoint_aligned_slots_in_turn():
+    from engine.infer.pinned import PinnedRing, footprint
+
+    specs = [((3, 5), torch.int64), ((3, 5), torch.bool), ((2, 7), torch.bfloat16)]
+    ring = PinnedRing(footprint(specs), 2, pin=False)
+    i, (a, b, c) = ring.carve(specs)
+    assert i == 0 and a.shape == (3, 5) and b.dtype == torch.bool and c.shape == (2, 7) and c.is_contiguous()
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in (a, b, c))
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))  # side by side, not overlapping
+    assert all(t.data_ptr() % 256 == spans[0][0] % 256 for t in (a, b, c))
+    a.fill_(7), b.fill_(True), c.fill_(1.5)
+    assert a.sum() == 105 and b.all() and c.sum() == 21  # each write stayed in its own tensor
+    j, (a2, *_) = ring.carve(specs)
+    k, (a3, *_) = ring.carve(specs)
+    assert (j, k) == (1, 0) and a3.data_ptr() == a.data_ptr() != a2.data_ptr()  # round robin
+    with pytest.raises(ValueError, match="do not fit"):
+        ring.carve([((100, 100), torch.float32)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_through_reused_pinned_slots_matches_cpu(model, tmp_path):
+    """Batches of 2 make more batches than a range has pinned slots, for the token ids, for a boundary read
+    back as input and for every output, so each slot is refilled while the GPU may still hold earlier ones."""
+    path, ids, lengths, keys, _ = model
+    plan = make_plan([(0, 2), (2, 4)], batch=2)
+    cpu = LatentStore(run_preinference(path, ids, lengths, keys, plan, tmp_path / "cpu", keep_depths=[2, 4]))
+    gpu = LatentStore(run_preinference(path, ids, lengths, keys, plan, tmp_path / "gpu", keep_depths=[2, 4],
+                                       device="cuda", dtype=torch.float32))
+    for k in (2, 4, *POOLINGS):
+        torch.testing.assert_close(gpu.read(k), cpu.read(k), atol=1e-4, rtol=1e-4)

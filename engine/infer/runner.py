@@ -33,6 +33,7 @@ from torch.nn.attention import sdpa_kernel
 from engine.dist import DistContext, barrier, gather_objects
 from engine.errors import TcfError
 from engine.infer.latents import DTYPES, POOLINGS, ArrayFile, Key, LatentStore, dtype_name
+from engine.infer.pinned import PinnedRing, Spec, footprint
 from engine.infer.planner import Plan, RangePlan
 from engine.lm import adapter_class, load_config, load_stage
 from engine.lm.attention import ATTENTION_BACKENDS
@@ -162,6 +163,7 @@ def run_preinference(
         # Commits (fsync, rename, state.json) run on one thread, in order, while the next range computes;
         # it is the only writer of state.json until the loop ends.
         committer = ThreadPoolExecutor(1, thread_name_prefix="tcf-commit")
+        pinner = ThreadPoolExecutor(1, thread_name_prefix="tcf-pin")  # allocates a range's buffers during its load
         committing: Future | None = None
         source: ArrayFile | None = None  # this process's handle on the current range's input boundary
         try:
@@ -169,12 +171,15 @@ def run_preinference(
                 began = time.perf_counter()
                 if main:
                     reporter.range_start(i, r.start, r.stop, n_items)
+                outputs = _outputs(r, n_blocks, keep)
+                batches = [mine[local] for local in length_batches(lengths[mine], r.batch_size)]
+                rings = (pinner.submit(_rings, batches, lengths, r.start > 0, outputs, hidden, DTYPES[latent])
+                         if device.type == "cuda" else None)
                 stage = load_stage(model_dir, r.start, r.stop, include_embedding=r.start == 0,
                                    include_final=r.stop == n_blocks, dtype=dtype, device=device)
                 loaded = time.perf_counter()
                 if r.start > 0 and source is None:
                     source = store.open(r.start)  # committed by an earlier run
-                outputs = _outputs(r, n_blocks, keep)
                 writers: dict[Key, ArrayFile] = {}
                 try:
                     if main:
@@ -184,8 +189,9 @@ def run_preinference(
                     ready = time.perf_counter()
                     writers = {k: store.open_tmp(k, latent, sync_every=_SYNC_EVERY if _durable(k, keep) else None)
                                for k in outputs}
-                    _run_range(stage, source, r, ids, lengths, mine, device, dtype, DTYPES[latent], writers,
-                               reporter if main else Reporter(), progress_every, ctx.world_size)
+                    _run_range(stage, source, batches, ids, lengths, device, dtype, DTYPES[latent], writers,
+                               rings.result() if rings else None, reporter if main else Reporter(),
+                               progress_every, ctx.world_size)
                 except BaseException:
                     for w in writers.values():
                         w.close()
@@ -222,6 +228,7 @@ def run_preinference(
             if source is not None:
                 source.close()
             committer.shutdown(wait=True)
+            pinner.shutdown(wait=True)
     return out_dir
 
 
@@ -260,31 +267,62 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"mean": h.sum(1) / counts[:, None].to(h.dtype), "first": h[:, 0], "last": last}
 
 
-def _run_range(stage, source: ArrayFile | None, r: RangePlan, ids: np.ndarray, lengths: np.ndarray, mine: np.ndarray,
-               device: torch.device, dtype: torch.dtype, latent: torch.dtype, writers: dict[Key, ArrayFile],
-               reporter: Reporter, progress_every: float, world: int) -> None:
-    """Push this rank's rows ``mine`` through ``stage`` in length-sorted batches trimmed to their longest item.
+def _input_specs(rows: np.ndarray, lengths: np.ndarray, hidden: int | None, latent: torch.dtype) -> list[Spec]:
+    """A batch's inputs: token ids (or the boundary's latents when ``hidden`` is given) and the mask."""
+    n, length = len(rows), int(lengths[rows].max())
+    x = ((n, length), torch.int64) if hidden is None else ((n, length, hidden), latent)
+    return [x, ((n, length), torch.bool)]
 
-    A reader thread gathers the next batches' inputs (into pinned memory on a GPU) and a writer thread
-    stores finished batches, and nothing in the loop waits for the GPU (a batch's lengths, known on the
-    host, tell the stage whether it is padded), so the host queues batches ahead of the GPU. Outputs are
+
+def _output_specs(rows: np.ndarray, lengths: np.ndarray, outputs: Sequence[Key], hidden: int,
+                  latent: torch.dtype) -> list[Spec]:
+    """A batch's results: [n, length, hidden] per boundary, [n, hidden] per pooling."""
+    n, length = len(rows), int(lengths[rows].max())
+    return [((n, length, hidden) if isinstance(k, int) else (n, hidden), latent) for k in outputs]
+
+
+def _rings(batches: list[np.ndarray], lengths: np.ndarray, from_latents: bool, outputs: Sequence[Key], hidden: int,
+           latent: torch.dtype) -> tuple[PinnedRing, PinnedRing]:
+    """Pinned slots for the inputs and the results of ``_AHEAD + 1`` batches, each fitting the largest batch."""
+    h = hidden if from_latents else None
+    inputs = max((footprint(_input_specs(b, lengths, h, latent)) for b in batches), default=0)
+    results = max((footprint(_output_specs(b, lengths, outputs, hidden, latent)) for b in batches), default=0)
+    return PinnedRing(inputs, _AHEAD + 1), PinnedRing(results, _AHEAD + 1)
+
+
+def _run_range(stage, source: ArrayFile | None, batches: list[np.ndarray], ids: np.ndarray, lengths: np.ndarray,
+               device: torch.device, dtype: torch.dtype, latent: torch.dtype, writers: dict[Key, ArrayFile],
+               rings: tuple[PinnedRing, PinnedRing] | None, reporter: Reporter, progress_every: float,
+               world: int) -> None:
+    """Push this rank's ``batches`` (rows of one length band each) through ``stage``, each trimmed to its
+    longest item.
+
+    A reader thread gathers the next batches' inputs (into pinned slots of ``rings`` on a GPU) and a writer
+    thread stores finished batches, and nothing in the loop waits for the GPU (a batch's lengths, known on
+    the host, tell the stage whether it is padded), so the host queues batches ahead of the GPU. Outputs are
     zero past each item's length.
     Progress counts all ranks' items, assuming they keep pace with this one."""
-    cuda = device.type == "cuda"
-    batches = [mine[local] for local in length_batches(lengths[mine], r.batch_size)]
     stage.inspect_masks = False  # each batch says whether it is padded: the host never waits on a mask
+    hidden, given = (None, latent) if source is None else (source.shape[2], source.dtype)
+    keys = list(writers)
 
-    def fetch(rows: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, bool]:
+    def fetch(rows: np.ndarray) -> tuple[np.ndarray, int | None, torch.Tensor, torch.Tensor, bool]:
         length = int(lengths[rows].max())
         padded = bool(lengths[rows].min() < length)
         mask = torch.from_numpy(np.arange(length) < lengths[rows][:, None])
+        specs, slot = _input_specs(rows, lengths, hidden, given), None
+        if rings is None:
+            x = torch.empty(specs[0][0], dtype=specs[0][1])
+        else:  # pinned: a pageable copy would stall the GPU queue
+            slot, (x, pinned_mask) = rings[0].carve(specs)
+            if (used := rings[0].done[slot]) is not None:
+                used.synchronize()  # the GPU has copied the batch that had this slot
+            mask = pinned_mask.copy_(mask)
         if source is None:
-            x = torch.from_numpy(ids[rows, :length].astype(np.int64))
-            x = x.pin_memory() if cuda else x
+            x.copy_(torch.from_numpy(ids[rows, :length]))
         else:
-            x = source.read(rows, length, torch.empty((len(rows), length, source.shape[2]), dtype=source.dtype,
-                                                      pin_memory=cuda))
-        return rows, x, mask.pin_memory() if cuda else mask, padded  # pageable copies would stall the GPU queue
+            source.read(rows, length, x)
+        return rows, slot, x, mask, padded
 
     def store_batch(rows: np.ndarray, results: dict[Key, torch.Tensor], ready: torch.cuda.Event | None) -> None:
         if ready is not None:
@@ -292,7 +330,7 @@ def _run_range(stage, source: ArrayFile | None, r: RangePlan, ids: np.ndarray, l
         for k, value in results.items():
             writers[k].write(rows, value)
 
-    n_items = len(lengths)
+    n_items, total_mine = len(lengths), sum(map(len, batches))
     began = last = time.perf_counter()
     done = 0
     with ThreadPoolExecutor(1, thread_name_prefix="tcf-read") as reader, \
@@ -301,31 +339,34 @@ def _run_range(stage, source: ArrayFile | None, r: RangePlan, ids: np.ndarray, l
         reads = deque(reader.submit(fetch, b) for b in batches[:_AHEAD])
         writes: deque[Future] = deque()
         for b in range(len(batches)):
-            rows, x, mask, padded = reads.popleft().result()
-            if b + _AHEAD < len(batches):
-                reads.append(reader.submit(fetch, batches[b + _AHEAD]))
+            rows, slot, x, mask, padded = reads.popleft().result()
             x = x.to(device, non_blocking=True)
             mask = mask.to(device, non_blocking=True)
+            if rings is not None:
+                rings[0].done[slot] = torch.cuda.Event()
+                rings[0].done[slot].record()
+            if b + _AHEAD < len(batches):
+                reads.append(reader.submit(fetch, batches[b + _AHEAD]))
             out = stage(x if source is None else x.to(dtype), mask.long(), padded=padded)
             out = out.masked_fill(~mask[..., None], 0)
-            results: dict[Key, torch.Tensor] = {}
-            for k in writers:
-                if isinstance(k, int):
-                    results[k] = out.to(latent)
-            if any(isinstance(k, str) for k in writers):
-                results.update({k: v.to(latent) for k, v in pool(out, mask).items()})
+            pooled = pool(out, mask) if any(isinstance(k, str) for k in keys) else {}
+            results = {k: out if isinstance(k, int) else pooled[k] for k in keys}
             ready = None
-            if cuda:
-                results = {k: _to_pinned(v) for k, v in results.items()}
+            if rings is not None:  # into the slot of the batch written ``_AHEAD + 1`` batches ago
+                _, slot_results = rings[1].carve(_output_specs(rows, lengths, keys, out.shape[-1], latent))
+                results = {k: dst.copy_(results[k].to(latent), non_blocking=True)
+                           for k, dst in zip(keys, slot_results, strict=True)}
                 ready = torch.cuda.Event()
                 ready.record()
+            else:
+                results = {k: v.to(latent) for k, v in results.items()}
             writes.append(writer.submit(store_batch, rows, results, ready))
             while len(writes) > _AHEAD:
                 writes.popleft().result()
             done += len(rows)
             now = time.perf_counter()
-            if now - last >= progress_every or done == len(mine):
-                total = n_items if done == len(mine) else min(done * world, n_items)
+            if now - last >= progress_every or done == total_mine:
+                total = n_items if done == total_mine else min(done * world, n_items)
                 reporter.progress(total, n_items, total / max(now - began, 1e-9))
                 last = now
         while writes:
@@ -334,11 +375,6 @@ def _run_range(stage, source: ArrayFile | None, r: RangePlan, ids: np.ndarray, l
 
 _SYNC_EVERY = 64 << 20  # durable outputs are flushed to disk as they are written, so committing them is quick
 _AHEAD = 3  # batches read ahead of the GPU, and batches the GPU may run ahead of the writer
-
-
-def _to_pinned(t: torch.Tensor) -> torch.Tensor:
-    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    return host.copy_(t, non_blocking=True)
 
 
 def _check_inputs(ids: np.ndarray, lengths: np.ndarray, item_keys: Sequence[str]) -> tuple[int, int]:
