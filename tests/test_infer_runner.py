@@ -426,7 +426,8 @@ def test_cuda_run_through_reused_pinned_slots_matches_cpu(model, tmp_path):
     back as input and for every output, so each slot is refilled while the GPU may still hold earlier ones."""
     path, ids, lengths, keys, _ = model
     plan = make_plan([(0, 2), (2, 4)], batch=2)
-    cpu = LatentStore(run_preinference(path, ids, lengths, keys, plan, tmp_path / "cpu", keep_depths=[2, 4]))
+    cpu = LatentStore(run_preinference(path, ids, lengths, keys, plan, tmp_path / "cpu", keep_depths=[2, 4],
+                                       device="cpu", dtype=torch.float32))
     gpu = LatentStore(run_preinference(path, ids, lengths, keys, plan, tmp_path / "gpu", keep_depths=[2, 4],
                                        device="cuda", dtype=torch.float32))
     for k in (2, 4, *POOLINGS):
