@@ -126,10 +126,14 @@ def main() -> None:
                          "the first batch; block 0 on 64 of its items")
     ap.add_argument("--cudnn-attention", action="store_true",
                     help="let attention use cuDNN too, as before the runner turned it off (the comparison)")
+    ap.add_argument("--no-rehearsal", action="store_true",
+                    help="skip the runner's zero-weight rehearsal of the first batch during the load (the comparison)")
     ap.add_argument("--profile", type=Path, help="write the torch profiler's op table of the first pass here")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
+    if args.no_rehearsal:
+        runner.rehearse = lambda *a, **k: False
     if args.cudnn_attention:
         runner.ATTENTION_BACKENDS = [*runner.ATTENTION_BACKENDS, SDPBackend.CUDNN_ATTENTION]
     (cfg,) = config_mod.load_config(args.workdir / "infer.yaml")
@@ -143,7 +147,8 @@ def main() -> None:
     warm_s = warmup(args.warmup, model, ids, lengths, plan.ranges[0].batch_size)
     half = np.sort(runner.share(lengths, 0, 2))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    settings = {"warmup": args.warmup, "warmup_s": warm_s, "cudnn_attention": args.cudnn_attention}
+    settings = {"warmup": args.warmup, "warmup_s": warm_s, "cudnn_attention": args.cudnn_attention,
+                "rehearsal": not args.no_rehearsal}
     out: dict = {"gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu", "items": len(keys),
                  "plan": [[r.start, r.stop, r.batch_size] for r in plan.ranges], **settings, "passes": []}
     print(json.dumps(settings), flush=True)

@@ -432,3 +432,17 @@ def test_cuda_run_through_reused_pinned_slots_matches_cpu(model, tmp_path):
                                        device="cuda", dtype=torch.float32))
     for k in (2, 4, *POOLINGS):
         torch.testing.assert_close(gpu.read(k), cpu.read(k), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_rehearsal_runs_a_zero_block_and_steps_aside_when_memory_is_short(model, monkeypatch):
+    path, ids, lengths, keys, _ = model
+    rows = length_batches(lengths, 5)[0]
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    assert runner_mod.rehearse(path, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
+    assert torch.cuda.memory_allocated() == before  # nothing it built outlives it
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # the attention backends are restored
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1 << 30, 80 << 30))
+    assert not runner_mod.rehearse(path, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
+    assert not runner_mod.rehearse(path, 1, rows[:0], lengths, 32, torch.bfloat16, torch.device("cuda"))
