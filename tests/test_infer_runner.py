@@ -443,6 +443,14 @@ def test_rehearsal_runs_a_zero_block_and_steps_aside_when_memory_is_short(model,
     assert runner_mod.rehearse(path, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
     assert torch.cuda.memory_allocated() == before  # nothing it built outlives it
     assert torch.backends.cuda.cudnn_sdp_enabled()  # the attention backends are restored
+
+    def out_of_memory(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.nn.Module, "to_empty", out_of_memory)
+        assert not runner_mod.rehearse(path, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
+    assert torch.cuda.memory_allocated() == before  # its zero block went with it
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1 << 30, 80 << 30))
     assert not runner_mod.rehearse(path, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
     assert not runner_mod.rehearse(path, 1, rows[:0], lengths, 32, torch.bfloat16, torch.device("cuda"))

@@ -278,9 +278,10 @@ def rehearse(model_dir: str | Path, start: int, rows: np.ndarray | None, lengths
     """Run the shape of a range's first batch (``rows``) through block ``start`` built with zero weights.
 
     A process's first batch pays for loading the kernels it launches, creating the cuBLAS handles and
-    growing the allocator: on an H100 about 0.2 s, which every rank of a data-parallel run pays in full.
+    growing the allocator: on an H100 about 0.25 s, which every rank of a data-parallel run pays in full.
     Called while the range's weights load (on another thread), it moves those costs off the encoding;
-    it reads no weights, and is skipped (returns False) where the block would not leave 2 GiB free."""
+    it reads no weights, and steps aside (returns False) where the block would not leave 2 GiB free or
+    runs out of memory beside the load."""
     if rows is None or not len(rows):
         return False
     config = load_config(model_dir)
@@ -291,15 +292,18 @@ def rehearse(model_dir: str | Path, start: int, rows: np.ndarray | None, lengths
     with torch.cuda.device(device):
         if torch.cuda.mem_get_info(device)[0] < weights + (2 << 30):
             return False
-        with torch.inference_mode(), sdpa_kernel(ATTENTION_BACKENDS):
-            block = block.to_empty(device=device).to(dtype)
-            for t in (*block.parameters(), *block.buffers()):
-                t.zero_()  # defined values: a position table or a norm must not meet garbage
-            block.inspect_masks = False
-            mask = torch.from_numpy(np.arange(length) < lengths[rows][:, None]).to(device)
-            x = torch.zeros((len(rows), length, hidden), dtype=dtype, device=device)
-            block(x, mask.long(), padded=bool(lengths[rows].min() < length))
-        torch.cuda.current_stream(device).synchronize()
+        try:
+            with torch.inference_mode(), sdpa_kernel(ATTENTION_BACKENDS):
+                block = block.to_empty(device=device).to(dtype)
+                for t in (*block.parameters(), *block.buffers()):
+                    t.zero_()  # defined values: a position table or a norm must not meet garbage
+                block.inspect_masks = False
+                mask = torch.from_numpy(np.arange(length) < lengths[rows][:, None]).to(device)
+                x = torch.zeros((len(rows), length, hidden), dtype=dtype, device=device)
+                block(x, mask.long(), padded=bool(lengths[rows].min() < length))
+            torch.cuda.current_stream(device).synchronize()
+        except torch.cuda.OutOfMemoryError:
+            return False  # the weights loading beside it need the memory more
     return True
 
 
