@@ -20,6 +20,7 @@ from engine.infer import runner as runner_mod
 from engine.infer.latents import POOLINGS, LatentStore
 from engine.infer.planner import Plan, RangePlan
 from engine.infer.runner import Reporter, length_batches, pool, run_preinference
+from engine.lm import load_config
 
 N_BLOCKS = 4
 T = 12
@@ -438,9 +439,10 @@ def test_cuda_run_through_reused_pinned_slots_matches_cpu(model, tmp_path):
 def test_rehearsal_runs_a_zero_block_and_steps_aside_when_memory_is_short(model, monkeypatch):
     path, ids, lengths, keys, _ = model
     rows = length_batches(lengths, 5)[0]
+    config = load_config(path)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
-    assert runner_mod.rehearse(path, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
+    assert runner_mod.rehearse(config, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
     assert torch.cuda.memory_allocated() == before  # nothing it built outlives it
     assert torch.backends.cuda.cudnn_sdp_enabled()  # the attention backends are restored
 
@@ -449,8 +451,8 @@ def test_rehearsal_runs_a_zero_block_and_steps_aside_when_memory_is_short(model,
 
     with monkeypatch.context() as m:
         m.setattr(torch.nn.Module, "to_empty", out_of_memory)
-        assert not runner_mod.rehearse(path, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
+        assert not runner_mod.rehearse(config, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
     assert torch.cuda.memory_allocated() == before  # its zero block went with it
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1 << 30, 80 << 30))
-    assert not runner_mod.rehearse(path, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
-    assert not runner_mod.rehearse(path, 1, rows[:0], lengths, 32, torch.bfloat16, torch.device("cuda"))
+    assert not runner_mod.rehearse(config, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
+    assert not runner_mod.rehearse(config, 1, rows[:0], lengths, 32, torch.bfloat16, torch.device("cuda"))

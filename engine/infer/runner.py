@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.attention import sdpa_kernel
+from transformers import PretrainedConfig
 
 from engine.dist import DistContext, barrier, gather_objects
 from engine.errors import TcfError
@@ -177,7 +178,7 @@ def run_preinference(
                 if device.type == "cuda":
                     rings = pinner.submit(_rings, batches, lengths, r.start > 0, outputs, hidden, DTYPES[latent])
                     if (i, r) == todo[0]:  # a process pays its first-use costs once, in its first range
-                        rehearsal = pinner.submit(rehearse, model_dir, r.start, batches[0] if batches else None,
+                        rehearsal = pinner.submit(rehearse, config, r.start, batches[0] if batches else None,
                                                   lengths, hidden, dtype, device)
                 stage = load_stage(model_dir, r.start, r.stop, include_embedding=r.start == 0,
                                    include_final=r.stop == n_blocks, dtype=dtype, device=device)
@@ -273,7 +274,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"mean": h.sum(1) / counts[:, None].to(h.dtype), "first": h[:, 0], "last": last}
 
 
-def rehearse(model_dir: str | Path, start: int, rows: np.ndarray | None, lengths: np.ndarray, hidden: int,
+def rehearse(config: PretrainedConfig, start: int, rows: np.ndarray | None, lengths: np.ndarray, hidden: int,
              dtype: torch.dtype, device: torch.device) -> bool:
     """Run the shape of a range's first batch (``rows``) through block ``start`` built with zero weights.
 
@@ -284,7 +285,6 @@ def rehearse(model_dir: str | Path, start: int, rows: np.ndarray | None, lengths
     runs out of memory beside the load."""
     if rows is None or not len(rows):
         return False
-    config = load_config(model_dir)
     with torch.device("meta"):
         block = adapter_class(config.model_type)(config, start, start + 1, False, False)
     weights = sum(t.numel() for t in block.parameters()) * dtype.itemsize
