@@ -63,7 +63,7 @@ def split_check(trainer, ctx) -> dict:
     """The tower on a whole global batch against the tower on its two halves (what two ranks compute)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from engine.rec.batches import global_batches
+    from tcf.rec.batches import global_batches
 
     cfg, data, model = trainer.cfg, trainer.data, trainer.model.to(ctx.device)
     tower = model.item_tower
@@ -157,13 +157,13 @@ def main() -> None:
         setup(args)
         return
 
-    import engine.rec.trainer as trainer_mod
-    from engine.config import load_config
-    from engine.dist import barrier, init_distributed
-    from engine.experiment import prepared_data
-    from engine.infer.job import model_dir_of, run_infer_job
-    from engine.rec.latent_gather import LatentGather
-    from engine.rec.text_towers import FineTunedTextTower, TextSource
+    import tcf.rec.trainer as trainer_mod
+    from tcf.config import load_config
+    from tcf.experiment import prepared_data
+    from tcf.preinfer.encode import model_dir_of, run_infer_job
+    from tcf.rec.latent_gather import LatentGather
+    from tcf.rec.text_towers import FineTunedTextTower, TextSource
+    from tcf.util.dist import barrier, init_distributed
 
     t_start = time.perf_counter()
     cfg = load_config(args.workdir / "base.yaml", args.overrides)[0]
@@ -328,7 +328,7 @@ def main() -> None:
         if out["syncs_per_step"]:
             brief["syncs_per_step"] = out["syncs_per_step"]
         print(json.dumps(brief), flush=True)
-    from engine.dist import shutdown
+    from tcf.util.dist import shutdown
 
     shutdown()
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.store import Store  # noqa: E402
+from tcf.store.db import Store  # noqa: E402
 
 
 def writer(db: str, index: int, hz: float, seconds: float, start_at: float, out: mp.Queue) -> None:

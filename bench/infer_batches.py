@@ -28,12 +28,12 @@ from torch.nn.attention import SDPBackend
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import config as config_mod  # noqa: E402
-from engine.data.reader import load_dataset  # noqa: E402
-from engine.infer import runner  # noqa: E402
-from engine.infer.job import make_plan, model_dir_of  # noqa: E402
-from engine.infer.latents import LatentStore  # noqa: E402
-from engine.lm.tokenize import token_table  # noqa: E402
+from tcf import config as config_mod  # noqa: E402
+from tcf.data.reader import load_dataset  # noqa: E402
+from tcf.lm.tokenize import token_table  # noqa: E402
+from tcf.preinfer import runner  # noqa: E402
+from tcf.preinfer.encode import make_plan, model_dir_of  # noqa: E402
+from tcf.preinfer.latents import LatentStore  # noqa: E402
 
 
 class _HostEvent:

@@ -4,12 +4,12 @@ pre-inference, and one worker keeping both GPUs busy.
     python bench/multi_gpu.py --parts infer,train,worker --workdir /tmp/tcf-mg --out $OUT/multi_gpu.json
     python bench/multi_gpu.py --small --workdir /tmp/tcf-mg-cpu --out /tmp/mg.json     # CPU smoke (gloo)
 
-- infer: `tcf infer` vs `torchrun --nproc_per_node 2 -m tcf_tui.cli infer` of an OPT-shaped random-weight
+- infer: `tcf infer` vs `torchrun --nproc_per_node 2 -m tcf.cli infer` of an OPT-shaped random-weight
   model over ``--infer-items`` items; every item once, pooled embeddings equal (bf16 tolerance), items/s
   over the ranges' compute time, over the slowest rank's own encoding and over the whole command, and each
   GPU's SM clock, power and power-cap throttling while busy (NVML); ``--infer-repeats N`` runs N pairs,
   alternating which layout goes first, for the spread between runs (``speedup_encode_median``).
-- train: `tcf run` vs `torchrun --nproc_per_node 2 -m tcf_tui.cli run` (same global batch), seeds 1..``--seeds``
+- train: `tcf run` vs `torchrun --nproc_per_node 2 -m tcf.cli run` (same global batch), seeds 1..``--seeds``
   each, for an ID-SASRec and a text SASRec with the top 2 blocks of an OPT-shaped model fine-tuned; test
   metrics (mean and standard deviation over seeds: the run-to-run noise), best epoch, seconds per epoch.
   A run whose database already holds a finished run is kept, so a call cut off by a time limit resumes.
@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-TCF = [sys.executable, "-m", "tcf_tui.cli"]
+TCF = [sys.executable, "-m", "tcf.cli"]
 TORCHRUN2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-             "-m", "tcf_tui.cli"]
+             "-m", "tcf.cli"]
 
 
 def sh(argv: list[str], cwd: Path, log: Path) -> float:
@@ -57,8 +57,8 @@ def model_dir(work: Path, name: str, data: Path) -> Path:
     import torch
     from preinfer import build_checkpoint
 
-    from engine.data.reader import load_dataset
-    from engine.lm.tiny import train_tokenizer
+    from tcf.data.reader import load_dataset
+    from tcf.lm.tiny import train_tokenizer
 
     out = work / name
     if not (out / "tokenizer.json").exists():
@@ -68,7 +68,7 @@ def model_dir(work: Path, name: str, data: Path) -> Path:
 
 
 def dataset(work: Path, name: str, users: int, items: int) -> Path:
-    from engine.data.synth import synth_dataset
+    from tcf.data.synth import synth_dataset
 
     out = work / name
     if not (out / "behaviors.tsv").exists():
@@ -134,7 +134,7 @@ class Clocks:
 
 def _infer_run(args: argparse.Namespace, cfg: Path, run_dir: Path, cmd: list[str]) -> tuple[dict, tuple]:
     """One `tcf infer` (one process or torchrun) in a fresh ``run_dir``: its figures and (item keys, pooled)."""
-    from engine.infer.latents import LatentStore
+    from tcf.preinfer.latents import LatentStore
 
     shutil.rmtree(run_dir, ignore_errors=True)  # an artifact left by an earlier call would be reused, not timed
     run_dir.mkdir(parents=True)
@@ -266,7 +266,7 @@ def _iso(t: str) -> float:
 
 
 def part_worker(args: argparse.Namespace, work: Path) -> dict:
-    from engine.infer.gpu import get_provider
+    from tcf.util.gpu import get_provider
 
     data = dataset(work, "id-data", users=args.id_users, items=args.id_items)
     run_dir = work / "worker"

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from transformers import OPTConfig, OPTModel
 
-from engine.infer.checkpoint_info import block_weight_bytes, model_shape
-from engine.infer.latents import LatentStore
-from engine.infer.planner import format_plan, parse_bytes, plan_ranges
-from engine.infer.runner import run_preinference
+from tcf.lm.checkpoint import block_weight_bytes, model_shape
+from tcf.preinfer.latents import LatentStore
+from tcf.preinfer.planner import format_plan, parse_bytes, plan_ranges
+from tcf.preinfer.runner import run_preinference
 
 # Shapes of the published OPT configs (facebook/opt-*), so the compute matches the real models.
 CONFIGS = {

@@ -30,18 +30,18 @@ import numpy as np
 import torch
 from preinfer import CONFIGS, build_checkpoint
 
-from engine.config import Config
-from engine.data.prepare import Prepared
-from engine.dist import DistContext
-from engine.experiment import prepared_data
-from engine.infer.job import model_dir_of, run_infer_job
-from engine.infer.latents import LatentStore
-from engine.lm.tiny import train_tokenizer
-from engine.rec.batches import global_batches
-from engine.rec.losses import log_popularity
-from engine.rec.objective import SASRecObjective
-from engine.rec.text_towers import TextSource
-from engine.rec.trainer import Trainer, param_groups
+from tcf.config import Config
+from tcf.data.prepare import Prepared
+from tcf.experiment import prepared_data
+from tcf.lm.tiny import train_tokenizer
+from tcf.preinfer.encode import model_dir_of, run_infer_job
+from tcf.preinfer.latents import LatentStore
+from tcf.rec.batches import global_batches
+from tcf.rec.losses import log_popularity
+from tcf.rec.objective import SASRecObjective
+from tcf.rec.text_towers import TextSource
+from tcf.rec.trainer import Trainer, param_groups
+from tcf.util.dist import DistContext
 
 
 def _status_kib(field: str) -> int:
@@ -123,8 +123,8 @@ def block_flops(n_tokens: int, hidden: int, ffn: int, length: int, n_blocks: int
 
 
 def speed(args: argparse.Namespace, work: Path, model_dir: Path, device: torch.device) -> dict:
-    from engine.data.reader import load_dataset
-    from engine.data.synth import synth_dataset
+    from tcf.data.reader import load_dataset
+    from tcf.data.synth import synth_dataset
 
     dataset = work / "data"
     if not (dataset / "behaviors.tsv").exists():

@@ -2,7 +2,7 @@
 """Training speed and accuracy: tcf's ID-SASRec vs RecBole 1.2.1's SASRec on MovieLens-100k.
 
 Both tools see exactly the same data: RecBole's own ml-100k (shipped in its PyPI package) is imported
-the way ``tcf data import recbole`` does it, preprocessed by ``engine.data.prepare`` (users with >= 5
+the way ``tcf data import recbole`` does it, preprocessed by ``tcf.data.prepare`` (users with >= 5
 items, last L+3 items each, dense ids), and the SAME per-user sequences are written back as RecBole
 atomic files (timestamp = position), with RecBole's own filtering switched off. RecBole's leave-one-out
 split (LS valid_and_test, order TO) then yields the same train targets, valid/test targets and input
@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a plain script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from engine.config import Config, load_config  # noqa: E402
-from engine.data.importers import import_recbole  # noqa: E402
-from engine.data.prepare import Prepared, prepare  # noqa: E402
-from engine.data.reader import load_dataset  # noqa: E402
+from tcf.config import Config, load_config  # noqa: E402
+from tcf.data.importers import import_recbole  # noqa: E402
+from tcf.data.prepare import Prepared, prepare  # noqa: E402
+from tcf.data.reader import load_dataset  # noqa: E402
 
 RB_NAME = "tcf-ml100k"  # not "ml-100k": RecBole would apply its bundled ml-100k settings
 
@@ -106,8 +106,8 @@ def write_atomic(data: Prepared, folder: Path) -> Path:
 
 # -- tcf -------------------------------------------------------------------------------------------
 def run_tcf(cfg: Config, data: Prepared, work: Path, device: str) -> dict:
-    from engine.experiment import prepared_data, run_experiment
-    from engine.rec.trainer import Reporter
+    from tcf.experiment import prepared_data, run_experiment
+    from tcf.rec.trainer import Reporter
 
     class Print(Reporter):
         def epoch_end(self, epoch: int, loss: float, seconds: float, metrics: dict[str, float]) -> None:

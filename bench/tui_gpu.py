@@ -23,13 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.data.reader import load_dataset  # noqa: E402
-from engine.data.synth import synth_dataset  # noqa: E402
-from engine.infer.gpu import get_provider  # noqa: E402
-from engine.jobs.queue import get_job, queue_config  # noqa: E402
-from engine.jobs.views import live_view  # noqa: E402
-from engine.lm.tiny import train_tokenizer  # noqa: E402
-from engine.store import Store  # noqa: E402
+from tcf.data.reader import load_dataset  # noqa: E402
+from tcf.data.synth import synth_dataset  # noqa: E402
+from tcf.jobs.queue import get_job, queue_config  # noqa: E402
+from tcf.lm.tiny import train_tokenizer  # noqa: E402
+from tcf.store.db import Store  # noqa: E402
+from tcf.store.events import live_view  # noqa: E402
+from tcf.util.gpu import get_provider  # noqa: E402
 
 
 def _preinfer_bench():
@@ -70,7 +70,7 @@ def prepare(workdir: Path, model: str, items: int, budget: str) -> Path:
 
 
 async def watch(db: Path, job_id: int, out: Path, every_s: float, timeout_s: float) -> list[dict]:
-    from tcf_tui.app import TcfApp
+    from tcf.tui.app import TcfApp
 
     app = TcfApp(db, refresh_s=0.5)
     captures = []
@@ -119,7 +119,7 @@ def main() -> None:
     db = args.workdir / "experiments.db"
     ids = queue_config(Store(db), cfg, tags=["gpu-check"])
     job_id = ids[0]
-    worker = subprocess.Popen([sys.executable, "-m", "tcf_tui.cli", "worker", "--gpus", "all", "--max-jobs", "1",
+    worker = subprocess.Popen([sys.executable, "-m", "tcf.cli", "worker", "--gpus", "all", "--max-jobs", "1",
                                "--db", str(db)], cwd=args.workdir, env=os.environ.copy())
     try:
         captures = asyncio.run(watch(db, job_id, args.out, args.every, args.timeout))

@@ -14,8 +14,8 @@ from unittest import mock
 
 import torch
 
-from engine.lm import loader, transfer
-from engine.lm.weights import CheckpointReader
+from tcf.lm import loader, transfer
+from tcf.lm.weights import CheckpointReader
 
 
 def main(argv: list[str] | None = None) -> int:

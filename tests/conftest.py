@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.synth import synth_dataset
+from tcf.data.synth import synth_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,5 +23,5 @@ def small_dataset(tmp_path_factory) -> Path:
 def tcf(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real ``tcf`` entry point in a subprocess, as a user would."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tcf_tui.cli", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "tcf.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

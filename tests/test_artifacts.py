@@ -1,7 +1,7 @@
 import pytest
 
-from engine.artifacts import artifact_hash, build_artifact, find_artifact, read_meta
-from engine.errors import TcfError
+from tcf.errors import TcfError
+from tcf.store.artifacts import artifact_hash, build_artifact, find_artifact, read_meta
 
 KEY = {"dataset": "abc", "tokenizer": "opt", "max_tokens": 30}
 
@@ -42,7 +42,7 @@ def test_kind_cannot_escape_the_root(tmp_path, kind):
 
 
 def test_store_registers_artifacts_once(tmp_path):
-    from engine.store import Store
+    from tcf.store.db import Store
 
     store = Store(tmp_path / "e.db")
     run = store.create_run(name="r", config={}, config_hash="h", dataset="d", architecture="sasrec",

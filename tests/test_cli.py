@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import tcf
 
-from engine import __version__
+from tcf import __version__
 
 
 def _dump(db: Path) -> list[str]:

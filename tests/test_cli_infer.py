@@ -20,7 +20,7 @@ from conftest import tcf
 from test_lm_tokenize import make_tiny_opt
 from transformers import AutoTokenizer, OPTModel
 
-from engine.data.reader import load_dataset
+from tcf.data.reader import load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_infer_bad_checkpoint_budget_and_disk_full(setup, tmp_path):
     out = tmp_path / "full"
     out.mkdir()
     limit = 150_000  # the database and token table fit, a boundary (120 x 12 x 32 fp32 = 184 kB) does not
-    r = subprocess.run([sys.executable, "-m", "tcf_tui.cli", "infer", str(root / "exp.yaml"), "--gpu-memory-budget",
+    r = subprocess.run([sys.executable, "-m", "tcf.cli", "infer", str(root / "exp.yaml"), "--gpu-memory-budget",
                         "1GiB", "--ranges", "0:2,2:4", "--db", str(out / "e.db")], cwd=out, capture_output=True,
                        text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
@@ -132,7 +132,7 @@ def test_infer_on_two_gloo_ranks_matches_the_whole_model(setup):
     root, raw, model_dir = setup
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(29900 + os.getpid() % 90), "-m", "tcf_tui.cli", "infer", str(root / "exp.yaml"),
+                        str(29900 + os.getpid() % 90), "-m", "tcf.cli", "infer", str(root / "exp.yaml"),
                         "-S", "text_encoder.max_tokens=10", "--gpu-memory-budget", "1GiB", "--ranges", "0:2,2:4",
                         "--batch-size", "5", "--db", str(root / "ddp.db")], cwd=root, env=env, capture_output=True,
                        text=True, timeout=300)
@@ -152,7 +152,7 @@ def test_infer_on_two_gloo_ranks_matches_the_whole_model(setup):
 def test_sigkill_in_the_middle_of_a_range_resumes_from_the_last_committed_one(tmp_path):
     """A real SIGKILL while range 1:2 is being written: the rerun starts at boundary 1, recomputes nothing
     committed, and its item embeddings are bitwise those of an uninterrupted run."""
-    from engine.data.synth import synth_dataset
+    from tcf.data.synth import synth_dataset
 
     data = tmp_path / "data"
     synth_dataset(data, users=60, items=2500, seed=1)
@@ -161,7 +161,7 @@ def test_sigkill_in_the_middle_of_a_range_resumes_from_the_last_committed_one(tm
     config = tmp_path / "exp.yaml"
     config.write_text(f"dataset:\n  path: {data}\ntext_encoder:\n  model: {model_dir}\n  max_tokens: 12\n"
                       "  latent_dtype: fp32\n  ranges: '0:1,1:2,2:3'\n  batch_size: 1\n")
-    args = [sys.executable, "-m", "tcf_tui.cli", "infer", str(config), "--gpu-memory-budget", "1GiB"]
+    args = [sys.executable, "-m", "tcf.cli", "infer", str(config), "--gpu-memory-budget", "1GiB"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     killed = tmp_path / "killed"

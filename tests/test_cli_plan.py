@@ -9,7 +9,7 @@ import torch
 from conftest import tcf
 from transformers import OPTConfig, OPTModel
 
-from engine.infer.gpu import get_provider
+from tcf.util.gpu import get_provider
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""engine.compare: best-checkpoint rows, seed groups (mean ± std), varying keys, baselines, diff, exports, plot."""
+"""tcf.report.compare: best-checkpoint rows, seed groups (mean ± std), varying keys, baselines, diff, exports, plot."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.compare import (
+from tcf.config import Config
+from tcf.jobs.queue import add_jobs
+from tcf.report.compare import (
     ABSENT,
     ViewState,
     build_view,
@@ -29,9 +31,7 @@ from engine.compare import (
     render_plot,
     varying_keys,
 )
-from engine.config import Config
-from engine.jobs.queue import add_jobs
-from engine.store import Store
+from tcf.store.db import Store
 
 OPT_125M, OPT_13B = 125_239_616, 1_315_758_080
 # name, dataset, tower, encoder path, unfreeze, seed, lr, test ndcg@10, lm_params, tags, status

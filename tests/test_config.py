@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import load_config
-from engine.demo import DEMO_CONFIG
-from engine.errors import ConfigError
+from tcf.config import load_config
+from tcf.demo import DEMO_CONFIG
+from tcf.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""engine.data.importers on small hand-made MovieLens files and a real RecBole ml-100k excerpt."""
+"""tcf.data.importers on small hand-made MovieLens files and a real RecBole ml-100k excerpt."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.importers import import_movielens, import_recbole
-from engine.data.reader import load_dataset
-from engine.errors import DataError
+from tcf.data.importers import import_movielens, import_recbole
+from tcf.data.reader import load_dataset
+from tcf.errors import DataError
 
 
 def write(folder: Path, name: str, text: str, encoding: str = "utf-8") -> Path:

@@ -1,4 +1,4 @@
-"""engine.data.prepare against a hand-computed example and a slow per-user reference."""
+"""tcf.data.prepare against a hand-computed example and a slow per-user reference."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.data.prepare import prepare
-from engine.data.reader import RawDataset
-from engine.errors import ConfigError, DataError
+from tcf.data.prepare import prepare
+from tcf.data.reader import RawDataset
+from tcf.errors import ConfigError, DataError
 
 
 def raw_of(items: list[str], users: dict[str, list[str]]) -> RawDataset:

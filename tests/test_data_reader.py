@@ -1,4 +1,4 @@
-"""engine.data.reader: the dataset layout, strict errors with exact file:line, lenient skip counts."""
+"""tcf.data.reader: the dataset layout, strict errors with exact file:line, lenient skip counts."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.reader import load_dataset
-from engine.errors import DataError
+from tcf.data.reader import load_dataset
+from tcf.errors import DataError
 
 ITEMS = "news_id\ttitle\nN1\tFirst title\nN2\tSecond\ttitle with a tab\nN3\tThird\n"
 BEHAVIORS = "user_id\titems\nU1\tN1 N2\nU2\tN3  N1 N2\n"

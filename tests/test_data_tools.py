@@ -1,4 +1,4 @@
-"""engine.data tools: synthetic data, warm-item filter, fingerprint, stats, atomic writes."""
+"""tcf.data tools: synthetic data, warm-item filter, fingerprint, stats, atomic writes."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.data.atomic import atomic_folder
-from engine.data.filter import filter_warm_items
-from engine.data.fingerprint import dataset_fingerprint
-from engine.data.prepare import Prepared, prepare
-from engine.data.reader import load_dataset
-from engine.data.stats import dataset_stats
-from engine.data.synth import synth_dataset
-from engine.errors import DataError, TcfError
+from tcf.data.atomic import atomic_folder
+from tcf.data.filter import filter_warm_items
+from tcf.data.fingerprint import dataset_fingerprint
+from tcf.data.prepare import Prepared, prepare
+from tcf.data.reader import load_dataset
+from tcf.data.stats import dataset_stats
+from tcf.data.synth import synth_dataset
+from tcf.errors import DataError, TcfError
 
 
 def files(folder: Path) -> dict[str, bytes]:

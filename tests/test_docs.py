@@ -1,10 +1,9 @@
 """The README is part of the product: its commands and its config reference must stay true."""
 
-import ast
 from pathlib import Path
 from typing import get_args
 
-from engine.config import Config
+from tcf.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,13 +29,3 @@ def test_readme_documents_every_config_key():
     readme = (ROOT / "README.md").read_text()
     missing = [k for k in _keys(Config) if f"| `{k}` |" not in readme]
     assert not missing
-
-
-def test_engine_never_imports_textual():
-    offenders = []
-    for path in (ROOT / "engine").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offenders += [f"{path}: {n}" for n in names if n.split(".")[0] == "textual"]
-    assert not offenders

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import TcfError
-from engine.infer.gpu import FakeProvider, GpuInfo, NullProvider, NvmlProvider, free_memory, get_provider
+from tcf.errors import TcfError
+from tcf.util.gpu import FakeProvider, GpuInfo, NullProvider, NvmlProvider, free_memory, get_provider
 
 
 def _has_nvml() -> bool:
@@ -72,11 +72,3 @@ def test_free_memory_falls_back_to_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (123, 456))
     assert free_memory(0, NullProvider("NVML unavailable: test")) == 123
     assert free_memory(3, NullProvider("NVML unavailable: test")) is None
-
-
-def test_engine_infer_never_imports_textual():
-    import subprocess
-    import sys
-
-    code = "import sys, engine.infer; assert 'textual' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.errors import TcfError
-from engine.infer.checkpoint_info import (
+from tcf.errors import TcfError
+from tcf.lm.checkpoint import (
     Footprint,
     Layout,
     ModelShape,
@@ -20,7 +20,7 @@ from engine.infer.checkpoint_info import (
     model_shape,
     read_safetensors_header,
 )
-from engine.infer.planner import (
+from tcf.preinfer.planner import (
     BudgetTooSmall,
     GiB,
     MiB,
@@ -328,7 +328,7 @@ def test_planner_input_errors():
 
 
 def test_split_at_puts_a_boundary_at_each_kept_depth():
-    from engine.infer.planner import Plan, RangePlan, split_at
+    from tcf.preinfer.planner import Plan, RangePlan, split_at
 
     plan = Plan([RangePlan(0, 4, 400, 10, 8, True, False), RangePlan(4, 6, 200, 10, 16, False, True)],
                 1000, 0, 10, 5, "bf16", "bf16", 0, 0, 1.0, 0.0)

@@ -14,13 +14,13 @@ import pytest
 import torch
 from transformers import OPTConfig, OPTModel
 
-from engine.errors import TcfError
-from engine.infer import latents as latents_mod
-from engine.infer import runner as runner_mod
-from engine.infer.latents import POOLINGS, LatentStore
-from engine.infer.planner import Plan, RangePlan
-from engine.infer.runner import Reporter, length_batches, pool, run_preinference
-from engine.lm import load_config
+from tcf.errors import TcfError
+from tcf.lm import load_config
+from tcf.preinfer import latents as latents_mod
+from tcf.preinfer import runner as runner_mod
+from tcf.preinfer.latents import POOLINGS, LatentStore
+from tcf.preinfer.planner import Plan, RangePlan
+from tcf.preinfer.runner import Reporter, length_batches, pool, run_preinference
 
 N_BLOCKS = 4
 T = 12
@@ -351,9 +351,9 @@ def test_two_gloo_ranks_fill_one_boundary(model, tmp_path):
     script = tmp_path / "job.py"
     script.write_text(f"""
 import json, numpy as np, torch
-from engine.dist import init_distributed, shutdown
-from engine.infer.planner import Plan, RangePlan
-from engine.infer.runner import run_preinference
+from tcf.util.dist import init_distributed, shutdown
+from tcf.preinfer.planner import Plan, RangePlan
+from tcf.preinfer.runner import run_preinference
 ctx = init_distributed("cpu")
 ranges = [RangePlan(s, e, 0, 0, 3, s == 0, e == {N_BLOCKS}) for s, e in [(0, 1), (1, 3), (3, {N_BLOCKS})]]
 plan = Plan(ranges, 1 << 30, 0, {len(keys)}, {T}, "fp32", "fp32", 0, 0, 1.0, 0.0)
@@ -403,7 +403,7 @@ def test_volatile_boundaries_survive_a_crash_but_not_a_reboot(model, tmp_path, m
 
 
 def test_pinned_ring_carves_disjoint_aligned_slots_in_turn():
-    from engine.infer.pinned import PinnedRing, footprint
+    from tcf.preinfer.pinned import PinnedRing, footprint
 
     specs = [((3, 5), torch.int64), ((3, 5), torch.bool), ((2, 7), torch.bfloat16)]
     ring = PinnedRing(footprint(specs), 2, pin=False)

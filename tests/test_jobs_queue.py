@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_config
-from engine.errors import TcfError
-from engine.jobs import queue as q
-from engine.jobs.process import is_alive, start_time
-from engine.store import Store
+from tcf.config import load_config
+from tcf.errors import TcfError
+from tcf.jobs import queue as q
+from tcf.jobs.process import is_alive, start_time
+from tcf.store.db import Store
 
 
 @pytest.fixture
@@ -31,8 +31,8 @@ def _configs(tmp_path: Path, dataset: Path, body: str = "model:\n  architecture:
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory, small_dataset) -> Path:
-    from engine.data.reader import load_dataset
-    from engine.lm.tiny import build_tiny_opt  # here, not at the top: spawned claimers import this module
+    from tcf.data.reader import load_dataset
+    from tcf.lm.tiny import build_tiny_opt  # here, not at the top: spawned claimers import this module
 
     out = tmp_path_factory.mktemp("enc") / "tiny-opt"
     build_tiny_opt(out, load_dataset(small_dataset).item_texts, hidden=32, n_blocks=3, vocab_size=500)
@@ -49,7 +49,7 @@ def test_text_sweep_queues_one_preinference_that_the_trainings_wait_for(tmp_path
     assert len(infer) == 1 and len(train) == 6 and ids[0] == infer[0].id
     assert infer[0].spec["keep_depths"] == [1, 2]  # depths of unfreeze 2 and 1 of a 3-block model
     # no budget in the config: the worker waits for the least memory the planner can work in
-    from engine.infer.job import minimum_budget
+    from tcf.preinfer.encode import minimum_budget
 
     assert infer[0].mem_bytes == minimum_budget(_configs(tmp_path, small_dataset, body)[0]) > 256 << 20
     assert all(j.mem_bytes is None for j in train)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import Config
-from engine.jobs import queue as q
-from engine.jobs.views import live_view, log_tail, progress_summary
-from engine.store import JOB_ENV, Store
+from tcf.config import Config
+from tcf.jobs import queue as q
+from tcf.store.db import JOB_ENV, Store
+from tcf.store.events import live_view, log_tail, progress_summary
 
 
 @pytest.fixture

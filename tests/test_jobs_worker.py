@@ -15,10 +15,10 @@ from pathlib import Path
 
 from conftest import ROOT, tcf
 
-from engine.infer.gpu import FakeProvider
-from engine.jobs import queue as q
-from engine.jobs.worker import Worker, parse_gpus
-from engine.store import Store
+from tcf.jobs import queue as q
+from tcf.jobs.worker import Worker, parse_gpus
+from tcf.store.db import Store
+from tcf.util.gpu import FakeProvider
 
 ENV = {"OMP_NUM_THREADS": "1"}
 SASREC = ["-S", "model.embedding_dim=32", "-S", "train.batch_size=32", "-S", "train.patience=100",
@@ -32,7 +32,7 @@ def _config(tmp_path: Path, dataset: Path, body: str = "model:\n  architecture: 
 
 
 def _worker(db: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tcf_tui.cli", "worker", "--db", str(db), *args],
+    return subprocess.Popen([sys.executable, "-m", "tcf.cli", "worker", "--db", str(db), *args],
                             cwd=db.parent, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
@@ -201,16 +201,16 @@ def test_sigkilled_worker_leaves_its_job_running_and_the_next_worker_reaps_the_d
 
 
 def test_no_worker_code_path_imports_textual():
-    r = subprocess.run([sys.executable, "-c", "import sys, engine.jobs.worker, engine.jobs.exec, engine.jobs.views; "
+    r = subprocess.run([sys.executable, "-c", "import sys, tcf.jobs.worker, tcf.jobs.job_main, tcf.store.events; "
                         "print('textual' in sys.modules)"], cwd=ROOT, capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
 
 
 def test_sigkilled_preinference_job_resumes_from_its_last_committed_range(tmp_path):
-    from engine.data.reader import load_dataset
-    from engine.data.synth import synth_dataset
-    from engine.infer.latents import LatentStore
-    from engine.lm.tiny import build_tiny_opt
+    from tcf.data.reader import load_dataset
+    from tcf.data.synth import synth_dataset
+    from tcf.lm.tiny import build_tiny_opt
+    from tcf.preinfer.latents import LatentStore
 
     data = tmp_path / "data"
     synth_dataset(data, users=60, items=1200, seed=1)

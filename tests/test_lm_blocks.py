@@ -31,8 +31,8 @@ from transformers import (
     T5EncoderModel,
 )
 
-from engine.errors import TcfError
-from engine.lm import CheckpointReader, load_stage, supported_model_types
+from tcf.errors import TcfError
+from tcf.lm import CheckpointReader, load_stage, supported_model_types
 
 N_BLOCKS = 3
 VOCAB = 99
@@ -291,7 +291,7 @@ def test_mask_builders_are_told_not_to_inspect():
     """The flags exist in the installed transformers: without them the tower would wait on every step."""
     from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
-    from engine.lm.base import BlockStack
+    from tcf.lm.base import BlockStack
 
     stage = BlockStack.__new__(BlockStack)
     stage.inspect_masks = False
@@ -306,13 +306,13 @@ def test_mask_builders_are_told_not_to_inspect():
 
 
 def test_the_family_table_sends_each_model_type_to_the_module_that_handles_it():
-    from engine.lm import base
-    from engine.lm.families import FAMILIES
+    from tcf.lm import base
+    from tcf.lm.families import FAMILIES
 
     for module in set(FAMILIES.values()):
-        importlib.import_module(f"engine.lm.{module}")
+        importlib.import_module(f"tcf.lm.{module}")
     handled = {model_type: cls.__module__ for model_type, cls in base._REGISTRY.items()}
-    assert handled == {model_type: f"engine.lm.{m}" for model_type, m in FAMILIES.items()}
+    assert handled == {model_type: f"tcf.lm.{m}" for model_type, m in FAMILIES.items()}
 
 
 def test_checking_a_model_directory_imports_no_modeling_code_until_a_stage_is_built(tmp_path):
@@ -320,19 +320,19 @@ def test_checking_a_model_directory_imports_no_modeling_code_until_a_stage_is_bu
     _save("opt", tmp_path, sharded=False)
     code = f"""
 import sys
-from engine.config import TextEncoderConfig
-from engine.infer.job import model_dir_of
+from tcf.config import TextEncoderConfig
+from tcf.preinfer.encode import model_dir_of
 
 def modeling():
-    return sorted(m for m in sys.modules if m.split(".")[0] == "transformers" or m == "engine.lm.opt")
+    return sorted(m for m in sys.modules if m.split(".")[0] == "transformers" or m == "tcf.lm.opt")
 
 model_dir_of(TextEncoderConfig(model={str(tmp_path)!r}))
 print(modeling())
-from engine.lm import adapter_class
+from tcf.lm import adapter_class
 adapter_class("opt")
 print(modeling())
 """
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     before, after = r.stdout.splitlines()
-    assert before == "[]" and "'engine.lm.opt'" in after and "'transformers.models.opt.modeling_opt'" in after
+    assert before == "[]" and "'tcf.lm.opt'" in after and "'transformers.models.opt.modeling_opt'" in after

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import engine.lm.tokenize as tk
-from engine.artifacts import read_meta
-from engine.data.reader import load_dataset
-from engine.data.synth import synth_dataset
-from engine.errors import TcfError
-from engine.lm.tiny import build_tiny_opt, train_tokenizer
+import tcf.lm.tokenize as tk
+from tcf.data.reader import load_dataset
+from tcf.data.synth import synth_dataset
+from tcf.errors import TcfError
+from tcf.lm.tiny import build_tiny_opt, train_tokenizer
+from tcf.store.artifacts import read_meta
 
 
 def make_tokenizer_dir(model_dir: Path, texts: list[str], vocab_size: int = 400, pad: bool = True,

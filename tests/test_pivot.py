@@ -1,4 +1,4 @@
-"""engine.pivot and `tcf results --pivot`: seeds fold into mean ± std, baselines give deltas, every format."""
+"""tcf.report.pivot and `tcf results --pivot`: seeds fold into mean ± std, baselines give deltas, every format."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import tcf
 
-from engine.errors import TcfError
-from engine.pivot import build_pivot, finished_runs, format_pivot, human_count, pivot_from_store
-from engine.store import Store
+from tcf.errors import TcfError
+from tcf.report.pivot import build_pivot, finished_runs, format_pivot, human_count, pivot_from_store
+from tcf.store.db import Store
 
 # dataset, item tower, text encoder path (None: ID tower), unfreeze, seed, test ndcg@10, lm_params
 RUNS = [

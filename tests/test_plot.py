@@ -1,4 +1,4 @@
-"""engine.plot and `tcf plot`: the scaling figure shows every seeded series, point and baseline."""
+"""tcf.report.plot and `tcf plot`: the scaling figure shows every seeded series, point and baseline."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import tcf
 
-from engine.errors import TcfError
-from engine.plot import DPI, PANEL_INCHES, draw_scaling, plot_scaling
-from engine.store import Store
+from tcf.errors import TcfError
+from tcf.report.plot import DPI, PANEL_INCHES, draw_scaling, plot_scaling
+from tcf.store.db import Store
 
 # dataset, architecture, item tower, unfreeze, lm_params, seed, test ndcg@10
 RUNS = [

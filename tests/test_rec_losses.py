@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.rec.losses import POP_FLOOR, bce_loss, ce_loss, ibce_loss, log_popularity, sample_negatives
+from tcf.rec.losses import POP_FLOOR, bce_loss, ce_loss, ibce_loss, log_popularity, sample_negatives
 
 
 def slow_ibce(queries, query_user, target_slot, cand_vecs, cand_ids, user_windows, log_pop) -> float:
@@ -160,7 +160,7 @@ def test_ce_loss_is_full_softmax_without_padding():
 
 
 def test_unique_padded_matches_torch_unique():
-    from engine.rec.losses import _unique_padded
+    from tcf.rec.losses import _unique_padded
 
     ids = torch.tensor([5, 0, 3, 5, 9, 0, 3, 3, 12])
     uniq, inverse = _unique_padded(ids)

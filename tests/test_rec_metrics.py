@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.rec.metrics import full_ranking_ranks, rank_metrics
-from engine.rec.pop import Popularity
+from tcf.rec.metrics import full_ranking_ranks, rank_metrics
+from tcf.rec.pop import Popularity
 
 
 def brute_force_rank(scores: list[float], target: int, history: list[int]) -> int:

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from engine.rec.dssm import DSSM
-from engine.rec.losses import ibce_loss, log_popularity
-from engine.rec.sasrec import SASRec
-from engine.rec.towers import MLP, IDTower, init_weights_
+from tcf.rec.dssm import DSSM
+from tcf.rec.losses import ibce_loss, log_popularity
+from tcf.rec.sasrec import SASRec
+from tcf.rec.towers import MLP, IDTower, init_weights_
 
 N_ITEMS, DIM, L = 50, 16, 8
 
@@ -187,8 +187,8 @@ def test_init_schemes_apply_to_own_layers_only():
 @pytest.mark.parametrize("loss", ["ibce", "ce", "bce"])
 def test_sasrec_objective_with_a_known_row_count_is_the_same(loss):
     """The trainer passes the count of real positions from its host copy (no GPU wait to find them)."""
-    from engine.dist import DistContext
-    from engine.rec.objective import SASRecObjective
+    from tcf.rec.objective import SASRecObjective
+    from tcf.util.dist import DistContext
 
     seq = left_padded(6, L + 1, seed=3)
     objective = SASRecObjective(make_sasrec(), log_popularity(torch.arange(N_ITEMS + 1.0)), loss, N_ITEMS).eval()

@@ -1,4 +1,4 @@
-"""engine.results: every format renders rows of the real `results` view."""
+"""tcf.report.results: every format renders rows of the real `results` view."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from engine.errors import TcfError
-from engine.results import FORMATS, format_results, result_columns
-from engine.store import Store
+from tcf.errors import TcfError
+from tcf.report.results import FORMATS, format_results, result_columns
+from tcf.store.db import Store
 
 
 @pytest.fixture()

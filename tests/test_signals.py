@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import ROOT
 
-from engine.rec.checkpoint import load, save_atomic
-from engine.signals import signals_held
+from tcf.rec.checkpoint import load, save_atomic
+from tcf.util.signals import signals_held
 
 
 def _interrupt(signum, frame):
@@ -47,7 +47,7 @@ def test_a_sigterm_during_a_checkpoint_write_interrupts_once_the_file_is_whole(t
 
 
 def test_a_held_signal_with_the_default_action_still_ends_the_process_after_the_block():
-    code = ("import os, signal\nfrom engine.signals import signals_held\nwith signals_held():\n"
+    code = ("import os, signal\nfrom tcf.util.signals import signals_held\nwith signals_held():\n"
             "    os.kill(os.getpid(), signal.SIGTERM)\n    print('block done', flush=True)\nprint('after')\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == -signal.SIGTERM and r.stdout == "block done\n"

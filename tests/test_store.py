@@ -1,4 +1,4 @@
-"""engine.store on real SQLite files: schema, migrations, runs, epochs, the results view, concurrency."""
+"""tcf.store.db on real SQLite files: schema, migrations, runs, epochs, the results view, concurrency."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import engine.store as store_mod
-from engine.errors import TcfError
-from engine.store import Store
+import tcf.store.db as store_mod
+from tcf.errors import TcfError
+from tcf.store.db import Store
 
 
 def _run(store: Store, name: str = "run", dataset: str = "mind", **kw) -> int:

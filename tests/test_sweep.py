@@ -12,10 +12,10 @@ import pytest
 from conftest import tcf
 from test_lm_tokenize import make_tiny_opt
 
-from engine.config import load_config
-from engine.data.reader import load_dataset
-from engine.infer.checkpoint_info import parameter_count
-from engine.infer.job import sweep_depths
+from tcf.config import load_config
+from tcf.data.reader import load_dataset
+from tcf.lm.checkpoint import parameter_count
+from tcf.preinfer.encode import sweep_depths
 
 SIZES = {"opt-a": (32, 2), "opt-b": (48, 3)}  # name: (hidden, blocks)
 

@@ -17,18 +17,18 @@ from conftest import tcf
 from safetensors.torch import load_file
 from test_lm_tokenize import make_tiny_opt
 
-from engine.config import load_config
-from engine.data.reader import load_dataset
-from engine.dist import DistContext
-from engine.errors import TcfError
-from engine.experiment import prepared_data
-from engine.infer.job import model_dir_of, run_infer_job
-from engine.infer.latents import LatentStore
-from engine.rec.latent_gather import LatentGather
-from engine.rec.losses import log_popularity
-from engine.rec.objective import SASRecObjective
-from engine.rec.text_towers import FineTunedTextTower, FrozenTextTower, TextSource
-from engine.rec.trainer import build_model, param_groups
+from tcf.config import load_config
+from tcf.data.reader import load_dataset
+from tcf.errors import TcfError
+from tcf.experiment import prepared_data
+from tcf.preinfer.encode import model_dir_of, run_infer_job
+from tcf.preinfer.latents import LatentStore
+from tcf.rec.latent_gather import LatentGather
+from tcf.rec.losses import log_popularity
+from tcf.rec.objective import SASRecObjective
+from tcf.rec.text_towers import FineTunedTextTower, FrozenTextTower, TextSource
+from tcf.rec.trainer import build_model, param_groups
+from tcf.util.dist import DistContext
 
 N_BLOCKS = 3
 
@@ -169,23 +169,29 @@ def test_two_gloo_ranks_train_a_text_sasrec_like_one_rank(setup, tmp_path, unfre
     assert r.returncode == 0, r.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(29600 + os.getpid() % 1000 + unfreeze), "-m", "tcf_tui.cli", *args,
+                        "--master_port", str(29600 + os.getpid() % 1000 + unfreeze), "-m", "tcf.cli", *args,
                         "--db", str(tmp_path / "two" / "e.db")], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = []
+    rows, losses = [], []
     for name in ("one", "two"):
         with sqlite3.connect(tmp_path / name / "e.db") as c:
             c.row_factory = sqlite3.Row
             rows.append([dict(row) for row in c.execute("SELECT * FROM results")])
-            assert c.execute("SELECT count(*) FROM epochs").fetchone()[0] == 3  # only rank 0 wrote
+            losses.append([row[0] for row in c.execute("SELECT train_loss FROM epochs ORDER BY epoch")])
+            assert len(losses[-1]) == 3  # only rank 0 wrote
         metas = [p / "meta.json" for p in (tmp_path / name / "artifacts" / "latents").iterdir()]
         assert len(metas) == 1  # each store pre-inferred on its own (two ranks: a share each)
     (a,), (b,) = rows
     assert json.loads(metas[0].read_text())["ranks"] == 2
     assert a["status"] == b["status"] == "finished" and a["best_epoch"] == b["best_epoch"]
+    # Frozen: the same floats. Fine-tuned: the block gradients are summed across ranks in another order
+    # (fp32), which may move one user's target by a rank or so on one CPU and not another; a bound of
+    # one user's whole contribution still fails for any real difference between the two trainings.
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    one_user = 1e-6 if unfreeze == 0 else 1.0 / prepared_data(load_config(config)[0]).n_users
     for key in ("valid_hr@10", "valid_ndcg@10", "test_hr@10", "test_ndcg@10"):
-        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+        assert b[key] == pytest.approx(a[key], abs=one_user), key
 
 
 def test_fine_tuned_tower_on_parts_of_a_batch_equals_the_whole_batch(setup):
@@ -353,7 +359,7 @@ def test_latent_gather_serves_rows_from_its_gpu_copy(setup):
 
 @pytest.mark.parametrize("n_items", [1, 2, 7, 10])
 def test_deal_gives_every_item_to_one_rank_and_finds_it_after_the_gather(n_items):
-    from engine.rec.text_towers import _deal
+    from tcf.rec.text_towers import _deal
 
     lengths = np.random.default_rng(n_items).integers(1, 30, n_items)
     world = 3

@@ -52,7 +52,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, small_dataset):
 
     db = tmp_path / "killed.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tcf_tui.cli", *args, "--db", str(db)], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "tcf.cli", *args, "--db", str(db)], cwd=tmp_path,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while _epochs_done(db) < 3 and proc.poll() is None and time.time() < deadline:
@@ -97,7 +97,7 @@ def test_two_gloo_ranks_match_one_rank(tmp_path, small_dataset, arch, loss):
     two = tmp_path / "two.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(29500 + os.getpid() % 1000), "-m", "tcf_tui.cli", *args,
+                        "--master_port", str(29500 + os.getpid() % 1000), "-m", "tcf.cli", *args,
                         "--db", str(two)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     (a,), (b,) = _results(one), _results(two)
@@ -113,7 +113,7 @@ def test_sigterm_marks_run_interrupted_and_resume_keeps_its_config(tmp_path, sma
     cfg = _config(tmp_path, small_dataset)
     db = tmp_path / "t.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tcf_tui.cli", "run", str(cfg), *BASE, "-S", "train.epochs=50",
+    proc = subprocess.Popen([sys.executable, "-m", "tcf.cli", "run", str(cfg), *BASE, "-S", "train.epochs=50",
                              "--db", str(db)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240

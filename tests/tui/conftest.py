@@ -18,9 +18,9 @@ from rich.text import Text
 from textual.content import Content
 from textual.widgets import DataTable
 
-from engine.infer.gpu import FakeProvider, GpuInfo
-from engine.jobs.process import hostname
-from engine.store import Store
+from tcf.jobs.process import hostname
+from tcf.store.db import Store
+from tcf.util.gpu import FakeProvider, GpuInfo
 
 FIXED = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc).timestamp()
 GiB = 1 << 30

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from engine.jobs.queue import get_job
-from engine.store import Store
-from tcf_tui import app as app_module
-from tcf_tui.app import GpuSampled, TcfApp
-from tcf_tui.screens.help import HelpScreen
-from tcf_tui.screens.live import LiveScreen
-from tcf_tui.screens.queue import JobTable, QueueScreen
-from tcf_tui.screens.results import ResultsScreen
+from tcf.jobs.queue import get_job
+from tcf.store.db import Store
+from tcf.tui import app as app_module
+from tcf.tui.app import GpuSampled, TcfApp
+from tcf.tui.screens.help import HelpScreen
+from tcf.tui.screens.live import LiveScreen
+from tcf.tui.screens.queue import JobTable, QueueScreen
+from tcf.tui.screens.results import ResultsScreen
 
 from .conftest import clock, plain, settle
 

@@ -13,12 +13,12 @@ import pytest
 from textual import events
 from textual.widgets import DataTable, Sparkline
 
-from engine.infer.gpu import NullProvider
-from engine.store import Store
-from tcf_tui.app import TcfApp
-from tcf_tui.screens.live import NO_JOB
-from tcf_tui.widgets.gpu_panel import GpuPanel, GpuRow
-from tcf_tui.widgets.progress_bars import ProgressRow
+from tcf.store.db import Store
+from tcf.tui.app import TcfApp
+from tcf.tui.screens.live import NO_JOB
+from tcf.tui.widgets.gpu_panel import GpuPanel, GpuRow
+from tcf.tui.widgets.progress_bars import ProgressRow
+from tcf.util.gpu import NullProvider
 
 from .conftest import FIXED, add_event, add_job, clock, iso, plain, settle
 
@@ -134,7 +134,7 @@ WRITER = """
 import sys, time
 sys.path.insert(0, sys.argv[3])
 from conftest import add_event
-from engine.store import Store
+from tcf.store.db import Store
 store, n, done = Store(sys.argv[1]), int(sys.argv[2]), 0
 while True:
     done += 100

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable
 
-from engine.jobs.queue import get_job
-from engine.store import Store
-from tcf_tui.app import TcfApp
-from tcf_tui.screens.queue import NO_WORKER, QueueScreen
+from tcf.jobs.queue import get_job
+from tcf.store.db import Store
+from tcf.tui.app import TcfApp
+from tcf.tui.screens.queue import NO_WORKER, QueueScreen
 
 from .conftest import FIXED, ORDER, clock, plain, settle
 

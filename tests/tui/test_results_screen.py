@@ -13,8 +13,8 @@ import pytest
 from textual.app import App
 from textual.widgets import DataTable, Input
 
-from engine.store import Store
-from tcf_tui.screens.results import DiffScreen, ExportDialog, PlotScreen, ResultsScreen
+from tcf.store.db import Store
+from tcf.tui.screens.results import DiffScreen, ExportDialog, PlotScreen, ResultsScreen
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from textual.widgets import Input
 
-from engine.infer.gpu import NullProvider
-from tcf_tui.app import TcfApp
+from tcf.tui.app import TcfApp
+from tcf.util.gpu import NullProvider
 
 from .conftest import clock, settle, two_gpus
 

@@ -6,7 +6,7 @@ import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable
 
-from tcf_tui.widgets.table import Table
+from tcf.tui.widgets.table import Table
 
 pytestmark = pytest.mark.anyio
 

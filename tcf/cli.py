@@ -1,0 +1,513 @@
+"""``tcf``: run experiments headless, inspect datasets, and print result tables.
+
+User errors (bad data, bad config) print one ``error: ...`` line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tcf import __version__
+from tcf.errors import TcfError
+
+app = typer.Typer(help="Text-based collaborative filtering experiments.", rich_markup_mode="rich",
+                  no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Check, convert, filter and synthesize datasets.", no_args_is_help=True)
+import_app = typer.Typer(help="Convert public datasets into the TCF layout.", no_args_is_help=True)
+queue_app = typer.Typer(help="Queue experiments for `tcf worker`: add, list, cancel, retry, edit, remove.",
+                        no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(queue_app, name="queue")
+data_app.add_typer(import_app, name="import")
+
+err = Console(stderr=True)
+out = Console()
+
+DbOption = Annotated[Path, typer.Option("--db", envvar="TCF_DB", help="Result store (SQLite).")]
+SetOption = Annotated[list[str] | None, typer.Option("-S", "--set", help="Override a key: -S train.epochs=5")]
+TextConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML with a text_encoder section.")]
+BudgetOption = Annotated[str | None, typer.Option(help="e.g. 8GiB; default: config, else free memory.")]
+RangesOption = Annotated[str | None, typer.Option(help="Pin block ranges, e.g. 0:6,6:16,16:24.")]
+BatchOption = Annotated[int | None, typer.Option(min=1, help="Pin the batch size.")]
+DEFAULT_DB = Path("experiments.db")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"tcf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version and exit.")] = False) -> None:
+    """tcf: does a bigger language model make a better recommender?"""
+
+
+# -- run -----------------------------------------------------------------------------------------
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(help="Experiment YAML; omit to run the embedded demo.")] = None,
+    set_: SetOption = None,
+    resume: Annotated[int | None, typer.Option("--resume", help="Continue an interrupted run by id.")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Train and evaluate; with no CONFIG, run the demo (pop, ID-SASRec, ID-DSSM, frozen and fine-tuned
+    text SASRec on synthetic data with a tiny text encoder)."""
+    from tcf.config import Config, load_config
+    from tcf.demo import demo_configs
+    from tcf.experiment import prepared_data, run_experiment
+    from tcf.preinfer.encode import sweep_depths
+    from tcf.store.db import Store
+    from tcf.util.dist import init_distributed, shutdown
+
+    overrides = set_ or []
+    if resume is not None:
+        if config is not None or overrides:
+            raise TcfError("--resume takes the run's stored config; give no CONFIG or -S with it")
+        if not db.exists():
+            raise TcfError(f"{db}: no such result store")
+        row = Store(db).get_run(resume)
+        if row["status"] == "finished":
+            raise TcfError(f"run {resume} already finished")
+        configs = [Config.model_validate(json.loads(row["config_json"]))]
+    elif config is None:
+        configs = demo_configs(overrides, say=err.print)
+    else:
+        configs = load_config(config, overrides)
+    for cfg in configs:  # validate every dataset before anything is written
+        prepared_data(cfg)
+    depths = sweep_depths(configs)  # one pre-inference per encoder serves every unfreeze depth
+
+    from tcf.tui.progress import RichReporter
+
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed run is recorded as interrupted, not left running
+    ctx = init_distributed(configs[0].train.device)
+    results = []
+    try:
+        for cfg, keep in zip(configs, depths, strict=True):
+            with RichReporter(cfg.run_name, err) as reporter:
+                results.append(run_experiment(cfg, db, reporter=reporter, resume_run_id=resume, ctx=ctx,
+                                              keep_depths=keep))
+    finally:
+        shutdown()
+    if ctx.is_main:
+        _print_comparison(results)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_comparison(results: list) -> None:
+    table = Table(title="test metrics (full ranking, x100)")
+    table.add_column("run")
+    table.add_column("name", overflow="fold")
+    keys = sorted({k for r in results for k in r.metrics if k.startswith("test_")},
+                  key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
+    for k in keys:
+        table.add_column(k.removeprefix("test_").upper(), justify="right")
+    table.add_column("best epoch", justify="right")
+    for r in results:
+        table.add_row(str(r.run_id), r.name, *(f"{100 * r.metrics[k]:.2f}" for k in keys),
+                      str(r.best_epoch or "-"))
+    out.print(table)
+
+
+# -- results -------------------------------------------------------------------------------------
+@app.command()
+def results(
+    format: Annotated[str, typer.Option("--format", "-f", help="table, md, csv, latex or json.")] = "table",
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only runs on this dataset.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Only runs whose name matches this glob.")] = None,
+    pivot: Annotated[str | None, typer.Option(
+        "--pivot", metavar="ROWS:COLS",
+        help="Pivot finished runs: comma-separated row fields, ':', column fields, e.g. "
+             "item_tower,text_encoder.model:dataset. Fields: results columns or dotted config keys; "
+             "runs sharing a cell (seeds) give mean ± std.")] = None,
+    value: Annotated[str | None, typer.Option(
+        "--value", help="Metric of a --pivot table (default test_ndcg@10).")] = None,
+    baseline: Annotated[str | None, typer.Option(
+        "--baseline", metavar="KEY=VALUE[,KEY=VALUE]",
+        help="With --pivot: runs to compare against, per column, e.g. item_tower=id.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the table to this file (atomically) instead of stdout.")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """One row per run (best-validation checkpoint's test HR@K / NDCG@K), or a --pivot table for papers."""
+    from tcf.report.results import FORMATS, format_results, to_text, write_output
+    from tcf.store.db import Store
+
+    if format not in FORMATS:
+        raise TcfError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if pivot is None and (value is not None or baseline is not None):
+        raise TcfError(f"{'--value' if value is not None else '--baseline'} only applies with --pivot")
+    if pivot is not None:
+        from tcf.report.pivot import format_pivot, pivot_from_store
+
+        if not db.exists():
+            raise TcfError(f"{db}: no such result store")
+        rendered = format_pivot(pivot_from_store(Store(db), pivot, value=value, baseline=baseline,
+                                                 dataset=dataset, name_glob=name), format)
+    else:
+        rows = Store(db).results(dataset=dataset, name_glob=name) if db.exists() else []
+        rendered = format_results(rows, format)
+    if output is not None:
+        write_output(output, to_text(rendered))
+    elif isinstance(rendered, str):
+        sys.stdout.write(rendered if rendered.endswith("\n") else rendered + "\n")
+    else:
+        out.print(rendered)
+
+
+@app.command()
+def plot(
+    out_path: Annotated[Path, typer.Option("--out", help="PNG file to write (atomically).")],
+    metric: Annotated[str | None, typer.Option("--metric", help="Metric on the y axis (default test_ndcg@10).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only this dataset (default: a panel each).")] = None,
+    series: Annotated[str | None, typer.Option(
+        "--series", metavar="FIELDS",
+        help="Comma-separated fields that split runs into lines (default: item_tower, text_encoder.unfreeze).")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Scaling figure: a metric against text-encoder size (lm_params), one panel per dataset, ID runs as baseline."""
+    from tcf.report.pivot import parse_fields
+    from tcf.report.plot import plot_scaling
+    from tcf.store.db import Store
+
+    fields = parse_fields(series, "--series") if series is not None else None
+    if not db.exists():
+        raise TcfError(f"{db}: no such result store")
+    panels = plot_scaling(Store(db), out_path, metric=metric, dataset=dataset, series=fields)
+    points = sum(len(s.points) for p in panels for s in p.series)
+    err.print(f"wrote {out_path}: {len(panels)} dataset(s), {points} point(s)")
+
+
+# -- plan ----------------------------------------------------------------------------------------
+@app.command()
+def plan(
+    config: TextConfigArg,
+    set_: SetOption = None,
+    gpu_memory_budget: BudgetOption = None,
+    ranges: RangesOption = None,
+    batch_size: BatchOption = None,
+    gpu: Annotated[int, typer.Option(min=0, help="GPU whose free memory is the default budget.")] = 0,
+) -> None:
+    """Plan block-wise pre-inference of the item texts under a GPU-memory budget."""
+    from tcf.config import load_config
+    from tcf.experiment import prepared_data
+    from tcf.preinfer.encode import make_plan
+    from tcf.preinfer.planner import format_plan
+
+    cfg = load_config(config, set_ or [])[0]
+    if cfg.text_encoder is None:
+        raise TcfError(f"{config}: text_encoder: the config has no text_encoder section to plan for")
+    n_items = prepared_data(cfg).n_items
+    result = make_plan(cfg, n_items, budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size, gpu=gpu)
+    sys.stdout.write(format_plan(result).rstrip("\n") + "\n")
+
+
+@app.command()
+def infer(
+    config: TextConfigArg,
+    set_: SetOption = None,
+    gpu_memory_budget: BudgetOption = None,
+    ranges: RangesOption = None,
+    batch_size: BatchOption = None,
+    gpu: Annotated[int, typer.Option(min=0, help="GPU to run on.")] = 0,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Encode every item text block range by block range; resumes after a crash, reuses finished work.
+
+    A sweep encodes once per distinct encoder, keeping the depths of all its unfreeze values.
+    """
+    from tcf.config import load_config
+    from tcf.preinfer.encode import encoder_identity, run_infer_job, sweep_depths
+    from tcf.tui.progress import InferProgress
+    from tcf.util.dist import shutdown
+
+    configs = [c for c in load_config(config, set_ or []) if c.text_encoder is not None]
+    if not configs:
+        raise TcfError(f"{config}: text_encoder: the config has no text_encoder section")
+    jobs = {}
+    for cfg, keep in zip(configs, sweep_depths(configs), strict=True):
+        jobs.setdefault(encoder_identity(cfg), (cfg, keep))
+    signal.signal(signal.SIGTERM, _interrupt)
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 shows progress
+    try:
+        for cfg, keep in jobs.values():
+            with InferProgress(err) if main_rank else contextlib.nullcontext() as ui:
+                path, reused = run_infer_job(cfg, db, budget=gpu_memory_budget, ranges=ranges,
+                                             batch_size=batch_size, gpu=gpu, ui=ui, keep_depths=keep)
+            if main_rank:
+                err.print(("reused " if reused else "wrote ") + str(path))
+                print(path)
+    finally:
+        shutdown()
+
+
+# -- queue and worker ----------------------------------------------------------------------------
+JobIdArg = Annotated[int, typer.Argument(metavar="ID", help="Job id (see `tcf queue ls`).")]
+
+
+@queue_app.command("add")
+def queue_add(
+    config: Annotated[Path | None, typer.Argument(help="Experiment YAML; omit to queue the embedded demo.")] = None,
+    set_: SetOption = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Tag the jobs (repeatable).")] = None,
+    note: Annotated[str, typer.Option(help="A note shown with the jobs.")] = "",
+    gpus: Annotated[int, typer.Option(min=1, help="Devices per job (several: torchrun, one rank each).")] = 1,
+    gpu_memory: Annotated[str | None, typer.Option(
+        help="Free GPU memory a worker waits for before starting a job, e.g. 20GiB (default: pre-inference "
+             "waits for text_encoder.gpu_memory_budget, else the least its plan needs; training for 1GiB).")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Queue every run of CONFIG (sweeps expand), each text encoder's pre-inference first."""
+    from tcf.jobs.queue import get_job, queue_config
+    from tcf.preinfer.planner import parse_bytes
+    from tcf.store.db import Store
+
+    try:
+        mem = parse_bytes(gpu_memory) if gpu_memory is not None else None
+    except ValueError as e:
+        raise TcfError(f"--gpu-memory: {e}") from None
+    store = Store(db)
+    ids = queue_config(store, config, set_ or [], say=err.print, priority=priority, tags=tag or [], note=note,
+                       gpus=gpus, mem_bytes=mem)
+    for job_id in ids:
+        job = get_job(store, job_id)
+        after = f" after job {', '.join(map(str, job.deps))}" if job.deps else ""
+        err.print(f"queued job {job_id}: {job.kind} {job.name}{after}")
+    print(" ".join(map(str, ids)))
+
+
+@queue_app.command("ls")
+def queue_ls(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of jobs.")] = False,
+    state: Annotated[str | None, typer.Option(help="Only jobs in these states, e.g. running,lost.")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """The jobs: running, then queued by priority, then ended (newest first)."""
+    from tcf.jobs.queue import STATES, list_jobs
+    from tcf.store.db import Store
+    from tcf.store.events import live_view, progress_summary
+
+    states = tuple(s.strip() for s in state.split(",")) if state else None
+    for s in states or ():
+        if s not in (*STATES, "blocked"):
+            raise TcfError(f"--state: unknown state {s!r}; one of {', '.join((*STATES, 'blocked'))}")
+    store = Store(db) if db.exists() else None
+    jobs = list_jobs(store, states) if store is not None else []
+    progress = {j.id: progress_summary(live_view(store, j)) for j in jobs if j.state in ("running", "finished")}
+    if as_json:
+        keys = ("id", "kind", "name", "priority", "tags", "note", "gpus", "devices", "attempts", "run_id",
+                "artifact", "created_at", "started_at", "finished_at", "error", "deps", "log_path")
+        rows = [{**{k: getattr(j, k) for k in keys}, "state": j.display, "stored_state": j.state,
+                 "progress": progress.get(j.id, "")} for j in jobs]
+        print(json.dumps(rows, indent=2, default=list))
+        return
+    table = Table(title=f"jobs in {db}")
+    for col in ("id", "state", "kind", "name", "devices", "progress", "prio", "tags", "note / error"):
+        table.add_column(col, overflow="fold")
+    colours = {"running": "green", "lost": "bold red", "failed": "red", "blocked": "yellow", "cancelled": "dim"}
+    for j in jobs:
+        state_text = f"[{colours[j.display]}]{j.display}[/]" if j.display in colours else j.display
+        table.add_row(str(j.id), state_text, j.kind, j.name, j.devices or "", progress.get(j.id, ""),
+                      str(j.priority), ",".join(j.tags), j.error or j.note)
+    out.print(table)
+
+
+@queue_app.command("cancel")
+def queue_cancel(job_id: JobIdArg, db: DbOption = DEFAULT_DB) -> None:
+    """Cancel a queued job, or stop a running one (SIGTERM; it records itself as cancelled)."""
+    from tcf.jobs.queue import cancel_job
+
+    err.print(cancel_job(_store(db), job_id))
+
+
+@queue_app.command("retry")
+def queue_retry(
+    job_id: Annotated[int | None, typer.Argument(metavar="[ID]", help="Job id.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Retry every failed, lost or cancelled job.")] = False,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Queue a failed, lost or cancelled job again: pre-inference resumes from its last committed
+    block range, training from its last checkpoint."""
+    from tcf.jobs.queue import retry_jobs
+
+    if (job_id is None) == (not failed):
+        raise TcfError("give a job ID or --failed (not both)")
+    ids = retry_jobs(_store(db), [job_id] if job_id is not None else None, failed=failed)
+    err.print(f"queued again: {', '.join(map(str, ids))}" if ids else "nothing to retry")
+
+
+@queue_app.command("rm")
+def queue_rm(job_id: JobIdArg, db: DbOption = DEFAULT_DB) -> None:
+    """Remove a job that is not running (its run, if any, stays in the results)."""
+    from tcf.jobs.queue import remove_job
+
+    remove_job(_store(db), job_id)
+    err.print(f"removed job {job_id}")
+
+
+@queue_app.command("edit")
+def queue_edit(
+    job_id: JobIdArg,
+    priority: Annotated[int | None, typer.Option(help="New priority (higher runs first).")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Replace the tags (repeatable).")] = None,
+    note: Annotated[str | None, typer.Option(help="Replace the note.")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Change a job's priority, tags or note."""
+    from tcf.jobs.queue import edit_job
+
+    job = edit_job(_store(db), job_id, priority=priority, tags=tag, note=note)
+    err.print(f"job {job.id}: priority {job.priority}, tags {','.join(job.tags) or '-'}, note {job.note or '-'}")
+
+
+def _store(db: Path):
+    from tcf.store.db import Store
+
+    if not db.exists():
+        raise TcfError(f"{db}: no such result store")
+    return Store(db)
+
+
+@app.command()
+def worker(
+    gpus: Annotated[str | None, typer.Option(
+        help="GPUs to run jobs on: 'all' (default; the CPU when there is none), 'cpu', or indices like 0,1.")] = None,
+    max_jobs: Annotated[int | None, typer.Option(min=1, help="Stop after starting this many jobs.")] = None,
+    exit_when_idle: Annotated[bool, typer.Option(
+        "--exit-when-idle", help="Stop when no queued job is left that this worker could run.")] = False,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Run queued jobs, each as its own process (torchrun for several GPUs), on free GPUs with enough
+    free memory. Ctrl-C: take no new jobs and wait; twice: cancel the running ones."""
+    from tcf.jobs.worker import Worker, parse_gpus
+    from tcf.util.gpu import get_provider
+
+    provider = get_provider()
+    devices = parse_gpus(gpus, provider)
+    if devices == ["cpu"] and gpus is None:
+        err.print(f"no GPU ({provider.reason}): running jobs on the CPU, one at a time")
+    Worker(db, devices, max_jobs=max_jobs, exit_when_idle=exit_when_idle, provider=provider,
+           say=lambda s: err.print(s, highlight=False, soft_wrap=True)).run()
+
+
+# -- data ----------------------------------------------------------------------------------------
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    item_file: Annotated[str | None, typer.Option(help="Item file name if not detected.")] = None,
+    lenient: Annotated[bool, typer.Option("--lenient", help="Skip bad lines and count them.")] = False,
+) -> None:
+    """Validate a dataset and print its statistics."""
+    from tcf.data.reader import load_dataset
+    from tcf.data.stats import dataset_stats
+
+    raw = load_dataset(path, item_file, lenient=lenient)
+    stats = dataset_stats(raw)
+    table = Table(title=f"{raw.path} ({raw.item_file})", show_header=False)
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            value = "  ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+        table.add_row(key, _fmt(value))
+    out.print(table)
+    if raw.skipped:
+        err.print("skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(raw.skipped.items())))
+
+
+def _fmt(v: object) -> str:
+    return f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
+
+@data_app.command("filter")
+def data_filter(
+    src: Annotated[Path, typer.Argument(help="Source dataset folder.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="New dataset folder.")],
+    min_item_interactions: Annotated[int, typer.Option(min=1, help="Drop items with fewer interactions.")],
+    item_file: Annotated[str | None, typer.Option(help="Item file name if not detected.")] = None,
+) -> None:
+    """Write the warm-item variant of a dataset (the paper's _20/_50/_200)."""
+    from tcf.data.filter import filter_warm_items
+
+    _report(filter_warm_items(src, out_dir, min_item_interactions, item_file=item_file), out_dir)
+
+
+@import_app.command("movielens")
+def import_movielens(src: Annotated[Path, typer.Argument(help="Raw ml-100k or ml-1m folder.")],
+                     out_dir: Annotated[Path, typer.Argument(metavar="OUT")]) -> None:
+    """ml-100k (u.data + u.item) or ml-1m (ratings.dat + movies.dat)."""
+    from tcf.data.importers import import_movielens as run_import
+
+    _report(run_import(src, out_dir), out_dir)
+
+
+@import_app.command("recbole")
+def import_recbole(src: Annotated[Path, typer.Argument(help="Folder with NAME.inter and NAME.item.")],
+                   out_dir: Annotated[Path, typer.Argument(metavar="OUT")]) -> None:
+    """RecBole atomic files (.inter + .item)."""
+    from tcf.data.importers import import_recbole as run_import
+
+    _report(run_import(src, out_dir), out_dir)
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT")],
+    users: Annotated[int, typer.Option(min=1)] = 2000,
+    items: Annotated[int, typer.Option(min=10)] = 1000,
+    seed: Annotated[int, typer.Option()] = 0,
+    text_encoder: Annotated[Path | None, typer.Option(
+        help="Also build a tiny random-weight OPT here, its tokenizer trained on the item texts.")] = None,
+) -> None:
+    """A MIND-like dataset whose titles and sequences share latent topics."""
+    from tcf.data.synth import synth_dataset
+
+    if text_encoder is not None and text_encoder.exists():
+        raise TcfError(f"{text_encoder}: already exists; choose a new folder for the text encoder")
+    _report(synth_dataset(out_dir, users=users, items=items, seed=seed), out_dir)
+    if text_encoder is not None:
+        from tcf.demo import ensure_demo_encoder
+
+        ensure_demo_encoder(text_encoder, out_dir)
+        err.print(f"wrote {text_encoder}: tiny random-weight OPT text encoder")
+
+
+def _report(counts: dict, out_dir: Path) -> None:
+    err.print(f"wrote {out_dir}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in counts.items()))
+
+
+def main() -> None:
+    """Entry point: user errors become one line and exit code 2, never a traceback."""
+    try:
+        rv = app(standalone_mode=False)
+    except TcfError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

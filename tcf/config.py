@@ -1,0 +1,314 @@
+"""Experiment configs: YAML validated by pydantic, ``-S key=value`` overrides, sweeps, hashing.
+
+A config file describes one experiment; a ``sweep`` section (dotted key -> list of values) expands it
+into the cartesian product of runs, and a ``runs`` list adds variants that change several keys at
+once. Every error names the file (or ``-S``), the dotted key and, for YAML files, the line.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tcf.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Section):
+    path: str = Field(description="Dataset folder: behaviors.tsv plus news.tsv, items.tsv or videos.tsv.")
+    item_file: str | None = Field(None, description="Item file name inside the folder; detected if unset.")
+    min_seq_len: int = Field(5, ge=3, description="Users with fewer interactions are dropped.")
+    max_seq_len: int = Field(20, ge=1, description="SASRec window L; each user keeps the last L+3 items.")
+    lenient: bool = Field(False, description="Skip bad lines (and count them) instead of failing.")
+
+    @field_validator("item_file")
+    @classmethod
+    def _bare_name(cls, v: str | None) -> str | None:
+        if v is not None and (Path(v).name != v or v in ("", ".", "..")):
+            raise ValueError(f"must be a file name inside the dataset folder, got {v!r}")
+        return v
+
+
+class ModelConfig(_Section):
+    architecture: Literal["sasrec", "dssm", "pop"] = Field("sasrec", description="Recommender.")
+    item_tower: Literal["id", "text"] = Field(
+        "id", description="id: a learned vector per item; text: the text_encoder's view of the item text."
+    )
+    embedding_dim: int = Field(64, ge=1, description="Width d of user and item vectors.")
+    num_blocks: int = Field(2, ge=1, description="SASRec transformer blocks.")
+    num_heads: int = Field(2, ge=1, description="SASRec attention heads (must divide embedding_dim).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout in SASRec and the MLPs.")
+    n_mlp_layers: int = Field(0, ge=0, description="DSSM: MLP layers on the user and item towers.")
+    init: Literal["xavier", "normal"] = Field(
+        "xavier", description="Weight init of the recommender's own layers: xavier (the method) or N(0, 0.02)."
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> ModelConfig:
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must divide embedding_dim ({self.embedding_dim})"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    loss: Literal["ibce", "ce", "bce"] = Field(
+        "ibce", description="ibce: in-batch softmax with logQ; ce: full softmax over all items; bce."
+    )
+    batch_size: int = Field(64, ge=2, description="Global batch (users for SASRec, pairs for DSSM).")
+    epochs: int = Field(50, ge=1, description="Maximum epochs.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
+    patience: int = Field(5, ge=0, description="Stop after patience+1 evaluations without a better HR@10.")
+    eval_every: int = Field(1, ge=1, description="Validate every N epochs.")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="Mixed precision: auto = bf16 on CUDA, off on CPU."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N (torchrun sets one per rank).")
+    text_lr: float = Field(
+        5e-5, gt=0, description="AdamW learning rate of the text item tower (LM blocks and projection)."
+    )
+    text_weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the text item tower.")
+    clip_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the text tower's gradient norm to this (after unscaling); null = off."
+    )
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
+
+
+class EvalConfig(_Section):
+    ks: list[int] = Field(default_factory=lambda: [10], description="Cut-offs for HR@K and NDCG@K.")
+    batch_size: int = Field(1024, ge=1, description="Users scored per full-ranking batch.")
+
+    @field_validator("ks")
+    @classmethod
+    def _sorted_with_10(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError("every K must be >= 1")
+        return sorted(set(v) | {10})  # HR@10 drives model selection, so it is always computed
+
+
+class TextEncoderConfig(_Section):
+    model: str = Field(description="Local Hugging Face model directory (config.json + safetensors).")
+    max_tokens: int = Field(30, ge=1, description="Tokens per item text (longer texts are truncated).")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Compute dtype of pre-inference.")
+    latent_dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="Dtype of the latents stored between block ranges."
+    )
+    gpu_memory_budget: str | None = Field(
+        None, description="GPU memory for pre-inference, e.g. 8GiB; unset = the GPU's free memory."
+    )
+    ranges: str | None = Field(None, description="Pinned block ranges, e.g. 0:6,6:16,16:24; unset = planned.")
+    batch_size: int | None = Field(None, ge=1, description="Pinned pre-inference batch; unset = planned.")
+    unfreeze: int = Field(0, ge=0, description="Top blocks to fine-tune; pre-inference keeps the latents below them.")
+    pooling: Literal["auto", "mean", "first", "last"] = Field(
+        "auto", description="Item vector from token states: auto = first token for BERT/RoBERTa, else masked mean."
+    )
+    projection_layers: int = Field(1, ge=1, description="Layers of the projection MLP from LM width to embedding_dim.")
+
+
+class Config(_Section):
+    name: str | None = Field(None, description="Run name; defaults to dataset-architecture-tower.")
+    seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
+    dataset: DatasetConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    text_encoder: TextEncoderConfig | None = Field(None, description="Language model that encodes item texts.")
+
+    @model_validator(mode="after")
+    def _text_tower_needs_encoder(self) -> Config:
+        if self.model.item_tower == "text" and self.text_encoder is None:
+            raise ValueError("model.item_tower is text but the config has no text_encoder section")
+        return self
+
+    @property
+    def trains_text_tower(self) -> bool:
+        """Whether the run trains on the text encoder's latents (pop ignores its item tower)."""
+        return self.model.item_tower == "text" and self.model.architecture != "pop"
+
+    @property
+    def run_name(self) -> str:
+        """The name, else dataset-architecture-tower; a text tower names its encoder and fine-tuned depth."""
+        if self.name:
+            return self.name
+        base = f"{Path(self.dataset.path).name}-{self.model.architecture}"
+        te = self.text_encoder
+        if self.model.item_tower != "text" or te is None or self.model.architecture == "pop":
+            return f"{base}-{self.model.item_tower}"
+        return f"{base}-{Path(te.model).name}" + (f"-top{te.unfreeze}" if te.unfreeze else "-frozen")
+
+    def hash(self) -> str:
+        """Hash of everything that determines the result (the name does not)."""
+        data = self.model_dump(mode="json", exclude={"name"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map dotted keys to 1-based line numbers, so errors can point into the file."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _set_dotted(data: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(source, key, f"'{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError("-S", text, "expected key=value, e.g. -S train.epochs=10")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError("-S", key, f"cannot parse value {raw!r}: {e}") from None
+    return key, value
+
+
+def _validate(data: dict, source: str, lines: dict[str, int]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or None
+        where = source
+        if key:
+            # point at the deepest key that exists in the file
+            parts = key.split(".")
+            for n in range(len(parts), 0, -1):
+                if ".".join(parts[:n]) in lines:
+                    where = f"{source}:{lines['.'.join(parts[:n])]}"
+                    break
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        raise ConfigError(where, key, msg) from None
+
+
+def _expand(data: dict, source: str) -> list[tuple[dict, dict[str, Any]]]:
+    """Expand ``runs`` (a list of variants) times ``sweep`` (cartesian) into run dicts, in order.
+
+    ``sweep`` maps dotted keys to lists of values; ``runs`` is a list of mappings of dotted keys to
+    values, for variants that change several keys together (e.g. DSSM with its own batch size).
+    """
+    sweep = data.pop("sweep", None) or {}
+    runs = data.pop("runs", None) or [{}]
+    if not isinstance(sweep, dict):
+        raise ConfigError(source, "sweep", "must map dotted keys to lists of values")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ConfigError(source, "runs", "must be a list of mappings of dotted keys to values")
+    keys = list(sweep)
+    for k in keys:
+        if not isinstance(sweep[k], list) or not sweep[k]:
+            raise ConfigError(source, f"sweep.{k}", "must be a non-empty list of values")
+    out = []
+    for variant in runs:
+        for values in itertools.product(*(sweep[k] for k in keys)):
+            d = copy.deepcopy(data)
+            chosen = {**variant, **dict(zip(keys, values, strict=True))}
+            for k, v in chosen.items():
+                _set_dotted(d, str(k), v, f"{source}: runs/sweep")
+            out.append((d, chosen))
+    return out
+
+
+def load_config_data(path: str | Path | None, base: dict | None = None) -> tuple[dict, str, dict[str, int]]:
+    """Read YAML (or start from ``base``); returns (data, source, dotted key -> line)."""
+    data: dict = copy.deepcopy(base) if base else {}
+    source = "<config>"
+    lines: dict[str, int] = {}
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(source, None, "config file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(source, None, f"cannot read config: {e}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{source}:{mark.line + 1}" if mark else source
+            raise ConfigError(where, None, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(source, None, "a config must be a YAML mapping")
+        data.update(loaded)
+        lines = _key_lines(text)
+    return data, source, lines
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), base: dict | None = None,
+                ) -> list[Config]:
+    """Load a config file and expand its runs and sweep into validated configs.
+
+    Overrides win over the file, its ``runs`` and its ``sweep``: a key set with ``-S`` is no longer
+    varied, and variants that become identical collapse into one run.
+    """
+    data, source, lines = load_config_data(path, base)
+    parsed = [_parse_override(ov) for ov in overrides]
+    fixed = {key for key, _ in parsed}
+    if isinstance(data.get("sweep"), dict):
+        data["sweep"] = {k: v for k, v in data["sweep"].items() if k not in fixed}
+    if isinstance(data.get("runs"), list):
+        data["runs"] = [{k: v for k, v in r.items() if k not in fixed} if isinstance(r, dict) else r
+                        for r in data["runs"]]
+    for key in fixed:
+        lines.pop(key, None)
+    configs: list[Config] = []
+    seen: set[str] = set()
+    for d, chosen in _expand(data, source):
+        for key, value in parsed:
+            _set_dotted(d, key, value, "-S")
+        cfg = _validate(d, source, lines)
+        if (key := json.dumps(cfg.model_dump(mode="json"), sort_keys=True)) in seen:
+            continue
+        seen.add(key)
+        varied = {k: v for k, v in chosen.items() if k != "name"}
+        if varied and cfg.name and "name" not in chosen:
+            suffix = ",".join(f"{k.split('.')[-1]}={v}" for k, v in varied.items())
+            cfg.name = f"{cfg.name}[{suffix}]"
+        configs.append(cfg)
+    return configs

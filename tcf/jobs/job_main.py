@@ -1,0 +1,175 @@
+"""The job process: ``python -m tcf.jobs.job_main --db experiments.db JOB_ID`` (a worker starts it).
+
+It runs one queued job (pre-inference or a training run) and records how it ended, so a job never
+stays "running" after it stops: finished, failed (an error, with its message), or cancelled (SIGTERM
+or SIGINT, e.g. ``tcf queue cancel``). A heartbeat thread proves it is alive every few seconds and
+records its peak GPU memory. Under torchrun (a multi-GPU job) every rank runs this; rank 0 records.
+A second attempt of a job continues where the first stopped: pre-inference from its last committed
+block range, training from the run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tcf.errors import TcfError
+from tcf.store.db import JOB_ENV
+
+
+def _say(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+
+class LogReporter:
+    """Training progress as plain log lines (the job's log file is the worker's view of its output)."""
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        _say(name + (f" ({total} steps)" if total else ""))
+
+    def advance(self, n: int = 1) -> None: ...
+
+    def epoch_end(self, epoch: int, loss: float, seconds: float, metrics: dict[str, float]) -> None:
+        shown = "  ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items())
+        _say(f"epoch {epoch}: loss {loss:.4f}  {seconds:.1f} s  {shown}")
+
+
+class LogProgress:
+    """Pre-inference progress as log lines: a line per range and one every 10 s within a range."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def range_start(self, i: int, start: int, stop: int, n_items: int) -> None:
+        _say(f"range {i}: blocks {start}:{stop}, {n_items} items")
+
+    def progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
+        if time.monotonic() - self.last >= 10:
+            self.last = time.monotonic()
+            _say(f"  {items_done}/{n_items} items, {items_per_s:,.0f} items/s")
+
+    def range_end(self, i: int, seconds: float) -> None:
+        _say(f"range {i} committed in {seconds:.1f} s")
+
+
+def _peak_gpu_bytes() -> int | None:
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return int(torch.cuda.max_memory_reserved())
+
+
+def _heartbeats(db: Path, job_id: int, stop: threading.Event) -> None:
+    from tcf.jobs.queue import HEARTBEAT_S, heartbeat
+    from tcf.store.db import Store
+
+    store = Store(db)  # this thread's own connection
+    try:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                heartbeat(store, job_id, _peak_gpu_bytes())
+            except Exception as e:  # noqa: BLE001 - a missed beat must not kill the job; the next one retries
+                _say(f"heartbeat failed: {e}")
+    finally:
+        store.close()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _physical_gpu() -> int:
+    """The NVML index of this rank's GPU (CUDA_VISIBLE_DEVICES renumbers them from 0 for torch)."""
+    devices = [d for d in os.environ.get("TCF_JOB_DEVICES", "").split(",") if d.isdigit()]
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return int(devices[local]) if local < len(devices) else 0
+
+
+def run_job(db: Path, job_id: int) -> int:
+    """Run job ``job_id`` of ``db`` in this process; returns the exit code."""
+    import torch
+
+    from tcf.config import Config
+    from tcf.experiment import run_experiment
+    from tcf.jobs.queue import get_job
+    from tcf.preinfer.encode import run_infer_job
+    from tcf.store.db import Store
+    from tcf.util.dist import init_distributed, shutdown
+
+    os.environ[JOB_ENV] = str(job_id)  # every Store opened below tags its events with the job
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    store = Store(db)
+    job = get_job(store, job_id)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    stop = threading.Event()
+    if main_rank:
+        threading.Thread(target=_heartbeats, args=(db, job_id, stop), daemon=True, name="heartbeat").start()
+    _say(f"job {job_id} ({job.kind}) {job.name}: attempt {job.attempts}, devices {job.devices}")
+    state, error, code, artifact = "finished", None, 0, None
+    try:
+        cfg = Config.model_validate(job.config)
+        keep = tuple(job.spec.get("keep_depths", ()))
+        if job.kind == "infer":
+            ctx = init_distributed("auto")
+            device = ctx.device if ctx.distributed else (
+                torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+            path, reused = run_infer_job(cfg, db, device=device, gpu=_physical_gpu(), keep_depths=keep,
+                                         ui=LogProgress() if main_rank else None)
+            artifact = str(path)
+            _say(("reused " if reused else "wrote ") + artifact)
+        else:
+            resume = None
+            if job.run_id is not None:
+                status = store.get_run(job.run_id)["status"]
+                if status == "finished":
+                    _say(f"run {job.run_id} already finished")
+                    return _end(store, job_id, main_rank, "finished", None, 0, None)
+                resume = job.run_id
+                _say(f"resuming run {resume} from its last checkpoint")
+            ctx = init_distributed(cfg.train.device)
+            result = run_experiment(cfg, db, reporter=LogReporter(), resume_run_id=resume, ctx=ctx,
+                                    keep_depths=keep)
+            _say(f"run {result.run_id} finished: " + "  ".join(
+                f"{k} {100 * v:.2f}" for k, v in result.metrics.items() if k.startswith("test_")))
+    except KeyboardInterrupt as e:
+        state, error, code = "cancelled", f"cancelled ({e or 'SIGINT'})", 130
+    except TcfError as e:
+        state, error, code = "failed", str(e), 2
+    except BaseException as e:  # noqa: BLE001 - recorded, with the traceback in the log
+        traceback.print_exc()
+        state, error, code = "failed", f"{type(e).__name__}: {e}", 1
+    finally:
+        stop.set()
+        shutdown()
+    return _end(store, job_id, main_rank, state, error, code, artifact)
+
+
+def _end(store: Any, job_id: int, main_rank: bool, state: str, error: str | None, code: int,
+         artifact: str | None) -> int:
+    from tcf.jobs.queue import finish_job
+
+    if main_rank:
+        finish_job(store, job_id, state, error=error, exit_code=code, artifact=artifact)
+    _say(f"job {job_id} {state}" + (f": {error}" if error else ""))
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tcf.jobs.job_main", description=__doc__.splitlines()[0])
+    parser.add_argument("--db", required=True, type=Path)
+    parser.add_argument("job_id", type=int)
+    args = parser.parse_args(argv)
+    sys.exit(run_job(args.db.resolve(), args.job_id))
+
+
+if __name__ == "__main__":
+    main()

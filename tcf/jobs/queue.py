@@ -1,0 +1,478 @@
+"""The job queue in experiments.db: add, list, claim, cancel, retry, remove, and lost-job detection.
+
+A job is one OS process: ``infer`` encodes the item texts of one encoder (every unfreeze depth its
+sweep needs), ``train`` runs one experiment config. A text-tower ``train`` job depends on the
+``infer`` job of its encoder, so the GPU-heavy pre-inference runs once and first.
+
+States: ``queued`` -> ``running`` -> ``finished`` | ``failed`` | ``cancelled`` | ``lost``. ``lost`` is a
+failure the job could not report itself: its process died (SIGKILL, OOM killer, power cut) or stopped
+sending heartbeats. Readers show a ``running`` job whose process is gone as ``lost`` at once
+(:func:`display_state`); a worker records it (:func:`reap_lost`). A queued job waiting on a dependency
+that ended badly shows as ``blocked``. ``retry`` puts failed, lost and cancelled jobs back: a
+pre-inference job resumes from its last committed block range, a training job from its last checkpoint.
+
+Claiming is a single ``UPDATE ... RETURNING`` inside ``BEGIN IMMEDIATE``, so two workers never take
+the same job::
+
+    store = Store("experiments.db")
+    ids = add_jobs(store, load_config("exp.yaml"), tags=["scaling"])
+    job = claim(store, worker_id=1, devices="0", max_gpus=1)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tcf.config import Config
+from tcf.errors import TcfError
+from tcf.jobs.process import hostname, is_alive
+from tcf.store.db import Store
+
+STATES = ("queued", "running", "finished", "failed", "cancelled", "lost")
+ENDED_BADLY = ("failed", "cancelled", "lost")
+TERMINAL = ("finished", *ENDED_BADLY)
+HEARTBEAT_S = 5.0  # a job process writes its heartbeat this often
+LOST_AFTER_S = 20.0  # a running job without a heartbeat for this long is lost, whatever its host
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A row of ``jobs`` with its dependencies; ``display`` is the state a person should see."""
+
+    id: int
+    kind: str
+    name: str
+    state: str
+    display: str
+    priority: int
+    tags: tuple[str, ...]
+    note: str
+    gpus: int
+    mem_bytes: int | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    attempts: int
+    worker_id: int | None
+    host: str | None
+    pid: int | None
+    pid_start: int | None
+    devices: str | None
+    heartbeat: float | None
+    peak_mem_bytes: int | None
+    cancel_requested: bool
+    run_id: int | None
+    artifact: str | None
+    exit_code: int | None
+    error: str | None
+    log_path: str | None
+    deps: tuple[int, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+    spec: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def dataset(self) -> str:
+        return Path(self.config.get("dataset", {}).get("path", "")).name
+
+
+def display_state(row: dict[str, Any], dep_states: list[str], now: float | None = None,
+                  host: str | None = None) -> str:
+    """``lost`` for a running job whose process is gone (same host) or silent too long; ``blocked`` for
+    a queued job whose dependency ended badly; else the stored state."""
+    state = row["state"]
+    if state == "running":
+        now = time.time() if now is None else now
+        if row["heartbeat"] is not None and now - row["heartbeat"] > LOST_AFTER_S:
+            return "lost"
+        if row["pid"] and row["host"] == (host or hostname()) and not is_alive(row["pid"], row["pid_start"]):
+            return "lost"
+    if state == "queued" and any(s in ENDED_BADLY for s in dep_states):
+        return "blocked"
+    return state
+
+
+def _deps(store: Store) -> dict[int, list[tuple[int, str]]]:
+    deps: dict[int, list[tuple[int, str]]] = {}
+    for r in store.db.execute(
+        "SELECT d.job_id, d.dep_id, p.state FROM job_deps d JOIN jobs p ON p.id = d.dep_id ORDER BY d.dep_id"
+    ).fetchall():
+        deps.setdefault(r[0], []).append((r[1], r[2]))
+    return deps
+
+
+def _job(row: dict[str, Any], deps: list[tuple[int, str]], now: float, host: str) -> Job:
+    row = dict(row)
+    config = json.loads(row.pop("config_json"))
+    spec = json.loads(row.pop("spec_json"))
+    tags = tuple(json.loads(row.pop("tags_json")))
+    row.pop("key", None)
+    row["cancel_requested"] = bool(row["cancel_requested"])
+    return Job(**row, display=display_state(row, [s for _, s in deps], now, host), tags=tags,
+               deps=tuple(d for d, _ in deps), config=config, spec=spec)
+
+
+def list_jobs(store: Store, states: tuple[str, ...] | None = None, now: float | None = None) -> list[Job]:
+    """Jobs in queue order: running first, then queued by priority (high first), then ended, newest first.
+
+    ``states`` filters on the displayed state (``lost`` and ``blocked`` included).
+    """
+    now, host = time.time() if now is None else now, hostname()
+    deps = _deps(store)
+    jobs = [_job(r, deps.get(r["id"], []), now, host) for r in store.db.query("SELECT * FROM jobs")]
+
+    def order(j: Job) -> tuple[int, int, int]:
+        if j.state == "running":
+            return (0, 0, j.id)
+        if j.state == "queued":
+            return (1, -j.priority, j.id)
+        return (2, 0, -j.id)
+
+    jobs.sort(key=order)
+    return [j for j in jobs if states is None or j.display in states]
+
+
+def get_job(store: Store, job_id: int, now: float | None = None) -> Job:
+    """One job; ``now`` (default: the clock) decides whether a silent running job shows as lost."""
+    row = next(store.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]), None)
+    if row is None:
+        raise TcfError(f"{store.path}: no job with id {job_id}")
+    deps = [(r[0], r[1]) for r in store.db.execute(
+        "SELECT d.dep_id, p.state FROM job_deps d JOIN jobs p ON p.id = d.dep_id WHERE d.job_id = ? ORDER BY 1",
+        [job_id]).fetchall()]
+    return _job(row, deps, time.time() if now is None else now, hostname())
+
+
+# -- adding --------------------------------------------------------------------------------------
+
+def _absolute(cfg: Config) -> Config:
+    """Paths resolved against the caller's working directory: a worker may run anywhere."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.dataset.path = str(Path(cfg.dataset.path).resolve())
+    if cfg.text_encoder is not None:
+        cfg.text_encoder.model = str(Path(cfg.text_encoder.model).resolve())
+    return cfg
+
+
+def _encoder_key(cfg: Config, keep: tuple[int, ...]) -> str:
+    from tcf.preinfer.encode import encoder_identity
+
+    text = json.dumps([list(map(str, encoder_identity(cfg))), list(keep)])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _insert(store: Store, kind: str, name: str, cfg: Config, spec: dict[str, Any], key: str | None,
+            priority: int, tags: list[str], note: str, gpus: int, mem_bytes: int | None, deps: list[int]) -> int:
+    cursor = store.db.execute(
+        "INSERT INTO jobs (kind, name, config_json, spec_json, key, state, priority, tags_json, note, gpus, "
+        "mem_bytes, created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+        [kind, name, json.dumps(cfg.model_dump(mode="json"), sort_keys=True), json.dumps(spec), key, priority,
+         json.dumps(tags), note, gpus, mem_bytes, _now()],
+    )
+    job_id = int(cursor.lastrowid)
+    store.db.conn.executemany("INSERT INTO job_deps (job_id, dep_id) VALUES (?, ?)", [(job_id, d) for d in deps])
+    return job_id
+
+
+def add_jobs(store: Store, configs: list[Config], *, priority: int = 0, tags: list[str] | tuple[str, ...] = (),
+             note: str = "", gpus: int = 1, mem_bytes: int | None = None) -> list[int]:
+    """Queue one training job per config, after one pre-inference job per text encoder they need.
+
+    A pre-inference job for the same encoder and depths that is already queued or running is
+    reused as the dependency instead of queueing a second one (two would write the same artifact).
+    ``mem_bytes`` is the free GPU memory a worker waits for; a pre-inference job without it waits for
+    its ``text_encoder.gpu_memory_budget``, else for the least memory its planner can work in (it then
+    takes what is free). Returns the ids of the new jobs, pre-inference first.
+    """
+    from tcf.preinfer.encode import minimum_budget, sweep_depths
+    from tcf.preinfer.planner import parse_bytes
+
+    if gpus < 1:
+        raise TcfError("--gpus must be at least 1")
+    tags = _check_tags(tags)
+    configs = [_absolute(c) for c in configs]
+    depths = sweep_depths(configs)
+    added: list[int] = []
+    with store.transaction():
+        infer_of: dict[str, int] = {}
+        for cfg, keep in zip(configs, depths, strict=True):
+            if not cfg.trains_text_tower:
+                continue
+            key = _encoder_key(cfg, keep)
+            if key in infer_of:
+                continue
+            row = store.db.execute(
+                "SELECT id FROM jobs WHERE kind = 'infer' AND key = ? AND state IN ('queued', 'running') "
+                "ORDER BY id LIMIT 1", [key]).fetchone()
+            if row is not None:
+                infer_of[key] = int(row[0])
+                continue
+            te = cfg.text_encoder
+            assert te is not None
+            budget = mem_bytes or (parse_bytes(te.gpu_memory_budget) if te.gpu_memory_budget else minimum_budget(cfg))
+            name = f"{Path(cfg.dataset.path).name}-{Path(te.model).name}"
+            infer_of[key] = _insert(store, "infer", name, cfg, {"keep_depths": list(keep)}, key, priority,
+                                    tags, note, gpus, budget, [])
+            added.append(infer_of[key])
+        for cfg, keep in zip(configs, depths, strict=True):
+            deps = [infer_of[_encoder_key(cfg, keep)]] if cfg.trains_text_tower else []
+            added.append(_insert(store, "train", cfg.run_name, cfg, {"keep_depths": list(keep)}, None, priority,
+                                 tags, note, gpus, mem_bytes, deps))
+    return added
+
+
+def queue_config(store: Store, path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), *,
+                 say: Callable[[str], None] = print, **options: Any) -> list[int]:
+    """Load a config file (None: the embedded demo, its data built if missing), validate every run's
+    dataset before anything is written, and queue its jobs (``options`` as for :func:`add_jobs`)."""
+    from tcf.config import load_config
+
+    if path is None:
+        from tcf.demo import demo_configs
+
+        configs = demo_configs(overrides, say=say)
+    else:
+        configs = load_config(path, overrides)  # a bad path or key fails here, before the heavy imports
+    from tcf.experiment import prepared_data
+
+    for cfg in configs:
+        prepared_data(cfg)
+        if cfg.trains_text_tower:
+            from tcf.preinfer.encode import depth_of, model_dir_of
+
+            assert cfg.text_encoder is not None
+            model_dir_of(cfg.text_encoder)
+            depth_of(cfg)
+    return add_jobs(store, configs, **options)
+
+
+def _check_tags(tags: list[str] | tuple[str, ...]) -> list[str]:
+    out = []
+    for tag in tags:
+        tag = tag.strip()
+        if not tag or any(c.isspace() or c == "," for c in tag):
+            raise TcfError(f"invalid tag {tag!r}: tags are single words without commas")
+        if tag not in out:
+            out.append(tag)
+    return out
+
+
+# -- changing --------------------------------------------------------------------------------------
+
+def edit_job(store: Store, job_id: int, *, priority: int | None = None, tags: list[str] | None = None,
+             note: str | None = None) -> Job:
+    """Change a job's priority, tags (replacing them) or note; any state."""
+    with store.transaction():
+        get_job(store, job_id)
+        if priority is not None:
+            store.db.execute("UPDATE jobs SET priority = ? WHERE id = ?", [priority, job_id])
+        if tags is not None:
+            store.db.execute("UPDATE jobs SET tags_json = ? WHERE id = ?", [json.dumps(_check_tags(tags)), job_id])
+        if note is not None:
+            store.db.execute("UPDATE jobs SET note = ? WHERE id = ?", [note, job_id])
+    return get_job(store, job_id)
+
+
+def cancel_job(store: Store, job_id: int) -> str:
+    """Cancel a queued job at once; ask a running one to stop (SIGTERM from here when it runs on this
+    host, else from its worker). Returns what happened, for the user."""
+    import os
+    import signal
+
+    with store.transaction():
+        job = get_job(store, job_id)
+        if job.state == "queued":
+            store.db.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?", [_now(), job_id])
+            return f"job {job_id} cancelled"
+        if job.state != "running":
+            raise TcfError(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
+        store.db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", [job_id])
+    if job.host == hostname() and is_alive(job.pid, job.pid_start):
+        try:
+            os.killpg(job.pid, signal.SIGTERM)  # workers start each job in its own process group
+        except ProcessLookupError:
+            pass
+        return f"job {job_id}: sent SIGTERM to process group {job.pid}"
+    return f"job {job_id}: cancellation requested (its worker on {job.host} stops it)"
+
+
+def retry_jobs(store: Store, job_ids: list[int] | None = None, *, failed: bool = False) -> list[int]:
+    """Queue failed, lost or cancelled jobs again (``failed=True``: all of them). A lost job whose
+    process still runs on this host is refused. Keeps the run, so training resumes from its checkpoint."""
+    with store.transaction():
+        if failed:
+            jobs = [j for j in list_jobs(store) if j.display in ENDED_BADLY]
+        else:
+            jobs = [get_job(store, i) for i in job_ids or []]
+        for job in jobs:
+            if job.display not in ENDED_BADLY:
+                raise TcfError(f"job {job.id} is {job.display}; only failed, lost or cancelled jobs can be retried")
+            if job.host == hostname() and is_alive(job.pid, job.pid_start):
+                raise TcfError(f"job {job.id}: its process {job.pid} still runs; cancel it first")
+            store.db.execute(
+                "UPDATE jobs SET state = 'queued', cancel_requested = 0, worker_id = NULL, pid = NULL, "
+                "pid_start = NULL, devices = NULL, heartbeat = NULL, started_at = NULL, finished_at = NULL, "
+                "exit_code = NULL, error = NULL WHERE id = ?", [job.id])
+    return [j.id for j in jobs]
+
+
+def remove_job(store: Store, job_id: int) -> None:
+    """Delete a job that is not running and that no queued job waits for (its run stays in ``runs``)."""
+    with store.transaction():
+        job = get_job(store, job_id)
+        if job.display in ("running",):
+            raise TcfError(f"job {job_id} is running; cancel it first")
+        waiting = [r[0] for r in store.db.execute(
+            "SELECT j.id FROM job_deps d JOIN jobs j ON j.id = d.job_id WHERE d.dep_id = ? AND j.state = 'queued'",
+            [job_id]).fetchall()]
+        if waiting:
+            raise TcfError(f"job {job_id}: queued job(s) {', '.join(map(str, waiting))} depend on it; "
+                           "remove them first")
+        store.db.execute("DELETE FROM jobs WHERE id = ?", [job_id])
+
+
+# -- workers and job processes -------------------------------------------------------------------
+
+# the next ready job: queued, fits the free devices, every dependency finished; priority, then age
+_PICK = ("SELECT j.id FROM jobs j WHERE j.state = 'queued' AND j.gpus <= :max_gpus "
+         "AND (:job IS NULL OR j.id = :job) AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p "
+         "ON p.id = d.dep_id WHERE d.job_id = j.id AND p.state != 'finished') ORDER BY j.priority DESC, j.id LIMIT 1")
+
+
+def next_ready(store: Store, max_gpus: int) -> Job | None:
+    """The job a worker with ``max_gpus`` free devices would take next (highest priority, oldest)."""
+    row = store.db.execute(_PICK, {"max_gpus": max_gpus, "job": None}).fetchone()
+    return None if row is None else get_job(store, int(row[0]))
+
+
+def busy_devices(store: Store) -> set[str]:
+    """GPUs of this host that a running job holds: one whose process lives, or that was claimed and
+    is being started (no PID yet). A dead worker's jobs keep running and keep their GPUs."""
+    busy: set[str] = set()
+    for devices, pid, started in store.db.execute(
+            "SELECT devices, pid, pid_start FROM jobs WHERE state = 'running' AND host = ? AND devices IS NOT NULL",
+            [hostname()]).fetchall():
+        if pid is None or is_alive(pid, started):
+            busy.update(d for d in devices.split(",") if d.isdigit())
+    return busy
+
+
+def claim(store: Store, worker_id: int, devices: str, max_gpus: int, job_id: int | None = None) -> Job | None:
+    """Atomically move the next ready job (or ``job_id``, if still ready) to running on ``devices``.
+
+    The pick, the check that no running job of this host holds one of the GPUs, and the update share
+    one ``BEGIN IMMEDIATE`` transaction: no other writer runs in between, so two workers never take
+    the same job or the same GPU.
+    """
+    with store.transaction():
+        row = store.db.execute(_PICK, {"max_gpus": max_gpus, "job": job_id}).fetchone()
+        if row is None or set(devices.split(",")) & busy_devices(store):
+            return None
+        store.db.execute(
+            "UPDATE jobs SET state = 'running', worker_id = ?, host = ?, devices = ?, started_at = ?, heartbeat = ?, "
+            "attempts = attempts + 1, cancel_requested = 0, pid = NULL, pid_start = NULL, exit_code = NULL, "
+            "error = NULL, finished_at = NULL WHERE id = ? AND state = 'queued'",
+            [worker_id, hostname(), devices, _now(), time.time(), int(row[0])])
+    return get_job(store, int(row[0]))
+
+
+def set_process(store: Store, job_id: int, pid: int, pid_start: int | None, log_path: str) -> None:
+    with store.transaction():
+        store.db.execute("UPDATE jobs SET pid = ?, pid_start = ?, log_path = ?, heartbeat = ? WHERE id = ?",
+                         [pid, pid_start, log_path, time.time(), job_id])
+
+
+def heartbeat(store: Store, job_id: int, peak_mem_bytes: int | None = None) -> bool:
+    """Record that the job lives (and its peak GPU memory); False once it is no longer running."""
+    with store.transaction():
+        cur = store.db.execute(
+            "UPDATE jobs SET heartbeat = ?, peak_mem_bytes = max(ifnull(peak_mem_bytes, 0), ifnull(?, 0)) "
+            "WHERE id = ? AND state = 'running'", [time.time(), peak_mem_bytes, job_id])
+        return cur.rowcount > 0
+
+
+def finish_job(store: Store, job_id: int, state: str, *, error: str | None = None, exit_code: int | None = None,
+               artifact: str | None = None) -> bool:
+    """Record how a running job ended; a job that is no longer running keeps its state (returns False)."""
+    if state not in TERMINAL:
+        raise ValueError(f"not a terminal job state: {state!r}")
+    with store.transaction():
+        cur = store.db.execute(
+            "UPDATE jobs SET state = ?, error = ?, exit_code = ifnull(?, exit_code), "
+            "artifact = ifnull(?, artifact), finished_at = ? WHERE id = ? AND state = 'running'",
+            [state, error, exit_code, artifact, _now(), job_id])
+        if cur.rowcount and state in ("lost", "cancelled"):
+            # the run cannot say so itself any more: leave it resumable, not "running" forever
+            store.db.execute("UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? WHERE id = "
+                             "(SELECT run_id FROM jobs WHERE id = ?) AND status IN ('created', 'running')",
+                             [error or f"job {state}", _now(), job_id])
+        return cur.rowcount > 0
+
+
+def reap_lost(store: Store, now: float | None = None, skip: Collection[int] = ()) -> list[int]:
+    """Record every running job whose process is gone (this host) or silent too long (any host) as lost.
+
+    ``skip``: the calling worker's own children, which it waits for itself to record how they ended (a
+    SIGKILLed child is gone, a zombie, before the worker collects its exit status)."""
+    lost = [j for j in list_jobs(store, states=("lost",), now=now) if j.state == "running" and j.id not in skip]
+    for job in lost:
+        silent = job.heartbeat is not None and (now or time.time()) - job.heartbeat > LOST_AFTER_S
+        why = (f"no heartbeat for {LOST_AFTER_S:.0f} s" if silent
+               else f"process {job.pid} on {job.host} is gone")
+        finish_job(store, job.id, "lost", error=f"lost: {why}")
+    return [j.id for j in lost]
+
+
+def register_worker(store: Store, pid: int, pid_start: int | None, devices: str) -> int:
+    with store.transaction():
+        cur = store.db.execute(
+            "INSERT INTO workers (host, pid, pid_start, devices, started_at, heartbeat) VALUES (?, ?, ?, ?, ?, ?)",
+            [hostname(), pid, pid_start, devices, _now(), time.time()])
+        return int(cur.lastrowid)
+
+
+def worker_heartbeat(store: Store, worker_id: int, status: str, stopped: bool = False) -> None:
+    with store.transaction():
+        store.db.execute("UPDATE workers SET heartbeat = ?, status = ?, stopped_at = ? WHERE id = ?",
+                         [time.time(), status, _now() if stopped else None, worker_id])
+
+
+def live_workers(store: Store, now: float | None = None) -> list[dict[str, Any]]:
+    """Workers that are running: not stopped, heartbeat fresh, and (on this host) process alive."""
+    now, host = time.time() if now is None else now, hostname()
+    out = []
+    for w in store.db.query("SELECT * FROM workers WHERE stopped_at IS NULL ORDER BY id"):
+        if now - w["heartbeat"] > LOST_AFTER_S or (w["host"] == host and not is_alive(w["pid"], w["pid_start"])):
+            continue
+        out.append(w)
+    return out
+
+
+def run_tags(store: Store) -> dict[int, tuple[str, ...]]:
+    """Tags of the job that produced each run: {run_id: tags} (runs started by `tcf run` have none)."""
+    tags: dict[int, tuple[str, ...]] = {}
+    for run_id, tags_json in store.db.execute(
+            "SELECT run_id, tags_json FROM jobs WHERE run_id IS NOT NULL ORDER BY id").fetchall():
+        tags[int(run_id)] = tuple(json.loads(tags_json))
+    return tags
+
+
+def match_jobs(jobs: list[Job], text: str) -> list[Job]:
+    """Jobs whose name, tags, note, kind, state or id match ``text`` (a glob, or a substring)."""
+    text = text.strip().lower()
+    if not text:
+        return jobs
+    pattern = text if any(c in text for c in "*?[") else f"*{text}*"
+    return [j for j in jobs if any(fnmatch.fnmatch(s.lower(), pattern) for s in
+                                   (j.name, j.kind, j.display, j.note, str(j.id), j.dataset, *j.tags))]

@@ -1,0 +1,289 @@
+"""A pre-inference job from a config: tokens -> plan -> block ranges -> a registered latents artifact.
+
+The latents of a (dataset, model, tokenizer, max tokens, dtypes) combination are computed once: the
+job works in ``artifacts/latents/.work-<hash>/`` (resumable, range by range) and renames it to
+``artifacts/latents/<hash>/`` only when every range is done. An artifact also keeps the hidden states
+at chosen depths (the inputs of fine-tuned top blocks); one that keeps every depth a run needs serves
+it, so a sweep over unfreeze depths asks for all of them once (:func:`sweep_depths`) and encodes once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tcf.config import Config, TextEncoderConfig
+from tcf.data.reader import load_dataset
+from tcf.errors import TcfError
+from tcf.lm.checkpoint import block_weight_bytes, model_shape
+from tcf.lm.families import check_supported
+from tcf.preinfer.planner import BudgetTooSmall, Plan, plan_ranges, split_at
+from tcf.store.artifacts import META, artifact_path, read_meta
+from tcf.util.gpu import free_memory, get_provider
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+FORMAT = 3
+
+
+def model_dir_of(te: TextEncoderConfig) -> Path:
+    """The resolved model directory, checked to hold a config.json of a supported family."""
+    model_dir = Path(te.model).resolve()
+    if not (model_dir / "config.json").is_file():
+        raise TcfError(f"{model_dir}: not a model directory (no config.json)")
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise TcfError(f"{model_dir / 'config.json'}: not a JSON object ({e})") from None
+    check_supported(model_type)  # an unsupported family fails here, naming the supported ones
+    return model_dir
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Identity of a local checkpoint without reading its weights: path, config, and each weight file's
+    safetensors header, size and modification time (a checkpoint rewritten in place gets a new one)."""
+    h = hashlib.sha256(str(model_dir).encode())
+    h.update((model_dir / "config.json").read_bytes())
+    for f in sorted(model_dir.glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            h.update(fh.read(min(n, 1 << 24)))
+    return h.hexdigest()[:20]
+
+
+def resolve_budget(te: TextEncoderConfig, override: str | None, gpu: int) -> str | int:
+    """--gpu-memory-budget, else the config's, else the GPU's free memory (NVML, then CUDA)."""
+    budget = override or te.gpu_memory_budget
+    if budget is not None:
+        return budget
+    provider = get_provider()
+    free = free_memory(gpu, provider)
+    if free is None:
+        reason = getattr(provider, "reason", None) or "no GPU"
+        raise TcfError(f"no GPU memory budget: {reason}; pass --gpu-memory-budget (e.g. 8GiB)")
+    return free
+
+
+def make_plan(cfg: Config, n_items: int, *, budget: str | None = None, ranges: str | None = None,
+              batch_size: int | None = None, gpu: int = 0) -> Plan:
+    """The block-range plan for encoding ``n_items`` texts with the config's text encoder."""
+    te = cfg.text_encoder
+    if te is None:
+        raise TcfError("text_encoder: the config has no text_encoder section")
+    model_dir = model_dir_of(te)
+    return plan_ranges(block_weight_bytes(model_dir, compute_dtype=te.dtype), model_shape(model_dir),
+                       max_tokens=te.max_tokens, budget=resolve_budget(te, budget, gpu), n_items=n_items,
+                       compute_dtype=te.dtype, latent_dtype=te.latent_dtype, ranges=ranges or te.ranges,
+                       batch_size=batch_size or te.batch_size)
+
+
+def minimum_budget(cfg: Config) -> int:
+    """The least GPU memory the config's pre-inference can run in (one block range, one item at a time,
+    the planner's margin included): what a worker waits for when the config sets no budget."""
+    te = cfg.text_encoder
+    if te is None:
+        raise TcfError("text_encoder: the config has no text_encoder section")
+    model_dir = model_dir_of(te)
+    try:
+        plan_ranges(block_weight_bytes(model_dir, compute_dtype=te.dtype), model_shape(model_dir),
+                    max_tokens=te.max_tokens, budget=1, compute_dtype=te.dtype, latent_dtype=te.latent_dtype)
+    except BudgetTooSmall as e:
+        return e.minimum_bytes
+    return 1
+
+
+def latents_key(cfg: Config, tokens_hash: str, compute_dtype: str) -> dict[str, Any]:
+    """Everything that determines the latents' values: the token artifact (items + tokenizer + max
+    tokens), the checkpoint and the dtypes. Which depths are kept is not part of it (see find_latents)."""
+    te = cfg.text_encoder
+    assert te is not None
+    return {"tokens": tokens_hash, "model": model_fingerprint(model_dir_of(te)), "dtype": compute_dtype,
+            "latent_dtype": te.latent_dtype, "format": FORMAT}
+
+
+def depth_of(cfg: Config) -> int | None:
+    """The depth whose hidden states the config's fine-tuned tower reads (None when it is frozen)."""
+    te = cfg.text_encoder
+    if te is None or not te.unfreeze:
+        return None
+    n_blocks = model_shape(model_dir_of(te)).n_blocks
+    if te.unfreeze > n_blocks:
+        raise TcfError(f"text_encoder.unfreeze: {te.unfreeze} exceeds the model's {n_blocks} blocks")
+    return n_blocks - te.unfreeze
+
+
+def encoder_identity(cfg: Config) -> tuple:
+    """Configs with the same identity share one pre-inference (unfreeze, pooling and the rest differ)."""
+    te = cfg.text_encoder
+    assert te is not None
+    d = cfg.dataset
+    return (str(Path(d.path).resolve()), d.item_file, d.lenient, str(model_dir_of(te)), te.max_tokens,
+            te.dtype, te.latent_dtype)
+
+
+def sweep_depths(configs: list[Config]) -> list[tuple[int, ...]]:
+    """For each config, every depth that any config sharing its encoder needs: one pass serves them all."""
+    identity = [encoder_identity(c) if c.trains_text_tower else None for c in configs]
+    needed: dict[tuple, set[int]] = {}
+    for cfg, key in zip(configs, identity, strict=True):
+        if key is not None:
+            needed.setdefault(key, set()).update(d for d in [depth_of(cfg)] if d is not None)
+    return [() if key is None else tuple(sorted(needed[key])) for key in identity]
+
+
+def find_latents(root: Path, key: dict[str, Any], depths: set[int]) -> Path | None:
+    """A finished latents artifact for ``key`` that keeps at least ``depths`` (fewest extra depths wins)."""
+    best: tuple[int, str, Path] | None = None
+    for meta_path in sorted((root / "latents").glob(f"*/{META}")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("key") == key and depths <= set(meta.get("depths", ())):
+            cand = (len(meta["depths"]), meta_path.parent.name, meta_path.parent)
+            best = cand if best is None or cand < best else best
+    return None if best is None else best[2]
+
+
+class RateLimited:
+    """Calls ``fn`` at most once per ``interval`` seconds (the last call of a burst may be dropped)."""
+
+    def __init__(self, fn, interval: float = 1.0):
+        self.fn, self.interval, self.last = fn, interval, 0.0
+
+    def __call__(self, *args: Any, force: bool = False, **kwargs: Any) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            self.fn(*args, **kwargs)
+
+
+def finish_artifact(work: Path, final: Path, meta: dict[str, Any]) -> None:
+    """Write meta.json last and rename the work folder into place."""
+    tmp = work / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, work / META)
+    os.replace(work, final)
+
+
+def gpu_memory() -> dict[str, int]:
+    """This process's CUDA memory for a progress event ({} when it has no CUDA context: asking would make one)."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"gpu_mem_bytes": torch.cuda.memory_allocated(), "gpu_peak_bytes": torch.cuda.max_memory_allocated()}
+
+
+class EventReporter:
+    """Runner progress -> experiments.db events (progress at most once a second) and an optional UI."""
+
+    def __init__(self, store: Any, source: str, ui: Any = None):
+        self.store, self.source, self.ui = store, source, ui
+        self._progress = RateLimited(self._log_progress, 1.0)
+        self._range: dict[str, Any] = {}
+
+    def _log_progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
+        self.store.log_event(self.source, "progress", {**self._range, "items_done": items_done,
+                                                       "n_items": n_items, "items_per_s": items_per_s, **gpu_memory()})
+
+    def range_start(self, i: int, start: int, stop: int, n_items: int) -> None:
+        self._range = {"range": i, "start": start, "stop": stop}
+        self.store.log_event(self.source, "range_start", {**self._range, "n_items": n_items})
+        if self.ui is not None:
+            self.ui.range_start(i, start, stop, n_items)
+
+    def progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
+        self._progress(items_done, n_items, items_per_s, force=items_done >= n_items)
+        if self.ui is not None:
+            self.ui.progress(items_done, n_items, items_per_s)
+
+    def range_end(self, i: int, seconds: float) -> None:
+        self.store.log_event(self.source, "range_end", {**self._range, "seconds": seconds, **gpu_memory()})
+        if self.ui is not None:
+            self.ui.range_end(i, seconds)
+
+
+def host_budget() -> int:
+    """Pre-inference on the CPU: half the host memory that is available now (at least 1 GiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        avail = 0
+    return max(avail // 2, 1 << 30)
+
+
+def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, ranges: str | None = None,
+                  batch_size: int | None = None, gpu: int = 0, ui: Any = None,
+                  device: torch.device | None = None, keep_depths: tuple[int, ...] = ()) -> tuple[Path, bool]:
+    """Tokenize (once) and pre-infer the config's items; returns (latents artifact, whether it was reused).
+
+    The artifact keeps the hidden states at the depth the config's fine-tuned blocks start from and at
+    ``keep_depths`` (those of the other runs of a sweep). Interrupted jobs resume from their last
+    committed block range when run again. Under torchrun each rank encodes a share of the items on its
+    own GPU; rank 0 tokenizes, plans, records and renames.
+    """
+    from tcf.lm.tokenize import load_token_table, token_table
+    from tcf.preinfer.latents import POOLINGS
+    from tcf.preinfer.runner import run_preinference
+    from tcf.store.db import Store
+    from tcf.util.dist import barrier, broadcast_object, init_distributed
+
+    te = cfg.text_encoder
+    if te is None:
+        raise TcfError("text_encoder: the config has no text_encoder section")
+    model_dir = model_dir_of(te)
+    n_blocks = model_shape(model_dir).n_blocks
+    own = depth_of(cfg)
+    keep = sorted({d for d in keep_depths if 0 < d < n_blocks} | ({own} if own is not None else set()))
+    ctx = init_distributed("auto" if torch.cuda.is_available() else "cpu")
+    device = device or (ctx.device if ctx.distributed else (
+        torch.device("cuda", gpu) if torch.cuda.is_available() else torch.device("cpu")))
+    if device.type == "cpu" and budget is None and te.gpu_memory_budget is None:
+        budget = str(host_budget())
+    compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
+    root = db_path.resolve().parent / "artifacts"
+
+    job: dict[str, Any] = {}
+    store = None
+    if ctx.is_main:
+        raw = load_dataset(cfg.dataset.path, cfg.dataset.item_file, lenient=cfg.dataset.lenient)
+        table, tokens_path, _ = token_table(raw, model_dir, te.max_tokens, root)
+        key = latents_key(cfg, tokens_path.name, compute)
+        store = Store(db_path)
+        store.register_artifact("tokens", tokens_path.name, tokens_path, read_meta(tokens_path))
+        found = find_latents(root, key, set(keep))
+        if found is not None:
+            store.register_artifact("latents", found.name, found, read_meta(found))
+        job = {"tokens": str(tokens_path), "key": key, "found": str(found) if found else None}
+        if found is None:
+            job["plan"] = split_at(make_plan(cfg, len(table.item_keys), budget=budget, ranges=ranges,
+                                             batch_size=batch_size, gpu=gpu), keep)
+    job = broadcast_object(job, ctx)
+    if job["found"]:
+        return Path(job["found"]), True
+    table = load_token_table(job["tokens"])
+    key, plan = job["key"], job["plan"]
+    final = artifact_path(root, "latents", {**key, "depths": keep})
+    work = final.parent / f".work-{final.name}"
+    work.parent.mkdir(parents=True, exist_ok=True)
+    reporter = EventReporter(store, f"infer:{final.name}", ui) if store is not None else None
+    run_preinference(model_dir, table.ids, table.lengths, table.item_keys, plan, work, dtype=DTYPES[compute],
+                     latent_dtype=DTYPES[te.latent_dtype], device=device, keep_depths=tuple(keep),
+                     reporter=reporter, ctx=ctx)
+    if store is not None:
+        meta = {"kind": "latents", "hash": final.name, "key": key, "model": str(model_dir),
+                "n_items": len(table.item_keys), "n_blocks": n_blocks, "max_tokens": te.max_tokens,
+                "latent_dtype": te.latent_dtype, "depths": sorted(keep), "poolings": list(POOLINGS),
+                "tokens": job["tokens"],
+                "ranges": [(r.start, r.stop) for r in plan.ranges], "ranks": ctx.world_size}
+        finish_artifact(work, final, meta)
+        store.register_artifact("latents", final.name, final, meta)
+    barrier(ctx)
+    return final, False

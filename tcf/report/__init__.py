@@ -1,0 +1,1 @@
+"""The read side of experiments.db: runs loaded once, cells (mean ± std, deltas), pivots, plots, exports."""

@@ -1,0 +1,185 @@
+"""The paper's scaling figure: a metric against the text encoder's size, one panel per dataset.
+
+x is ``lm_params`` (log scale, ticks labelled 125M, 1.3B, ...), y the metric x100; each series (by
+default the item tower and how many top blocks were fine-tuned: "frozen", "top-2 fine-tuned") is a
+line of means over seeds with sample-std error bars, and the ID-based runs of the same architecture
+are a dashed horizontal baseline. matplotlib is imported only when drawing, so ``tcf --help`` stays
+fast.
+
+Usage::
+
+    panels = plot_scaling(Store("experiments.db"), Path("scaling.png"), metric="test_ndcg@10")
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tcf.errors import TcfError
+from tcf.report.pivot import (
+    DEFAULT_VALUE,
+    check_fields,
+    check_metric,
+    display,
+    field_value,
+    finished_runs,
+    human_count,
+    known_fields,
+    sort_key,
+    view_columns,
+)
+from tcf.report.results import atomic_output
+
+DEFAULT_SERIES = ("item_tower", "text_encoder.unfreeze")
+PANEL_INCHES = (4.8, 3.6)  # one dataset's subplot
+DPI = 100
+MAX_COLUMNS = 3
+
+
+@dataclass(frozen=True)
+class Point:
+    """One model size of one series: the metric's mean and sample std (0 for one run), fractions."""
+
+    x: int
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    points: tuple[Point, ...]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The ID-based runs of one architecture: a horizontal line at their mean."""
+
+    label: str
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Panel:
+    dataset: str
+    series: tuple[Series, ...]
+    baselines: tuple[Baseline, ...]
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float, int]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def _default_label(run: dict, several_architectures: bool) -> str:
+    unfreeze = field_value(run, "text_encoder.unfreeze")
+    parts = [str(run["architecture"])] if several_architectures else []
+    if run.get("item_tower") not in (None, "text"):
+        parts.append(str(run["item_tower"]))
+    parts.append(f"top-{unfreeze} fine-tuned" if unfreeze else "frozen")
+    return ", ".join(parts)
+
+
+def scaling_panels(runs: Sequence[dict], metric: str = DEFAULT_VALUE,
+                   series_fields: Sequence[str] | None = None) -> list[Panel]:
+    """Group finished runs into panels (datasets) of series (lines) of points (model sizes).
+
+    Runs with ``lm_params`` are points; ID-tower runs without it become each panel's baselines,
+    one per architecture that the panel's text runs use (pop, say, is left out when no text run
+    is a pop). With the default series and several architectures, the architecture joins the
+    series label, so that SASRec and DSSM never share a line.
+    """
+    runs = [r for r in runs if r.get(metric) is not None]
+    text_runs = [r for r in runs if r.get("lm_params") is not None]
+    several = len({r["architecture"] for r in text_runs}) > 1
+
+    def series_key(run: dict) -> tuple[tuple, str]:
+        if series_fields is None:
+            label = _default_label(run, several)
+            key = (run["architecture"] if several else None, run.get("item_tower"),
+                   field_value(run, "text_encoder.unfreeze") or 0)
+            return tuple(sort_key(v) for v in key), label
+        values = [field_value(run, f) for f in series_fields]
+        label = ", ".join(f"{f}={display(f, v)}" for f, v in zip(series_fields, values, strict=True))
+        return tuple(sort_key(v) for v in values), label
+
+    panels = []
+    for dataset in sorted({r["dataset"] for r in text_runs}, key=sort_key):
+        lines: dict[tuple[tuple, str], dict[int, list[float]]] = {}
+        for run in (r for r in text_runs if r["dataset"] == dataset):
+            lines.setdefault(series_key(run), {}).setdefault(int(run["lm_params"]), []).append(float(run[metric]))
+        series = tuple(
+            Series(label, tuple(Point(x, *_stats(by_x[x])) for x in sorted(by_x)))
+            for (_, label), by_x in sorted(lines.items(), key=lambda kv: kv[0])
+        )
+        architectures = sorted({r["architecture"] for r in text_runs if r["dataset"] == dataset})
+        baselines = []
+        for arch in architectures:
+            values = [float(r[metric]) for r in runs if r["dataset"] == dataset and r["architecture"] == arch
+                      and r.get("item_tower") == "id" and r.get("lm_params") is None]
+            if values:
+                baselines.append(Baseline(f"ID {arch} (baseline)", *_stats(values)))
+        panels.append(Panel(str(dataset), series, tuple(baselines)))
+    return panels
+
+
+def draw_scaling(panels: Sequence[Panel], metric: str = DEFAULT_VALUE) -> Any:
+    """A matplotlib Figure (Agg canvas, no pyplot state) with one subplot per panel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+
+    columns = min(len(panels), MAX_COLUMNS)
+    rows = math.ceil(len(panels) / columns)
+    fig = Figure(figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    labels = sorted({s.label for p in panels for s in p.series})
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one colour per series in every panel
+    for index, panel in enumerate(panels):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        for series in panel.series:
+            ax.errorbar([p.x for p in series.points], [100 * p.mean for p in series.points],
+                        yerr=[100 * p.std for p in series.points], marker="o", capsize=3,
+                        color=colours[series.label], label=series.label)
+        for i, baseline in enumerate(panel.baselines):
+            ax.axhline(100 * baseline.mean, linestyle="--", color=str(0.25 + 0.2 * i), label=baseline.label)
+        xs = sorted({p.x for s in panel.series for p in s.points})
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(xs))
+        ax.xaxis.set_major_formatter(FixedFormatter([human_count(x) for x in xs]))
+        ax.xaxis.set_minor_locator(NullLocator())
+        pad = 1.5 if len(xs) > 1 else 3.0  # a single size sits mid-axis, not on its edge
+        ax.set_xlim(xs[0] / pad, xs[-1] * pad)
+        ax.set_title(panel.dataset)
+        ax.set_xlabel("text encoder parameters")
+        ax.set_ylabel(f"{metric} ×100")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_scaling(store: Any, out: Path, metric: str | None = None, dataset: str | None = None,
+                 series: Sequence[str] | None = None) -> list[Panel]:
+    """Check the options, draw the figure of the store's finished runs and write it as a PNG to ``out``."""
+    metric = metric or DEFAULT_VALUE
+    runs = finished_runs(store, dataset=dataset)
+    if series is not None:
+        check_fields(series, known_fields(view_columns(store), runs), "--series")
+    if not runs:
+        raise TcfError(f"{store.path}: no finished runs" + (f" on dataset {dataset!r}" if dataset else ""))
+    check_metric(metric, runs, "--metric")
+    panels = scaling_panels(runs, metric, series)
+    if not panels:
+        raise TcfError(f"{store.path}: no finished run with lm_params and {metric}: the scaling plot needs "
+                       "text-tower runs (their text encoder's parameter count is the x axis)")
+    fig = draw_scaling(panels, metric)
+    with atomic_output(Path(out)) as tmp:
+        fig.savefig(tmp, format="png")
+    return panels

@@ -1,0 +1,526 @@
+"""The experiment store: one SQLite file (``experiments.db``) that every process writes to.
+
+Several OS processes (trainers, DDP rank 0, workers) write while UIs read, so the file runs in WAL
+mode with a 30 s busy timeout and every write is one ``BEGIN IMMEDIATE`` transaction (taking the
+write lock up front, so a writer waits in the busy handler instead of failing on a lock upgrade).
+The schema evolves through ``MIGRATIONS``; ``PRAGMA user_version`` records how many are applied.
+
+Usage::
+
+    store = Store("experiments.db")
+    run_id = store.create_run(name="mind-sasrec", config=cfg, config_hash=h, dataset="mind",
+                              architecture="sasrec", item_tower="id")
+    store.set_status(run_id, "running")
+    store.log_epoch(run_id, 1, train_loss=3.2, seconds=41.0, metrics={"hr@10": 0.051})
+    store.log_final(run_id, "test", {"hr@10": 0.062}, best_epoch=1, stopped_epoch=1)
+    store.results(dataset="mind", name_glob="mind-*")   # rows of the `results` view
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.db import quote_identifier
+
+from tcf.errors import TcfError
+
+BUSY_TIMEOUT_MS = 30_000
+JOB_ENV = "TCF_JOB_ID"  # set by a worker for the job process it starts (tcf.jobs)
+STATUSES = ("created", "running", "finished", "failed", "interrupted")
+TERMINAL_STATUSES = ("finished", "failed", "interrupted")
+FINAL_SPLITS = ("test", "valid")  # order of the metric columns in the `results` view
+RESULT_FIXED_COLUMNS = (
+    "run_id", "name", "status", "dataset", "architecture", "item_tower",
+    "best_epoch", "stopped_epoch", "created_at", "finished_at", "lm_params",
+)
+# Metric names become column names and string literals of the `results` view, so only names that
+# can never need quoting are accepted: "hr@10", "ndcg@10", "mrr".
+METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(@[0-9]+)?$")
+
+
+def _m001_initial(db: Database) -> None:
+    """Runs, per-epoch training figures and metrics in long format (one row per value)."""
+    statements = [
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            config_json TEXT NOT NULL,
+            config_hash TEXT NOT NULL,
+            status TEXT NOT NULL,
+            dataset TEXT,
+            architecture TEXT,
+            item_tower TEXT,
+            host TEXT,
+            git_commit TEXT,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            best_epoch INTEGER,
+            stopped_epoch INTEGER,
+            error TEXT
+        )""",
+        "CREATE INDEX runs_dataset ON runs(dataset)",
+        "CREATE INDEX runs_config_hash ON runs(config_hash)",
+        """CREATE TABLE epochs (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            epoch INTEGER NOT NULL,
+            train_loss REAL,
+            seconds REAL,
+            PRIMARY KEY (run_id, epoch)
+        )""",
+        """CREATE TABLE metrics (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            split TEXT NOT NULL CHECK (split IN ('epoch', 'valid', 'test')),
+            epoch INTEGER,
+            name TEXT NOT NULL,
+            value REAL
+        )""",
+        # epoch is NULL for a final split without a best epoch; ifnull keeps such rows unique too.
+        "CREATE UNIQUE INDEX metrics_key ON metrics(run_id, split, ifnull(epoch, -1), name)",
+    ]
+    for sql in statements:
+        db.execute(sql)
+
+
+def _m002_artifacts(db: Database) -> None:
+    """Registry of content-addressed artifacts (token ids, latents, ...) and the run that made them."""
+    db.execute("""CREATE TABLE artifacts (
+        hash TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        path TEXT NOT NULL,
+        meta_json TEXT NOT NULL,
+        run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (kind, hash)
+    )""")
+
+
+def _m003_events(db: Database) -> None:
+    """Structured progress events (stage, block range, items done/total, items/s, GPU memory) of any job."""
+    db.execute("""CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE,
+        time TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload_json TEXT NOT NULL
+    )""")
+    db.execute("CREATE INDEX events_source ON events(source, id)")
+
+
+def _m004_lm_params(db: Database) -> None:
+    """Parameter count of a run's text encoder: the x axis of the scaling plots (NULL for ID towers)."""
+    db.execute("ALTER TABLE runs ADD COLUMN lm_params INTEGER")
+
+
+def _m005_jobs(db: Database) -> None:
+    """The job queue (tcf.jobs): jobs, their dependencies, the workers that run them; events name their job."""
+    statements = [
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('infer', 'train')),
+            name TEXT NOT NULL,
+            config_json TEXT NOT NULL,
+            spec_json TEXT NOT NULL,
+            key TEXT,
+            state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'finished', 'failed', 'cancelled', 'lost')),
+            priority INTEGER NOT NULL DEFAULT 0,
+            tags_json TEXT NOT NULL DEFAULT '[]',
+            note TEXT NOT NULL DEFAULT '',
+            gpus INTEGER NOT NULL DEFAULT 1,
+            mem_bytes INTEGER,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            worker_id INTEGER,
+            host TEXT,
+            pid INTEGER,
+            pid_start INTEGER,
+            devices TEXT,
+            heartbeat REAL,
+            peak_mem_bytes INTEGER,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+            artifact TEXT,
+            exit_code INTEGER,
+            error TEXT,
+            log_path TEXT
+        )""",
+        "CREATE INDEX jobs_state ON jobs(state, priority, id)",
+        """CREATE TABLE job_deps (
+            job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            dep_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            PRIMARY KEY (job_id, dep_id)
+        )""",
+        "CREATE INDEX job_deps_dep ON job_deps(dep_id)",
+        """CREATE TABLE workers (
+            id INTEGER PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            pid_start INTEGER,
+            devices TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            heartbeat REAL NOT NULL,
+            stopped_at TEXT,
+            status TEXT NOT NULL DEFAULT ''
+        )""",
+        "ALTER TABLE events ADD COLUMN job_id INTEGER",
+        "CREATE INDEX events_job ON events(job_id, id)",
+    ]
+    for sql in statements:
+        db.execute(sql)
+
+
+# Append only: never edit or reorder an applied migration; user_version = len(applied).
+MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events, _m004_lm_params,
+                                                _m005_jobs]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    """HEAD of the tcf source tree, so a result can be traced to the code that produced it."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def _check_metric_names(metrics: dict[str, float]) -> None:
+    for name in metrics:
+        if not isinstance(name, str) or not METRIC_NAME.match(name):
+            raise ValueError(f"invalid metric name {name!r} (expected e.g. 'hr@10', 'ndcg@10')")
+
+
+def _metric_sort_key(name: str) -> tuple[str, int]:
+    base, _, k = name.partition("@")
+    return base, int(k) if k else -1
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class Store:
+    """experiments.db through sqlite-utils: WAL, busy_timeout 30 s, migrations by PRAGMA user_version.
+
+    Open one Store per process (and per thread): the sqlite3 connection is not shared. Inside a
+    queued job's process (``TCF_JOB_ID`` set by the worker) events carry the job's id and a new run
+    is linked to the job, so that the queue and the TUI can follow the job without parsing logs.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser().resolve()
+        job = os.environ.get(JOB_ENV, "")
+        self.job_id: int | None = int(job) if job.isdigit() else None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000)
+        except (OSError, sqlite3.DatabaseError) as e:
+            raise TcfError(f"{self.path}: cannot open the experiment store: {e}") from e
+        try:
+            self.db = Database(conn)
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self._enable_wal()
+            # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits only.
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except BaseException as e:
+            conn.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise TcfError(f"{self.path}: cannot open the experiment store: {e}") from e
+            raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transactions and schema -------------------------------------------------------------
+
+    def _enable_wal(self) -> None:
+        """Switch a new file to WAL (persistent), retrying while another process does the same.
+
+        Two connections that both read the fresh file and both want the exclusive lock for the
+        switch would deadlock, so SQLite answers SQLITE_BUSY at once instead of waiting in the busy
+        handler; backing off and retrying resolves it.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self.db.enable_wal()
+                return
+            except sqlite3.OperationalError as e:
+                code = getattr(e, "sqlite_errorcode", None)  # Python >= 3.11; extended code
+                busy = (code & 0xFF) == sqlite3.SQLITE_BUSY if code is not None else "locked" in str(e)
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; IMMEDIATE so concurrent writers queue in the busy handler."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+
+    def _user_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        latest = len(MIGRATIONS)
+        version = self._user_version()
+        if version > latest:
+            raise TcfError(f"{self.path}: schema version {version} is newer than this tcf "
+                           f"understands ({latest}); upgrade tcf")
+        if version == latest:
+            return
+        with self.transaction():
+            version = self._user_version()  # another process may have migrated meanwhile
+            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                migration(self.db)
+                self.db.execute(f"PRAGMA user_version = {int(number)}")
+            self._sync_results_view(force=True)
+
+    def _sync_results_view(self, force: bool = False) -> None:
+        """(Re)create the `results` view so that every (split, metric) present has a column.
+
+        Must run inside a write transaction: DDL in SQLite is transactional, so readers see either
+        the old or the new view, never none.
+        """
+        pairs = self.db.execute(
+            "SELECT DISTINCT split, name FROM metrics WHERE split IN (?, ?)", FINAL_SPLITS
+        ).fetchall()
+        pairs = sorted(pairs, key=lambda p: (FINAL_SPLITS.index(p[0]), _metric_sort_key(p[1])))
+        metric_columns = [f"{split}_{name}" for split, name in pairs]
+        wanted = [*RESULT_FIXED_COLUMNS, *metric_columns]
+        current = [row[1] for row in self.db.execute("PRAGMA table_info(results)").fetchall()]
+        if current == wanted and not force:
+            return
+        selects = [
+            "r.id AS run_id", "r.name AS name", "r.status AS status", "r.dataset AS dataset",
+            "r.architecture AS architecture", "r.item_tower AS item_tower",
+            "r.best_epoch AS best_epoch", "r.stopped_epoch AS stopped_epoch",
+            "r.created_at AS created_at", "r.finished_at AS finished_at", "r.lm_params AS lm_params",
+        ]
+        for (split, name), column in zip(pairs, metric_columns, strict=True):
+            if not METRIC_NAME.match(name):  # rows written by something other than this class
+                raise TcfError(f"{self.path}: invalid metric name {name!r} in table metrics")
+            selects.append(
+                f"MAX(CASE WHEN m.split = {_sql_string(split)} AND m.name = {_sql_string(name)} "
+                f"THEN m.value END) AS {quote_identifier(column)}"
+            )
+        select_sql = (
+            "SELECT " + ",\n  ".join(selects) + "\nFROM runs AS r\n"
+            "LEFT JOIN metrics AS m ON m.run_id = r.id AND m.split IN ('valid', 'test')\n"
+            "GROUP BY r.id"
+        )
+        self.db.execute("DROP VIEW IF EXISTS results")
+        self.db.create_view("results", select_sql)
+
+    def _require_run(self, run_id: int) -> dict[str, Any]:
+        row = next(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]), None)
+        if row is None:
+            raise TcfError(f"{self.path}: no run with id {run_id}")
+        return row
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def create_run(self, *, name: str, config: dict, config_hash: str, dataset: str,
+                   architecture: str, item_tower: str, lm_params: int | None = None) -> int:
+        """Record a new run (status 'created') with the host and git commit that will produce it."""
+        row = {
+            "name": name,
+            "config_json": json.dumps(config, sort_keys=True, default=str),
+            "config_hash": config_hash,
+            "status": "created",
+            "dataset": dataset,
+            "architecture": architecture,
+            "item_tower": item_tower,
+            "host": socket.gethostname(),
+            "git_commit": _git_commit(),
+            "created_at": _now(),
+            "lm_params": lm_params,
+        }
+        with self.transaction():
+            cursor = self.db.execute(
+                "INSERT INTO runs (name, config_json, config_hash, status, dataset, architecture, "
+                "item_tower, host, git_commit, created_at, lm_params) VALUES (:name, :config_json, :config_hash, "
+                ":status, :dataset, :architecture, :item_tower, :host, :git_commit, :created_at, :lm_params)",
+                row,
+            )
+            run_id = int(cursor.lastrowid)
+            if self.job_id is not None:
+                self.db.execute("UPDATE jobs SET run_id = ? WHERE id = ? AND kind = 'train'", [run_id, self.job_id])
+            return run_id
+
+    def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
+        """'running' stamps started_at the first time; a terminal status stamps finished_at."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown run status {status!r}; expected one of {', '.join(STATUSES)}")
+        now = _now()
+        with self.transaction():
+            self._require_run(run_id)
+            if status == "running":
+                self.db.execute(
+                    "UPDATE runs SET status = ?, error = ?, started_at = ifnull(started_at, ?), "
+                    "finished_at = NULL WHERE id = ?",
+                    [status, error, now, run_id],
+                )
+            elif status in TERMINAL_STATUSES:
+                self.db.execute(
+                    "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+                    [status, error, now, run_id],
+                )
+            else:
+                self.db.execute(
+                    "UPDATE runs SET status = ?, error = ? WHERE id = ?", [status, error, run_id]
+                )
+
+    def log_epoch(self, run_id: int, epoch: int, train_loss: float, seconds: float,
+                  metrics: dict[str, float]) -> None:
+        """Training loss, wall time and validation metrics of one epoch (re-logging replaces it)."""
+        _check_metric_names(metrics)
+        with self.transaction():
+            self._require_run(run_id)
+            self.db.execute(
+                "INSERT OR REPLACE INTO epochs (run_id, epoch, train_loss, seconds) VALUES (?, ?, ?, ?)",
+                [run_id, epoch, train_loss, seconds],
+            )
+            self.db.execute(
+                "DELETE FROM metrics WHERE run_id = ? AND split = 'epoch' AND epoch = ?", [run_id, epoch]
+            )
+            self.db.conn.executemany(
+                "INSERT INTO metrics (run_id, split, epoch, name, value) VALUES (?, 'epoch', ?, ?, ?)",
+                [(run_id, epoch, name, float(value)) for name, value in metrics.items()],
+            )
+
+    def log_final(self, run_id: int, split: str, metrics: dict[str, float], best_epoch: int | None,
+                  stopped_epoch: int | None) -> None:
+        """Final metrics of a split ('valid' at the best epoch, or 'test'); replaces earlier ones."""
+        if split not in FINAL_SPLITS:
+            raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
+        _check_metric_names(metrics)
+        with self.transaction():
+            self._require_run(run_id)
+            self.db.execute("DELETE FROM metrics WHERE run_id = ? AND split = ?", [run_id, split])
+            self.db.conn.executemany(
+                "INSERT INTO metrics (run_id, split, epoch, name, value) VALUES (?, ?, ?, ?, ?)",
+                [(run_id, split, best_epoch, name, float(value)) for name, value in metrics.items()],
+            )
+            # None means "not known by this caller", so it keeps what an earlier call recorded.
+            self.db.execute(
+                "UPDATE runs SET best_epoch = ifnull(?, best_epoch), "
+                "stopped_epoch = ifnull(?, stopped_epoch) WHERE id = ?",
+                [best_epoch, stopped_epoch, run_id],
+            )
+            self._sync_results_view()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get_run(self, run_id: int) -> dict:
+        """The `runs` row plus `config` (parsed) and `metrics` ({"test_hr@10": ..., "valid_...": ...})."""
+        run = self._require_run(run_id)
+        run["config"] = json.loads(run["config_json"])
+        rows = sorted(
+            self.db.query(
+                "SELECT split, name, value FROM metrics WHERE run_id = ? AND split IN ('valid', 'test')",
+                [run_id],
+            ),
+            key=lambda r: (FINAL_SPLITS.index(r["split"]), _metric_sort_key(r["name"])),
+        )
+        run["metrics"] = {f"{r['split']}_{r['name']}": r["value"] for r in rows}
+        return run
+
+    def epochs(self, run_id: int) -> list[dict]:
+        """Per-epoch rows in order: {"epoch", "train_loss", "seconds", "metrics": {"hr@10": ...}}."""
+        self._require_run(run_id)
+        rows = list(self.db.query(
+            "SELECT epoch, train_loss, seconds FROM epochs WHERE run_id = ? ORDER BY epoch", [run_id]
+        ))
+        by_epoch: dict[int, dict[str, float]] = {row["epoch"]: {} for row in rows}
+        for m in self.db.query(
+            "SELECT epoch, name, value FROM metrics WHERE run_id = ? AND split = 'epoch'", [run_id]
+        ):
+            by_epoch.setdefault(m["epoch"], {})[m["name"]] = m["value"]
+        for row in rows:
+            row["metrics"] = dict(sorted(by_epoch[row["epoch"]].items(),
+                                         key=lambda kv: _metric_sort_key(kv[0])))
+        return rows
+
+    def results(self, dataset: str | None = None, name_glob: str | None = None) -> list[dict]:
+        """Rows of the `results` view, oldest run first; name_glob is SQL GLOB (case-sensitive)."""
+        return list(self.db.query(
+            "SELECT * FROM results WHERE (:dataset IS NULL OR dataset = :dataset) "
+            "AND (:glob IS NULL OR name GLOB :glob) ORDER BY run_id",
+            {"dataset": dataset, "glob": name_glob},
+        ))
+
+    # -- artifacts -----------------------------------------------------------------------------
+
+    def register_artifact(self, kind: str, hash: str, path: str | Path, meta: dict[str, Any],
+                          run_id: int | None = None) -> None:
+        """Record a complete artifact (idempotent: registering it again updates the row)."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO artifacts (hash, kind, path, meta_json, run_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, hash) DO UPDATE SET path = excluded.path, "
+                "meta_json = excluded.meta_json, run_id = ifnull(excluded.run_id, artifacts.run_id)",
+                [hash, kind, str(path), json.dumps(meta, sort_keys=True, default=str), run_id, _now()],
+            )
+
+    def artifacts(self, kind: str | None = None) -> list[dict]:
+        """Registered artifacts, oldest first, with ``meta`` parsed."""
+        rows = self.db.query(
+            "SELECT * FROM artifacts WHERE (:kind IS NULL OR kind = :kind) ORDER BY created_at, rowid",
+            {"kind": kind},
+        )
+        return [{**row, "meta": json.loads(row["meta_json"])} for row in rows]
+
+    # -- progress events -----------------------------------------------------------------------
+
+    def log_event(self, source: str, kind: str, payload: dict[str, Any], run_id: int | None = None) -> None:
+        """One progress event of a job (``source``, e.g. 'infer:<artifact hash>'); callers rate-limit."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO events (source, run_id, job_id, time, kind, payload_json) VALUES (?, ?, ?, ?, ?, ?)",
+                [source, run_id, self.job_id, _now(), kind, json.dumps(payload, sort_keys=True, default=str)],
+            )
+
+    def events(self, source: str | None = None, after_id: int = 0, job_id: int | None = None) -> list[dict]:
+        """Events after ``after_id`` (for tailing), oldest first, with ``payload`` parsed."""
+        rows = self.db.query(
+            "SELECT * FROM events WHERE (:source IS NULL OR source = :source) "
+            "AND (:job IS NULL OR job_id = :job) AND id > :after ORDER BY id",
+            {"source": source, "after": after_id, "job": job_id},
+        )
+        return [{**row, "payload": json.loads(row["payload_json"])} for row in rows]
