@@ -32,7 +32,7 @@ from tcf import config as config_mod  # noqa: E402
 from tcf.data.reader import load_dataset  # noqa: E402
 from tcf.lm.tokenize import token_table  # noqa: E402
 from tcf.preinfer import runner  # noqa: E402
-from tcf.preinfer.encode import make_plan, model_dir_of  # noqa: E402
+from tcf.preinfer.encode import default_device, make_plan, model_dir_of  # noqa: E402
 from tcf.preinfer.latents import LatentStore  # noqa: E402
 
 
@@ -143,7 +143,7 @@ def main() -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     table, _, _ = token_table(raw, model, cfg.text_encoder.max_tokens, scratch / "artifacts")
     ids, lengths, keys = np.asarray(table.ids), np.asarray(table.lengths), list(table.item_keys)
-    plan = make_plan(cfg, len(keys))
+    plan = make_plan(cfg, len(keys), default_device())
     warm_s = warmup(args.warmup, model, ids, lengths, plan.ranges[0].batch_size)
     half = np.sort(runner.share(lengths, 0, 2))
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -33,8 +33,9 @@ from transformers import OPTConfig, OPTModel
 
 from tcf.lm.checkpoint import block_weight_bytes, model_shape
 from tcf.preinfer.latents import LatentStore
-from tcf.preinfer.planner import format_plan, parse_bytes, plan_ranges
+from tcf.preinfer.planner import format_plan, plan_ranges
 from tcf.preinfer.runner import run_preinference
+from tcf.util.units import parse_bytes
 
 # Shapes of the published OPT configs (facebook/opt-*), so the compute matches the real models.
 CONFIGS = {
@@ -92,7 +93,7 @@ def run_tcf(ckpt: Path, ids: np.ndarray, lengths: np.ndarray, budget: str, devic
             work: Path) -> dict:
     dtype = "bf16" if device.type == "cuda" else "fp32"
     plan = plan_ranges(block_weight_bytes(ckpt, compute_dtype=dtype), model_shape(ckpt), max_tokens=ids.shape[1],
-                       budget=budget, n_items=len(ids), compute_dtype=dtype, latent_dtype=dtype)
+                       budget=parse_bytes(budget), n_items=len(ids), compute_dtype=dtype, latent_dtype=dtype)
     print(format_plan(plan), flush=True)
     keys = [f"i{r}" for r in range(len(ids))]
     shutil.rmtree(work, ignore_errors=True)

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tcf import __version__
-from tcf.errors import TcfError
+from tcf.errors import ConfigError, TcfError
 
 app = typer.Typer(help="Text-based collaborative filtering experiments.", rich_markup_mode="rich",
                   no_args_is_help=True, add_completion=False)
@@ -195,6 +195,32 @@ def plot(
 
 
 # -- plan ----------------------------------------------------------------------------------------
+#: Flags that set a config key; an error about the key names the flag the user typed instead.
+FLAG_KEYS = {"--gpu-memory-budget": "text_encoder.gpu_memory_budget", "--ranges": "text_encoder.ranges",
+             "--batch-size": "text_encoder.batch_size"}
+_flags_given: dict[str, str] = {}  # config key -> flag, for this invocation
+
+
+def _flag_values(**flags: object) -> dict[str, object]:
+    """``--gpu-memory-budget 8GiB`` -> {"text_encoder.gpu_memory_budget": "8GiB"}, remembering the flag."""
+    values = {}
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if value is not None:
+            values[FLAG_KEYS[flag]] = value
+            _flags_given[FLAG_KEYS[flag]] = flag
+    return values
+
+
+def _text_configs(config: Path, set_: list[str] | None, **flags: object) -> list:
+    from tcf.config import load_config
+
+    configs = [c for c in load_config(config, set_ or [], values=_flag_values(**flags)) if c.text_encoder is not None]
+    if not configs:
+        raise TcfError(f"{config}: text_encoder: the config has no text_encoder section")
+    return configs
+
+
 @app.command()
 def plan(
     config: TextConfigArg,
@@ -205,16 +231,12 @@ def plan(
     gpu: Annotated[int, typer.Option(min=0, help="GPU whose free memory is the default budget.")] = 0,
 ) -> None:
     """Plan block-wise pre-inference of the item texts under a GPU-memory budget."""
-    from tcf.config import load_config
     from tcf.experiment import prepared_data
-    from tcf.preinfer.encode import make_plan
+    from tcf.preinfer.encode import default_device, make_plan
     from tcf.preinfer.planner import format_plan
 
-    cfg = load_config(config, set_ or [])[0]
-    if cfg.text_encoder is None:
-        raise TcfError(f"{config}: text_encoder: the config has no text_encoder section to plan for")
-    n_items = prepared_data(cfg).n_items
-    result = make_plan(cfg, n_items, budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size, gpu=gpu)
+    cfg = _text_configs(config, set_, gpu_memory_budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size)[0]
+    result = make_plan(cfg, prepared_data(cfg).n_items, default_device(gpu))
     sys.stdout.write(format_plan(result).rstrip("\n") + "\n")
 
 
@@ -232,14 +254,11 @@ def infer(
 
     A sweep encodes once per distinct encoder, keeping the depths of all its unfreeze values.
     """
-    from tcf.config import load_config
     from tcf.preinfer.encode import encoder_identity, run_infer_job, sweep_depths
     from tcf.tui.progress import InferProgress
     from tcf.util.dist import shutdown
 
-    configs = [c for c in load_config(config, set_ or []) if c.text_encoder is not None]
-    if not configs:
-        raise TcfError(f"{config}: text_encoder: the config has no text_encoder section")
+    configs = _text_configs(config, set_, gpu_memory_budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size)
     jobs = {}
     for cfg, keep in zip(configs, sweep_depths(configs), strict=True):
         jobs.setdefault(encoder_identity(cfg), (cfg, keep))
@@ -248,8 +267,7 @@ def infer(
     try:
         for cfg, keep in jobs.values():
             with InferProgress(err) if main_rank else contextlib.nullcontext() as ui:
-                path, reused = run_infer_job(cfg, db, budget=gpu_memory_budget, ranges=ranges,
-                                             batch_size=batch_size, gpu=gpu, ui=ui, keep_depths=keep)
+                path, reused = run_infer_job(cfg, db, gpu=gpu, ui=ui, keep_depths=keep)
             if main_rank:
                 err.print(("reused " if reused else "wrote ") + str(path))
                 print(path)
@@ -276,9 +294,10 @@ def queue_add(
 ) -> None:
     """Queue every run of CONFIG (sweeps expand), each text encoder's pre-inference first."""
     from tcf.jobs.queue import get_job, queue_config
-    from tcf.preinfer.planner import parse_bytes
     from tcf.store.db import Store
+    from tcf.util.units import parse_bytes
 
+    _flags_given["gpus"] = "--gpus"
     try:
         mem = parse_bytes(gpu_memory) if gpu_memory is not None else None
     except ValueError as e:
@@ -400,6 +419,7 @@ def worker(
     from tcf.util.gpu import get_provider
 
     provider = get_provider()
+    _flags_given["gpus"] = "--gpus"
     devices = parse_gpus(gpus, provider)
     if devices == ["cpu"] and gpus is None:
         err.print(f"no GPU ({provider.reason}): running jobs on the CPU, one at a time")
@@ -491,12 +511,19 @@ def _report(counts: dict, out_dir: Path) -> None:
     err.print(f"wrote {out_dir}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in counts.items()))
 
 
+def _in_flag_terms(e: TcfError) -> str:
+    """An error about a config key that a flag of this command set names the flag (the engine knows keys)."""
+    if isinstance(e, ConfigError) and e.key in _flags_given:
+        return f"{_flags_given[e.key]}: {e.message}"
+    return str(e)
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit code 2, never a traceback."""
     try:
         rv = app(standalone_mode=False)
     except TcfError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_in_flag_terms(e)}", file=sys.stderr)
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

@@ -11,14 +11,65 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tcf.errors import ConfigError
+from tcf.util.units import parse_bytes
+
+
+def parse_block_ranges(value: object) -> tuple[tuple[int, int], ...]:
+    """'0:6,6:16' (or [[0, 6], [6, 16]]) -> ((0, 6), (6, 16)): half-open, non-empty, contiguous from block 0.
+    Whether they end at the model's last block is checked against the checkpoint when planning."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        spans = []
+        for part in parts:
+            m = re.fullmatch(r"(\d+)\s*:\s*(\d+)", part)
+            if not m:
+                raise ValueError(f"bad block range {part!r} in {value!r}: write start:stop, e.g. 0:6,6:16")
+            spans.append((int(m.group(1)), int(m.group(2))))
+    elif isinstance(value, (list, tuple)) and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, int) for x in p) for p in value):
+        spans = [(int(a), int(b)) for a, b in value]
+    else:
+        raise ValueError(f"must be block ranges like 0:6,6:16, got {value!r}")
+    expected = 0
+    for start, stop in spans:
+        if stop <= start:
+            raise ValueError(f"bad block range '{start}:{stop}': stop must be greater than start")
+        if start != expected:
+            what = "must start at block 0" if expected == 0 else f"must start at {expected}, where the previous ended"
+            raise ValueError(f"bad block range '{start}:{stop}': {what}")
+        expected = stop
+    if not spans:
+        raise ValueError("no block ranges given")
+    return tuple(spans)
+
+
+def format_block_ranges(spans: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{s}:{e}" for s, e in spans)
+
+
+#: A byte count written as people write one ('8GiB', '6.5GB', 1024), an int of bytes once loaded.
+ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
+#: Block ranges written as '0:6,6:16', a tuple of (start, stop) once loaded; stored as the string.
+BlockRanges = Annotated[tuple[tuple[int, int], ...], BeforeValidator(parse_block_ranges),
+                        PlainSerializer(format_block_ranges, return_type=str, when_used="json")]
 
 
 class _Section(BaseModel):
@@ -110,10 +161,10 @@ class TextEncoderConfig(_Section):
     latent_dtype: Literal["bf16", "fp16", "fp32"] = Field(
         "bf16", description="Dtype of the latents stored between block ranges."
     )
-    gpu_memory_budget: str | None = Field(
+    gpu_memory_budget: ByteSize | None = Field(
         None, description="GPU memory for pre-inference, e.g. 8GiB; unset = the GPU's free memory."
     )
-    ranges: str | None = Field(None, description="Pinned block ranges, e.g. 0:6,6:16,16:24; unset = planned.")
+    ranges: BlockRanges | None = Field(None, description="Pinned block ranges, e.g. 0:6,6:16,16:24; unset = planned.")
     batch_size: int | None = Field(None, ge=1, description="Pinned pre-inference batch; unset = planned.")
     unfreeze: int = Field(0, ge=0, description="Top blocks to fine-tune; pre-inference keeps the latents below them.")
     pooling: Literal["auto", "mean", "first", "last"] = Field(
@@ -216,7 +267,7 @@ def _validate(data: dict, source: str, lines: dict[str, int]) -> Config:
                 if ".".join(parts[:n]) in lines:
                     where = f"{source}:{lines['.'.join(parts[:n])]}"
                     break
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
@@ -281,14 +332,16 @@ def load_config_data(path: str | Path | None, base: dict | None = None) -> tuple
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = (), base: dict | None = None,
-                ) -> list[Config]:
+                values: dict[str, Any] | None = None) -> list[Config]:
     """Load a config file and expand its runs and sweep into validated configs.
 
-    Overrides win over the file, its ``runs`` and its ``sweep``: a key set with ``-S`` is no longer
-    varied, and variants that become identical collapse into one run.
+    Overrides win over the file, its ``runs`` and its ``sweep``: a key set with ``-S key=value`` (or in
+    ``values``, dotted key -> value as is, for command-line flags that set a key) is no longer varied,
+    and variants that become identical collapse into one run.
     """
     data, source, lines = load_config_data(path, base)
     parsed = [_parse_override(ov) for ov in overrides]
+    parsed += [(key, value) for key, value in (values or {}).items() if value is not None]
     fixed = {key for key, _ in parsed}
     if isinstance(data.get("sweep"), dict):
         data["sweep"] = {k: v for k, v in data["sweep"].items() if k not in fixed}

@@ -9,6 +9,7 @@ import torch
 from conftest import tcf
 from transformers import OPTConfig, OPTModel
 
+from tcf.preinfer.encode import host_budget
 from tcf.util.gpu import get_provider
 
 
@@ -40,14 +41,19 @@ def test_plan_covers_every_block_and_shrinks_with_the_budget(setup):
 def test_plan_errors_are_one_line(setup):
     cfg = str(setup / "exp.yaml")
     small = tcf("plan", cfg, "--gpu-memory-budget", "1MiB", cwd=setup)
-    assert small.returncode == 2 and re.fullmatch(
-        r"error: budget 1\.0 MiB is too small: one block and one item need at least [\d.]+ MiB.*\n", small.stderr)
+    assert small.returncode == 2 and re.fullmatch(  # the engine names the config key, the CLI the flag given
+        r"error: --gpu-memory-budget: budget 1\.0 MiB is too small: one block and one item need at least "
+        r"[\d.]+ MiB.*\n", small.stderr)
+    keyed = tcf("plan", cfg, "-S", "text_encoder.gpu_memory_budget=1MiB", cwd=setup)
+    assert keyed.returncode == 2 and keyed.stderr.startswith("error: text_encoder.gpu_memory_budget: budget 1.0 MiB")
     bad = tcf("plan", cfg, "--gpu-memory-budget", "2GiB", "--ranges", "0:2,3:6", cwd=setup)
-    assert bad.returncode == 2 and "'3:6'" in bad.stderr
-    nogpu = tcf("plan", cfg, cwd=setup)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --ranges: bad block range '3:6'")
+    unit = tcf("plan", cfg, "--gpu-memory-budget", "8G", cwd=setup)
+    assert unit.returncode == 2 and unit.stderr.startswith("error: --gpu-memory-budget: bad memory size '8G'")
+    default = tcf("plan", cfg, cwd=setup)
+    assert default.returncode == 0, default.stderr  # the GPU's free memory, or on the CPU half the host's
+    budget = float(re.match(r"budget ([\d.]+) GiB", default.stdout).group(1))
     if not get_provider().available and not torch.cuda.is_available():
-        assert nogpu.returncode == 2 and "NVML unavailable" in nogpu.stderr
-    else:  # the budget is the GPU's free memory
-        assert nogpu.returncode == 0, nogpu.stderr
+        assert budget == pytest.approx(host_budget() / (1 << 30), abs=1.0)
     missing = tcf("plan", cfg, "-S", f"text_encoder.model={setup / 'nope'}", cwd=setup)
     assert missing.returncode == 2 and "not a model directory" in missing.stderr

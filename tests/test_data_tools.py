@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tcf.data.atomic import atomic_folder
 from tcf.data.filter import filter_warm_items
 from tcf.data.fingerprint import dataset_fingerprint
+from tcf.data.output import dataset_folder
 from tcf.data.prepare import Prepared, prepare
 from tcf.data.reader import load_dataset
 from tcf.data.stats import dataset_stats
@@ -126,15 +126,15 @@ def test_synth_refuses_bad_sizes_and_existing_output(tmp_path):
 # ---------------------------------------------------------------- atomic writes
 
 
-def test_atomic_folder_leaves_nothing_on_error(tmp_path):
+def test_dataset_folder_leaves_nothing_on_error(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RuntimeError):
-        with atomic_folder(out) as tmp:
+        with dataset_folder(out) as tmp:
             (tmp / "behaviors.tsv").write_text("half")
             assert not out.exists()
             raise RuntimeError("crash mid-write")
     assert list(tmp_path.iterdir()) == []
-    with atomic_folder(out) as tmp:
+    with dataset_folder(out) as tmp:
         (tmp / "a.txt").write_text("done")
     assert files(out) == {"a.txt": b"done"}
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -20,16 +20,10 @@ from tcf.lm.checkpoint import (
     model_shape,
     read_safetensors_header,
 )
-from tcf.preinfer.planner import (
-    BudgetTooSmall,
-    GiB,
-    MiB,
-    activation_bytes_per_item,
-    format_plan,
-    parse_bytes,
-    parse_ranges,
-    plan_ranges,
-)
+from tcf.config import parse_block_ranges
+from tcf.errors import ConfigError
+from tcf.preinfer.planner import BudgetTooSmall, activation_bytes_per_item, check_ranges, format_plan, plan_ranges
+from tcf.util.units import GiB, MiB, parse_bytes
 
 
 def _opt_like_tensors(n_blocks=3, hidden=16, ffn=40, vocab=50, dtype=torch.float32):
@@ -161,28 +155,34 @@ def test_parse_bytes(text, value):
 
 @pytest.mark.parametrize("text", ["", "8G", "GiB", "-1GiB", "0", "1.2.3GB", "eight GiB", "8 GiBs"])
 def test_parse_bytes_rejects(text):
-    with pytest.raises(TcfError, match="bad memory size"):
+    with pytest.raises(ValueError, match="bad memory size"):
         parse_bytes(text)
 
 
 def test_parse_ranges():
-    assert parse_ranges("0:6,6:16", 16) == [(0, 6), (6, 16)]
-    assert parse_ranges(" 0:16 ", 16) == [(0, 16)]
+    assert check_ranges(parse_block_ranges("0:6,6:16"), 16) == [(0, 6), (6, 16)]
+    assert check_ranges(parse_block_ranges(" 0:16 "), 16) == [(0, 16)]
+    assert parse_block_ranges([[0, 6], [6, 16]]) == ((0, 6), (6, 16))
 
 
 @pytest.mark.parametrize("text,match", [
     ("1:16", "'1:16'.*must start at block 0"),
     ("0:6,7:16", "'7:16'.*must start at 6"),
     ("0:6,5:16", "'5:16'.*must start at 6"),
-    ("0:6,6:17", "'6:17'.*has 16 blocks"),
-    ("0:6", "stop at 6.*add 6:16"),
     ("0:6,6-16", "bad block range '6-16'"),
     ("0:0,0:16", "'0:0'.*greater than start"),
     ("0:6,,6:16", "bad block range ''"),
 ])
 def test_parse_ranges_errors(text, match):
-    with pytest.raises(TcfError, match=match):
-        parse_ranges(text, 16)
+    with pytest.raises(ValueError, match=match):
+        parse_block_ranges(text)
+
+
+@pytest.mark.parametrize("text,match", [("0:6,6:17", "'6:17'.*has 16 blocks"), ("0:6", "stop at 6.*add 6:16")])
+def test_ranges_must_cover_the_model(text, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        check_ranges(parse_block_ranges(text), 16)
+    assert info.value.key == "text_encoder.ranges"
 
 
 # ---------------------------------------------------------------- planner
@@ -258,10 +258,10 @@ def test_planner_random_shapes_property():
 def test_whole_model_in_one_range_when_it_fits():
     shape = ModelShape(24, 2048, 32, 8192)
     fp = _footprint(24, 100 * MiB, emb=200 * MiB, final=1)
-    plan = plan_ranges(fp, shape, max_tokens=30, budget="80GiB", n_items=100_000)
+    plan = plan_ranges(fp, shape, max_tokens=30, budget=parse_bytes("80GiB"), n_items=100_000)
     assert [(r.start, r.stop) for r in plan.ranges] == [(0, 24)]
     assert plan.ranges[0].batch_size == 4096 and plan.boundaries == 0
-    small = plan_ranges(fp, shape, max_tokens=30, budget="80GiB", n_items=100)
+    small = plan_ranges(fp, shape, max_tokens=30, budget=parse_bytes("80GiB"), n_items=100)
     assert small.ranges[0].batch_size == 128  # no batch bigger than the items need
 
 
@@ -270,28 +270,28 @@ def test_too_small_budget_message_and_minimum():
     fp = _footprint(4, 1 * GiB)
     with pytest.raises(BudgetTooSmall, match=r"budget 1\.0 GiB is too small: one block and one item need at least "
                                             r"1\.4 GiB") as info:
-        plan_ranges(fp, shape, max_tokens=30, budget="1GiB")
+        plan_ranges(fp, shape, max_tokens=30, budget=parse_bytes("1GiB"))
     plan = plan_ranges(fp, shape, max_tokens=30, budget=info.value.minimum_bytes)
     assert len(plan.ranges) == 4 and all(r.batch_size >= 1 for r in plan.ranges)
-    plan_ranges(fp, shape, max_tokens=30, budget="1.4GiB")  # the figure in the message is enough
+    plan_ranges(fp, shape, max_tokens=30, budget=parse_bytes("1.4GiB"))  # the figure in the message is enough
 
 
 def test_pinned_ranges_and_batch():
     shape = ModelShape(16, 2048, 32, 8192)
     fp = _footprint(16, 200 * MiB, emb=400 * MiB)
-    plan = plan_ranges(fp, shape, max_tokens=30, budget="24GiB", ranges="0:6,6:16", batch_size=64)
+    plan = plan_ranges(fp, shape, max_tokens=30, budget=parse_bytes("24GiB"), ranges=[(0, 6), (6, 16)], batch_size=64)
     assert [(r.start, r.stop, r.batch_size) for r in plan.ranges] == [(0, 6, 64), (6, 16, 64)]
     assert plan.pinned_ranges and plan.pinned_batch
-    plan = plan_ranges(fp, shape, max_tokens=30, budget="24GiB", ranges=[(0, 6), (6, 16)])
+    plan = plan_ranges(fp, shape, max_tokens=30, budget=parse_bytes("24GiB"), ranges=[(0, 6), (6, 16)])
     assert all(r.batch_size >= 64 for r in plan.ranges)
-    plan = plan_ranges(fp, shape, max_tokens=30, budget="8GiB", batch_size=32)
+    plan = plan_ranges(fp, shape, max_tokens=30, budget=parse_bytes("8GiB"), batch_size=32)
     _check_plan(plan, fp)
     assert {r.batch_size for r in plan.ranges} == {32}
     with pytest.raises(BudgetTooSmall, match="blocks 0:16 at batch 100000") as info:
-        plan_ranges(fp, shape, max_tokens=30, budget="8GiB", ranges="0:16", batch_size=100_000)
-    plan_ranges(fp, shape, max_tokens=30, budget=info.value.minimum_bytes, ranges="0:16", batch_size=100_000)
-    with pytest.raises(TcfError, match="'6:16': must start at 5"):
-        plan_ranges(fp, shape, max_tokens=30, budget="8GiB", ranges="0:5,6:16")
+        plan_ranges(fp, shape, max_tokens=30, budget=parse_bytes("8GiB"), ranges=[(0, 16)], batch_size=100_000)
+    plan_ranges(fp, shape, max_tokens=30, budget=info.value.minimum_bytes, ranges=[(0, 16)], batch_size=100_000)
+    with pytest.raises(ConfigError, match="stop at 5"):  # pinned ranges arrive checked for gaps (config)
+        plan_ranges(fp, shape, max_tokens=30, budget=parse_bytes("8GiB"), ranges=[(0, 5)])
 
 
 def test_activation_formula():
@@ -307,7 +307,7 @@ def test_activation_formula():
 def test_plan_latents_time_and_format():
     shape = ModelShape(40, 5120, 40, 20480)
     fp = _footprint(40, 600 * MiB, emb=500 * MiB, final=20_000)
-    plan = plan_ranges(fp, shape, max_tokens=30, budget="16GiB", n_items=100_000)
+    plan = plan_ranges(fp, shape, max_tokens=30, budget=parse_bytes("16GiB"), n_items=100_000)
     assert plan.latent_bytes_per_boundary == 100_000 * 30 * 5120 * 2
     assert plan.estimated_seconds == pytest.approx(2 * sum(fp.block_params) * 100_000 * 30 / 400e12)
     text = format_plan(plan)
@@ -320,11 +320,12 @@ def test_plan_latents_time_and_format():
 def test_planner_input_errors():
     fp = _footprint(4, MiB)
     with pytest.raises(TcfError, match="config says 5 blocks"):
-        plan_ranges(fp, ModelShape(5, 64, 2, 64), max_tokens=30, budget="1GiB")
-    with pytest.raises(TcfError, match="bad memory size"):
-        plan_ranges(fp, ModelShape(4, 64, 2, 64), max_tokens=30, budget="lots")
+        plan_ranges(fp, ModelShape(5, 64, 2, 64), max_tokens=30, budget=parse_bytes("1GiB"))
+    with pytest.raises(ConfigError, match="must be at least 1") as info:
+        plan_ranges(fp, ModelShape(4, 64, 2, 64), max_tokens=30, budget=0)
+    assert info.value.key == "text_encoder.gpu_memory_budget"
     with pytest.raises(TcfError, match="unknown dtype"):
-        plan_ranges(fp, ModelShape(4, 64, 2, 64), max_tokens=30, budget="1GiB", compute_dtype="int3")
+        plan_ranges(fp, ModelShape(4, 64, 2, 64), max_tokens=30, budget=parse_bytes("1GiB"), compute_dtype="int3")
 
 
 def test_split_at_puts_a_boundary_at_each_kept_depth():

@@ -6,7 +6,7 @@ from collections import Counter
 from itertools import chain
 from pathlib import Path
 
-from tcf.data.atomic import atomic_folder, check_output_folder, write_tsv
+from tcf.data.output import check_output_folder, dataset_folder, write_tsv
 from tcf.data.reader import BEHAVIORS_FILE, load_dataset, read_header
 from tcf.errors import DataError
 
@@ -39,7 +39,7 @@ def filter_warm_items(src: Path, out: Path, min_item_interactions: int, item_fil
             kept_interactions += len(kept)
     items = [(k, t) for k, t in zip(raw.item_keys, raw.item_texts, strict=True) if k in warm]
 
-    with atomic_folder(out) as tmp:
+    with dataset_folder(out) as tmp:
         write_tsv(tmp / raw.item_file, read_header(raw.path / raw.item_file), items)
         write_tsv(tmp / BEHAVIORS_FILE, read_header(raw.path / BEHAVIORS_FILE), users)
     total = sum(counts.values())

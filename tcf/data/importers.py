@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tcf.data.atomic import atomic_folder, check_output_folder, clean_field, write_tsv
+from tcf.data.output import check_output_folder, clean_field, dataset_folder, write_tsv
 from tcf.data.reader import BEHAVIORS_FILE
 from tcf.errors import DataError
 
@@ -81,7 +81,7 @@ def _write(
         rows.append((user_names[codes[chunk[0]]], " ".join(items[keep[j]] for j in chunk.tolist())))
     if not rows:
         raise DataError(out, None, "no interaction with an item that has a text: nothing to write")
-    with atomic_folder(out) as tmp:
+    with dataset_folder(out) as tmp:
         write_tsv(tmp / "items.tsv", "item_id\ttext", zip(item_keys, item_texts, strict=True))
         write_tsv(tmp / BEHAVIORS_FILE, "user_id\titems", rows)
     return {

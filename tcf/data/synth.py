@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tcf.data.atomic import atomic_folder, check_output_folder, write_tsv
+from tcf.data.output import check_output_folder, dataset_folder, write_tsv
 from tcf.data.reader import BEHAVIORS_FILE
 from tcf.errors import TcfError
 
@@ -161,7 +161,7 @@ def synth_dataset(out: Path, users: int = 2000, items: int = 1000, seed: int = 0
         clicked = item_of_slot[slots[u, : lengths[u]]]
         behaviors.append((f"U{u + 1}", " ".join(keys[j] for j in clicked.tolist())))
 
-    with atomic_folder(out) as tmp:
+    with dataset_folder(out) as tmp:
         write_tsv(tmp / "news.tsv", "news_id\ttitle", zip(keys, titles, strict=True))
         write_tsv(tmp / BEHAVIORS_FILE, "user_id\titems", behaviors)
     return {

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tcf.config import Config
-from tcf.errors import TcfError
+from tcf.errors import ConfigError, TcfError
 from tcf.jobs.process import hostname, is_alive
 from tcf.store.db import Store
 
@@ -196,10 +196,9 @@ def add_jobs(store: Store, configs: list[Config], *, priority: int = 0, tags: li
     takes what is free). Returns the ids of the new jobs, pre-inference first.
     """
     from tcf.preinfer.encode import minimum_budget, sweep_depths
-    from tcf.preinfer.planner import parse_bytes
 
     if gpus < 1:
-        raise TcfError("--gpus must be at least 1")
+        raise ConfigError(None, "gpus", "must be at least 1")
     tags = _check_tags(tags)
     configs = [_absolute(c) for c in configs]
     depths = sweep_depths(configs)
@@ -220,7 +219,7 @@ def add_jobs(store: Store, configs: list[Config], *, priority: int = 0, tags: li
                 continue
             te = cfg.text_encoder
             assert te is not None
-            budget = mem_bytes or (parse_bytes(te.gpu_memory_budget) if te.gpu_memory_budget else minimum_budget(cfg))
+            budget = mem_bytes or te.gpu_memory_budget or minimum_budget(cfg)
             name = f"{Path(cfg.dataset.path).name}-{Path(te.model).name}"
             infer_of[key] = _insert(store, "infer", name, cfg, {"keep_depths": list(keep)}, key, priority,
                                     tags, note, gpus, budget, [])

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from tcf.errors import TcfError
+from tcf.errors import ConfigError
 from tcf.jobs import queue as q
 from tcf.jobs.process import hostname, start_time
-from tcf.preinfer.planner import format_bytes
 from tcf.store.db import JOB_ENV, Store
 from tcf.util.gpu import GpuProvider, get_provider
+from tcf.util.units import format_bytes
 
 CPU = "cpu"
 DEFAULT_NEED = 1 << 30  # free memory a GPU must have for a job that states no need
@@ -47,15 +47,15 @@ def parse_gpus(text: str | None, provider: GpuProvider) -> list[str]:
     try:
         gpus = sorted({int(t) for t in text.split(",") if t.strip()})
     except ValueError:
-        raise TcfError(f"--gpus: expected 'all', 'cpu' or GPU indices like 0,1; got {text!r}") from None
+        raise ConfigError(None, "gpus", f"expected 'all', 'cpu' or GPU indices like 0,1; got {text!r}") from None
     if not gpus:
-        raise TcfError("--gpus: no GPU given")
+        raise ConfigError(None, "gpus", "no GPU given")
     if not provider.available:
-        raise TcfError(f"--gpus {text}: {provider.reason}")
+        raise ConfigError(None, "gpus", f"{text}: {provider.reason}")
     count = provider.device_count()
     bad = [g for g in gpus if g >= count]
     if bad:
-        raise TcfError(f"--gpus: no GPU {bad[0]} (NVML sees {count})")
+        raise ConfigError(None, "gpus", f"no GPU {bad[0]} (NVML sees {count})")
     return [str(g) for g in gpus]
 
 

@@ -11,10 +11,10 @@ Usage::
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
+
+from tcf.util.atomic import atomic_folder
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 
@@ -56,10 +56,7 @@ def build_tiny_opt(model_dir: str | Path, texts: Sequence[str], hidden: int, n_b
     hf_logging.disable_progress_bar()  # "Writing model shards" bars for a file that takes milliseconds
 
     final = Path(model_dir)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(final, replace=True) as tmp:
         train_tokenizer(tmp, texts, vocab_size=vocab_size)
         tok = AutoTokenizer.from_pretrained(str(tmp))
         with torch.random.fork_rng():
@@ -69,10 +66,4 @@ def build_tiny_opt(model_dir: str | Path, texts: Sequence[str], hidden: int, n_b
                 vocab_size=len(tok), max_position_embeddings=64, word_embed_proj_dim=hidden, dropout=dropout,
                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
         model.save_pretrained(tmp, **save_kwargs)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final

@@ -20,11 +20,12 @@ import torch
 
 from tcf.config import Config, TextEncoderConfig
 from tcf.data.reader import load_dataset
-from tcf.errors import TcfError
+from tcf.errors import ConfigError, TcfError
 from tcf.lm.checkpoint import block_weight_bytes, model_shape
 from tcf.lm.families import check_supported
-from tcf.preinfer.planner import BudgetTooSmall, Plan, plan_ranges, split_at
+from tcf.preinfer.planner import BUDGET_KEY, BudgetTooSmall, Plan, plan_ranges, split_at
 from tcf.store.artifacts import META, artifact_path, read_meta
+from tcf.util.atomic import write_atomic
 from tcf.util.gpu import free_memory, get_provider
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -58,30 +59,47 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:20]
 
 
-def resolve_budget(te: TextEncoderConfig, override: str | None, gpu: int) -> str | int:
-    """--gpu-memory-budget, else the config's, else the GPU's free memory (NVML, then CUDA)."""
-    budget = override or te.gpu_memory_budget
-    if budget is not None:
-        return budget
+def default_device(gpu: int = 0) -> torch.device:
+    """Where pre-inference runs when nothing says otherwise: GPU ``gpu`` if there is one, else the CPU."""
+    return torch.device("cuda", gpu) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def host_budget() -> int:
+    """Pre-inference on the CPU: half the host memory that is available now (at least 1 GiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        avail = 0
+    return max(avail // 2, 1 << 30)
+
+
+def resolve_budget(te: TextEncoderConfig, device: torch.device) -> int:
+    """The one place a budget is decided: ``text_encoder.gpu_memory_budget``, else on a GPU its free memory
+    (NVML, then CUDA), else on the CPU half the host memory available now."""
+    if te.gpu_memory_budget is not None:
+        return te.gpu_memory_budget
+    if device.type != "cuda":
+        return host_budget()
     provider = get_provider()
-    free = free_memory(gpu, provider)
+    free = free_memory(device.index or 0, provider)
     if free is None:
         reason = getattr(provider, "reason", None) or "no GPU"
-        raise TcfError(f"no GPU memory budget: {reason}; pass --gpu-memory-budget (e.g. 8GiB)")
+        raise ConfigError(None, BUDGET_KEY, f"unset, and the free memory of GPU {device.index or 0} is unknown "
+                                            f"({reason}); set one, e.g. 8GiB")
     return free
 
 
-def make_plan(cfg: Config, n_items: int, *, budget: str | None = None, ranges: str | None = None,
-              batch_size: int | None = None, gpu: int = 0) -> Plan:
-    """The block-range plan for encoding ``n_items`` texts with the config's text encoder."""
+def make_plan(cfg: Config, n_items: int, device: torch.device) -> Plan:
+    """The block-range plan for encoding ``n_items`` texts with the config's text encoder on ``device``."""
     te = cfg.text_encoder
     if te is None:
         raise TcfError("text_encoder: the config has no text_encoder section")
     model_dir = model_dir_of(te)
     return plan_ranges(block_weight_bytes(model_dir, compute_dtype=te.dtype), model_shape(model_dir),
-                       max_tokens=te.max_tokens, budget=resolve_budget(te, budget, gpu), n_items=n_items,
-                       compute_dtype=te.dtype, latent_dtype=te.latent_dtype, ranges=ranges or te.ranges,
-                       batch_size=batch_size or te.batch_size)
+                       max_tokens=te.max_tokens, budget=resolve_budget(te, device), n_items=n_items,
+                       compute_dtype=te.dtype, latent_dtype=te.latent_dtype, ranges=te.ranges,
+                       batch_size=te.batch_size)
 
 
 def minimum_budget(cfg: Config) -> int:
@@ -167,9 +185,7 @@ class RateLimited:
 
 def finish_artifact(work: Path, final: Path, meta: dict[str, Any]) -> None:
     """Write meta.json last and rename the work folder into place."""
-    tmp = work / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, work / META)
+    write_atomic(work / META, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(work, final)
 
 
@@ -209,19 +225,8 @@ class EventReporter:
             self.ui.range_end(i, seconds)
 
 
-def host_budget() -> int:
-    """Pre-inference on the CPU: half the host memory that is available now (at least 1 GiB)."""
-    try:
-        with open("/proc/meminfo") as f:
-            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        avail = 0
-    return max(avail // 2, 1 << 30)
-
-
-def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, ranges: str | None = None,
-                  batch_size: int | None = None, gpu: int = 0, ui: Any = None,
-                  device: torch.device | None = None, keep_depths: tuple[int, ...] = ()) -> tuple[Path, bool]:
+def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Any = None, device: torch.device | None = None,
+                  keep_depths: tuple[int, ...] = ()) -> tuple[Path, bool]:
     """Tokenize (once) and pre-infer the config's items; returns (latents artifact, whether it was reused).
 
     The artifact keeps the hidden states at the depth the config's fine-tuned blocks start from and at
@@ -243,10 +248,7 @@ def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, rang
     own = depth_of(cfg)
     keep = sorted({d for d in keep_depths if 0 < d < n_blocks} | ({own} if own is not None else set()))
     ctx = init_distributed("auto" if torch.cuda.is_available() else "cpu")
-    device = device or (ctx.device if ctx.distributed else (
-        torch.device("cuda", gpu) if torch.cuda.is_available() else torch.device("cpu")))
-    if device.type == "cpu" and budget is None and te.gpu_memory_budget is None:
-        budget = str(host_budget())
+    device = device or (ctx.device if ctx.distributed else default_device(gpu))
     compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
     root = db_path.resolve().parent / "artifacts"
 
@@ -263,8 +265,7 @@ def run_infer_job(cfg: Config, db_path: Path, *, budget: str | None = None, rang
             store.register_artifact("latents", found.name, found, read_meta(found))
         job = {"tokens": str(tokens_path), "key": key, "found": str(found) if found else None}
         if found is None:
-            job["plan"] = split_at(make_plan(cfg, len(table.item_keys), budget=budget, ranges=ranges,
-                                             batch_size=batch_size, gpu=gpu), keep)
+            job["plan"] = split_at(make_plan(cfg, len(table.item_keys), device), keep)
     job = broadcast_object(job, ctx)
     if job["found"]:
         return Path(job["found"]), True

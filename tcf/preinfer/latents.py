@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from tcf.errors import TcfError
+from tcf.util.atomic import fsync_dir, write_atomic
 
 STATE = "state.json"
 POOLINGS = ("mean", "first", "last")
@@ -57,34 +58,6 @@ def dtype_name(dtype: str | torch.dtype) -> str:
 
 def _to_torch(a: np.ndarray, name: str) -> torch.Tensor:
     return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if name == "bf16" else torch.from_numpy(a)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not every platform opens directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` via ``path.tmp`` + fsync + rename; TcfError naming the file on OSError."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise TcfError(f"{path}: could not write ({exc.strerror or exc})") from exc
-    _fsync_dir(path.parent)
 
 
 class ArrayFile:
@@ -274,7 +247,7 @@ class LatentStore:
                     os.fsync(f.fileno())
             os.replace(tmp, self.path(k))
             if boot is None:
-                _fsync_dir(self.folder)
+                fsync_dir(self.folder)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise TcfError(f"{tmp}: could not finish writing latents: {exc.strerror or exc}") from exc

@@ -1,29 +1,24 @@
 """Checkpoints written atomically and read with ``weights_only=True``.
 
-A crash mid-write leaves the previous checkpoint intact: we write ``NAME.tmp`` and rename it.
+A crash mid-write leaves the previous checkpoint intact (:func:`tcf.util.atomic.atomic_file`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tcf.util.atomic import atomic_file
 from tcf.util.signals import signals_held
 
 
 def save_atomic(obj: Any, path: Path) -> None:
     """Write ``path`` whole; a SIGINT/SIGTERM that comes meanwhile takes effect once it is in place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with signals_held():
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    with signals_held(), atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> Any:

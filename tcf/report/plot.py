@@ -33,7 +33,7 @@ from tcf.report.pivot import (
     sort_key,
     view_columns,
 )
-from tcf.report.results import atomic_output
+from tcf.util.atomic import atomic_file
 
 DEFAULT_SERIES = ("item_tower", "text_encoder.unfreeze")
 PANEL_INCHES = (4.8, 3.6)  # one dataset's subplot
@@ -180,6 +180,6 @@ def plot_scaling(store: Any, out: Path, metric: str | None = None, dataset: str 
         raise TcfError(f"{store.path}: no finished run with lm_params and {metric}: the scaling plot needs "
                        "text-tower runs (their text encoder's parameter count is the x axis)")
     fig = draw_scaling(panels, metric)
-    with atomic_output(Path(out)) as tmp:
+    with atomic_file(Path(out)) as tmp:
         fig.savefig(tmp, format="png")
     return panels

@@ -14,19 +14,17 @@ Pivot tables (mean +/- std over seeds, deltas against a baseline) live in tcf.re
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from tcf.errors import TcfError
+from tcf.util.atomic import write_atomic
 
 FORMATS = ("table", "md", "csv", "latex", "json")
 LEADING_COLUMNS = ("run_id", "name", "status", "dataset", "architecture", "item_tower", "best_epoch")
@@ -140,25 +138,7 @@ def to_text(rendered: str | Table) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` and rename it over ``path`` on success.
-
-    A reader (LaTeX build, a watching viewer) never sees half a file, and a failed write leaves
-    the previous file untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: rename is atomic
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        raise TcfError(f"{path}: cannot write: {e.strerror or e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_output(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary name and a rename (see atomic_output)."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    """Write ``text`` to ``path`` whole (:func:`tcf.util.atomic.write_atomic`): a LaTeX build or a
+    watching viewer never sees half a file, and a failed write leaves the previous file untouched."""
+    write_atomic(path, text)

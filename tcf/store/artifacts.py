@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tcf.errors import TcfError
+from tcf.util.atomic import atomic_folder
 
 META = "meta.json"
 
@@ -54,25 +53,15 @@ def find_artifact(root: str | Path, kind: str, key: dict[str, Any]) -> Path | No
 @contextmanager
 def build_artifact(root: str | Path, kind: str, key: dict[str, Any],
                    extra: dict[str, Any] | None = None) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success it becomes the artifact, on error it vanishes."""
+    """Yield an empty temporary folder; on success it becomes the artifact, on error it vanishes.
+
+    A finished artifact already in place (a concurrent build of the same content won) stands; an
+    unfinished leftover is replaced."""
     final = artifact_path(root, kind, key)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(final, replace=lambda existing: not (existing / META).is_file()) as tmp:
         yield tmp
         meta = {"kind": kind, "hash": final.name, "key": key, **(extra or {})}
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        if final.exists():  # an incomplete leftover, or a concurrent build that won: keep one
-            if (final / META).is_file():
-                shutil.rmtree(tmp)
-                return
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

@@ -19,11 +19,11 @@ from tcf.store.db import Store
 from tcf.store.events import LiveView, live_view, log_tail
 from tcf.tui.screens.base import DataScreen
 from tcf.tui.screens.queue import STATE_STYLE
-from tcf.tui.widgets.fmt import duration
 from tcf.tui.widgets.footer import KeyFooter
 from tcf.tui.widgets.gpu_panel import GpuPanel
 from tcf.tui.widgets.progress_bars import ProgressRow, column_widths, epoch_cells, range_cells
 from tcf.tui.widgets.tabs import ScreenTabs
+from tcf.util.units import duration
 
 LOG_LINES = 10
 NO_JOB = "no job selected: highlight one on the Queue screen (1) and press Enter"

@@ -33,10 +33,10 @@ from tcf.store.events import LiveView, live_view, progress_summary
 from tcf.tui.screens.base import DataScreen
 from tcf.tui.widgets.dialogs import AddJobDialog, AddRequest, PromptDialog, split_tags
 from tcf.tui.widgets.filter_box import FilterBox
-from tcf.tui.widgets.fmt import duration
 from tcf.tui.widgets.footer import KeyFooter
 from tcf.tui.widgets.table import Table
 from tcf.tui.widgets.tabs import ScreenTabs
+from tcf.util.units import duration
 
 STATE_STYLE = {
     "running": "bold green", "queued": "cyan", "blocked": "yellow", "lost": "bold red",

@@ -14,8 +14,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Sparkline, Static
 
-from tcf.tui.widgets.fmt import format_bytes
 from tcf.util.gpu import GpuInfo
+from tcf.util.units import format_bytes
 
 GiB = 1 << 30
 HISTORY = 120  # samples kept per GPU (two minutes at the default refresh)

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tcf.store.events import EpochProgress, RangeProgress
-from tcf.tui.widgets.fmt import duration
+from tcf.util.units import duration
 
 
 def range_detail(r: RangeProgress) -> str:

@@ -1,20 +1,18 @@
-"""Write a dataset folder under a temporary sibling name and rename it when complete.
+"""Writing a dataset folder: never over existing data, whole or not at all, fields that keep the TSV layout.
 
-A crash or an error mid-write leaves only a hidden ``.NAME.tmp-*`` folder (removed on error), never
-a half-written folder that looks like a finished dataset.
+A crash or an error mid-write leaves only a hidden temporary sibling (removed on error), never a
+half-written folder that looks like a finished dataset (:func:`tcf.util.atomic.atomic_folder`).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tcf.errors import DataError
+from tcf.util.atomic import atomic_folder
 
 _BREAKS = re.compile(r"[\t\r\n]+")
 
@@ -26,26 +24,19 @@ def check_output_folder(out: Path) -> None:
 
 
 @contextmanager
-def atomic_folder(out: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success rename it to ``out``, on error delete it.
+def dataset_folder(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder that becomes the new dataset ``out`` when the block ends cleanly.
 
-    >>> with atomic_folder("data/synth") as tmp:         # doctest: +SKIP
+    >>> with dataset_folder("data/synth") as tmp:         # doctest: +SKIP
     ...     (tmp / "behaviors.tsv").write_text("user_id\\titems\\n")
     """
     out = Path(out)
     check_output_folder(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
     try:
-        yield tmp
-        try:
-            os.replace(tmp, out)  # POSIX: also replaces an empty folder, fails on a non-empty one
-        except OSError as e:
-            raise DataError(out, None, f"cannot move the finished output into place: {e.strerror}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(out) as tmp:
+            yield tmp
+    except OSError as e:
+        raise DataError(out, None, f"cannot write the dataset: {e.strerror or e}") from None
 
 
 def clean_field(text: str) -> str:
