@@ -107,7 +107,7 @@ def write_atomic(data: Prepared, folder: Path) -> Path:
 # -- tcf -------------------------------------------------------------------------------------------
 def run_tcf(cfg: Config, data: Prepared, work: Path, device: str) -> dict:
     from tcf.experiment import prepared_data, run_experiment
-    from tcf.rec.trainer import Reporter
+    from tcf.util.progress import Reporter
 
     class Print(Reporter):
         def epoch_end(self, epoch: int, loss: float, seconds: float, metrics: dict[str, float]) -> None:

@@ -15,11 +15,13 @@ from tcf.data.prepare import Prepared, prepare
 from tcf.data.reader import load_dataset
 from tcf.errors import TcfError
 from tcf.lm.checkpoint import parameter_count
-from tcf.preinfer.encode import RateLimited, gpu_memory, model_dir_of, run_infer_job
+from tcf.preinfer.encode import model_dir_of, run_infer_job
 from tcf.rec.text_towers import TextSource
-from tcf.rec.trainer import Reporter, Trainer, TrainResult
+from tcf.rec.trainer import Trainer, TrainResult
 from tcf.store.db import Store
+from tcf.store.events import EventWriter
 from tcf.util.dist import DistContext, broadcast_object, init_distributed
+from tcf.util.progress import Reporter, Tee
 
 
 @dataclass
@@ -51,37 +53,6 @@ def checkpoint_dir(db_path: Path, run_id: int) -> Path:
     return db_path.resolve().parent / "artifacts" / "checkpoints" / f"run-{run_id}"
 
 
-class _StoreReporter(Reporter):
-    """Forwards progress to the UI's reporter and records stages, steps (at most once a second) and
-    each epoch in the store, so that a UI in another process can draw the run's progress."""
-
-    def __init__(self, store: Store | None, run_id: int, inner: Reporter):
-        self.store, self.run_id, self.inner = store, run_id, inner
-        self._stage: dict = {"stage": None, "total": None, "done": 0}
-        self._progress = RateLimited(self._log_progress, 1.0)
-
-    def _log_progress(self) -> None:
-        assert self.store is not None
-        self.store.log_event(f"run:{self.run_id}", "progress", {**self._stage, **gpu_memory()}, self.run_id)
-
-    def stage(self, name: str, total: int | None = None) -> None:
-        self._stage = {"stage": name, "total": total, "done": 0}
-        if self.store is not None:  # the run's stages (pre-inference, epoch N, evaluate ...) as events
-            self.store.log_event(f"run:{self.run_id}", "stage", {"stage": name, "total": total}, self.run_id)
-        self.inner.stage(name, total)
-
-    def advance(self, n: int = 1) -> None:
-        self._stage["done"] += n
-        if self.store is not None:
-            self._progress(force=self._stage["done"] == self._stage["total"])
-        self.inner.advance(n)
-
-    def epoch_end(self, epoch: int, loss: float, seconds: float, metrics: dict[str, float]) -> None:
-        if self.store is not None:
-            self.store.log_epoch(self.run_id, epoch, loss, seconds, metrics)
-        self.inner.epoch_end(epoch, loss, seconds, metrics)
-
-
 def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = None,
                    resume_run_id: int | None = None, ctx: DistContext | None = None,
                    keep_depths: tuple[int, ...] = ()) -> RunResult:
@@ -103,7 +74,8 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
     run_id = int(broadcast_object(run_id, ctx))
     if store is not None:
         store.set_status(run_id, "running")
-    reporter = _StoreReporter(store, run_id, reporter or Reporter())
+    reporter = Tee(EventWriter(store, f"run:{run_id}", run_id), reporter) if store is not None else (
+        reporter or Reporter())
     try:
         text = None
         if text_model is not None:

@@ -1,15 +1,13 @@
-"""tcf.data tools: synthetic data, warm-item filter, fingerprint, stats, atomic writes."""
+"""tcf.data tools: synthetic data, warm-item filter, stats, dataset folders written whole."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tcf.data.filter import filter_warm_items
-from tcf.data.fingerprint import dataset_fingerprint
 from tcf.data.output import dataset_folder
 from tcf.data.prepare import Prepared, prepare
 from tcf.data.reader import load_dataset
@@ -195,30 +193,7 @@ def test_filter_errors(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "src"]
 
 
-# ---------------------------------------------------------------- fingerprint, stats
-
-
-def test_fingerprint_changes_with_content_and_role(tmp_path):
-    a = small(tmp_path / "a")
-    b = small(tmp_path / "b")
-    fa = dataset_fingerprint(a, "items.tsv")
-    assert len(fa) == 64 and fa == dataset_fingerprint(b, "items.tsv")
-    (b / "behaviors.tsv").write_text(BEHAVIORS.replace("u2\tC", "u2\tD"))
-    assert dataset_fingerprint(b, "items.tsv") != fa
-    # Same bytes moved between the two files: different fingerprint.
-    c = tmp_path / "c"
-    c.mkdir()
-    (c / "behaviors.tsv").write_text(BEHAVIORS + "x")
-    (c / "items.tsv").write_text(ITEMS)
-    d = tmp_path / "d"
-    d.mkdir()
-    (d / "behaviors.tsv").write_text(BEHAVIORS)
-    (d / "items.tsv").write_text("x" + ITEMS)
-    assert dataset_fingerprint(c, "items.tsv") != dataset_fingerprint(d, "items.tsv")
-    shutil.copy(a / "items.tsv", a / "news.tsv")
-    assert dataset_fingerprint(a, "news.tsv") != fa  # the item file's name is part of the identity
-    with pytest.raises(DataError, match="file not found"):
-        dataset_fingerprint(a, "videos.tsv")
+# ---------------------------------------------------------------- stats
 
 
 def test_dataset_stats(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tcf.errors import TcfError
+from tcf.config import parse_block_ranges
+from tcf.errors import ConfigError, TcfError
 from tcf.lm.checkpoint import (
     Footprint,
     Layout,
@@ -20,8 +21,6 @@ from tcf.lm.checkpoint import (
     model_shape,
     read_safetensors_header,
 )
-from tcf.config import parse_block_ranges
-from tcf.errors import ConfigError
 from tcf.preinfer.planner import BudgetTooSmall, activation_bytes_per_item, check_ranges, format_plan, plan_ranges
 from tcf.util.units import GiB, MiB, parse_bytes
 

@@ -7,7 +7,7 @@ import pytest
 from tcf.config import Config
 from tcf.jobs import queue as q
 from tcf.store.db import JOB_ENV, Store
-from tcf.store.events import live_view, log_tail, progress_summary
+from tcf.store.events import EventWriter, live_view, log_tail, progress_summary
 
 
 @pytest.fixture
@@ -50,13 +50,13 @@ def test_epochs_show_steps_then_loss_and_validation_metrics(store):
                               item_tower="id")
     job = q.get_job(store, store.job_id)
     assert job.run_id == run_id  # a run created inside a job process is linked to the job
-    src = f"run:{run_id}"
-    store.log_event(src, "stage", {"stage": "epoch 1", "total": 50}, run_id)
-    store.log_event(src, "progress", {"stage": "epoch 1", "total": 50, "done": 50}, run_id)
-    store.log_epoch(run_id, 1, train_loss=2.5, seconds=4.0, metrics={"hr@10": 0.2, "ndcg@10": 0.1})
-    store.log_event(src, "stage", {"stage": "epoch 2", "total": 50}, run_id)
+    writer = EventWriter(store, f"run:{run_id}", run_id, interval=0.0)  # what a training run writes
+    writer.stage("epoch", total=50, epoch=1)
+    writer.advance(50)
+    writer.epoch_end(1, loss=2.5, seconds=4.0, metrics={"hr@10": 0.2, "ndcg@10": 0.1})
+    writer.stage("epoch", total=50, epoch=2)
     first = live_view(store, job)
-    store.log_event(src, "progress", {"stage": "epoch 2", "total": 50, "done": 25}, run_id)
+    writer.advance(25)
     view = live_view(store, job)
     assert _fields(live_view(store, job, since=first)) == _fields(view)
     (e1, e2) = view.epochs
@@ -65,6 +65,20 @@ def test_epochs_show_steps_then_loss_and_validation_metrics(store):
     assert view.fraction == pytest.approx(0.5)
     assert view.eta_s == pytest.approx((10 - 1 - 0.5) * 4.0)  # 8.5 epochs left at 4 s each (upper bound)
     assert progress_summary(view) == "epoch 2 50%"
+    stages = [e["payload"] for e in store.events(job_id=job.id) if e["kind"] == "stage"]
+    assert stages[-1] == {"stage": "epoch", "epoch": 2, "total": 50}  # the epoch is an integer, not text
+
+
+def test_events_written_before_the_epoch_was_a_field_still_fold(store):
+    """experiments.db files of the previous release say {"stage": "epoch 2"}: their jobs still show."""
+    run_id = store.create_run(name="r", config={}, config_hash="h", dataset="d", architecture="sasrec",
+                              item_tower="id")
+    job = q.get_job(store, store.job_id)
+    store.log_event(f"run:{run_id}", "stage", {"stage": "epoch 2", "total": 40}, run_id)
+    store.log_event(f"run:{run_id}", "progress", {"stage": "epoch 2", "total": 40, "done": 10}, run_id)
+    view = live_view(store, job)
+    assert [(e.epoch, e.done, e.total) for e in view.epochs] == [(2, 10, 40)]
+    assert progress_summary(view) == "epoch 2 25%"
 
 
 def test_log_tail_reads_the_end_of_the_job_log(store, tmp_path):

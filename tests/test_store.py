@@ -120,7 +120,7 @@ def test_status_timestamps(tmp_path, monkeypatch):
     store = Store(tmp_path / "e.db")
     run_id = _run(store)
     clock = iter(f"2025-01-01T00:00:0{i}+00:00" for i in range(10))
-    monkeypatch.setattr(store_mod, "_now", lambda: next(clock))
+    monkeypatch.setattr(store_mod, "now_iso", lambda: next(clock))
     store.set_status(run_id, "running")
     store.set_status(run_id, "interrupted")
     run = store.get_run(run_id)

@@ -16,6 +16,7 @@ from tcf.config import load_config
 from tcf.data.reader import load_dataset
 from tcf.lm.checkpoint import parameter_count
 from tcf.preinfer.encode import sweep_depths
+from tcf.util.progress import stage_label
 
 SIZES = {"opt-a": (32, 2), "opt-b": (48, 3)}  # name: (hidden, blocks)
 
@@ -67,8 +68,9 @@ def test_sweep_runs_every_combination_and_encodes_once_per_encoder(sweep):
     with sqlite3.connect(db) as c:
         runs = c.execute("SELECT id, name, status, lm_params, config_json FROM runs ORDER BY id").fetchall()
         starts = c.execute("SELECT source, payload_json FROM events WHERE kind = 'range_start'").fetchall()
-        stages = {json.loads(p)["stage"] for (p,) in c.execute(
-            "SELECT payload_json FROM events WHERE kind = 'stage' AND run_id = ?", [runs[0][0]])}
+        payloads = [json.loads(p) for (p,) in c.execute(
+            "SELECT payload_json FROM events WHERE kind = 'stage' AND run_id = ?", [runs[0][0]])]
+    stages = {stage_label(p["stage"], p.get("epoch")) for p in payloads}
     assert len(runs) == 8 and all(r[2] == "finished" for r in runs)
     combos = set()
     for _, _, _, lm_params, config_json in runs:

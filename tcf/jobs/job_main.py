@@ -22,30 +22,27 @@ from typing import Any
 
 from tcf.errors import TcfError
 from tcf.store.db import JOB_ENV
+from tcf.util.gpu import process_gpu_memory
+from tcf.util.progress import Reporter, stage_label
 
 
 def _say(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
 
-class LogReporter:
-    """Training progress as plain log lines (the job's log file is the worker's view of its output)."""
+class LogReporter(Reporter):
+    """Progress as plain log lines (the job's log file is the worker's view of its output): a line per stage,
+    epoch and block range, and one every 10 s within a range."""
 
-    def stage(self, name: str, total: int | None = None) -> None:
-        _say(name + (f" ({total} steps)" if total else ""))
+    def __init__(self) -> None:
+        self.last = 0.0
 
-    def advance(self, n: int = 1) -> None: ...
+    def stage(self, name: str, total: int | None = None, epoch: int | None = None) -> None:
+        _say(stage_label(name, epoch) + (f" ({total} steps)" if total else ""))
 
     def epoch_end(self, epoch: int, loss: float, seconds: float, metrics: dict[str, float]) -> None:
         shown = "  ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items())
         _say(f"epoch {epoch}: loss {loss:.4f}  {seconds:.1f} s  {shown}")
-
-
-class LogProgress:
-    """Pre-inference progress as log lines: a line per range and one every 10 s within a range."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
 
     def range_start(self, i: int, start: int, stop: int, n_items: int) -> None:
         _say(f"range {i}: blocks {start}:{stop}, {n_items} items")
@@ -59,14 +56,6 @@ class LogProgress:
         _say(f"range {i} committed in {seconds:.1f} s")
 
 
-def _peak_gpu_bytes() -> int | None:
-    import torch
-
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return None
-    return int(torch.cuda.max_memory_reserved())
-
-
 def _heartbeats(db: Path, job_id: int, stop: threading.Event) -> None:
     from tcf.jobs.queue import HEARTBEAT_S, heartbeat
     from tcf.store.db import Store
@@ -75,7 +64,7 @@ def _heartbeats(db: Path, job_id: int, stop: threading.Event) -> None:
     try:
         while not stop.wait(HEARTBEAT_S):
             try:
-                heartbeat(store, job_id, _peak_gpu_bytes())
+                heartbeat(store, job_id, process_gpu_memory().get("gpu_reserved_peak_bytes"))
             except Exception as e:  # noqa: BLE001 - a missed beat must not kill the job; the next one retries
                 _say(f"heartbeat failed: {e}")
     finally:
@@ -123,7 +112,7 @@ def run_job(db: Path, job_id: int) -> int:
             device = ctx.device if ctx.distributed else (
                 torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
             path, reused = run_infer_job(cfg, db, device=device, gpu=_physical_gpu(), keep_depths=keep,
-                                         ui=LogProgress() if main_rank else None)
+                                         ui=LogReporter() if main_rank else None)
             artifact = str(path)
             _say(("reused " if reused else "wrote ") + artifact)
         else:

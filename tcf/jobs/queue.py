@@ -27,14 +27,13 @@ import json
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from tcf.config import Config
 from tcf.errors import ConfigError, TcfError
 from tcf.jobs.process import hostname, is_alive
-from tcf.store.db import Store
+from tcf.store.db import Store, now_iso
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "lost")
 ENDED_BADLY = ("failed", "cancelled", "lost")
@@ -42,9 +41,6 @@ TERMINAL = ("finished", *ENDED_BADLY)
 HEARTBEAT_S = 5.0  # a job process writes its heartbeat this often
 LOST_AFTER_S = 20.0  # a running job without a heartbeat for this long is lost, whatever its host
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -178,7 +174,7 @@ def _insert(store: Store, kind: str, name: str, cfg: Config, spec: dict[str, Any
         "INSERT INTO jobs (kind, name, config_json, spec_json, key, state, priority, tags_json, note, gpus, "
         "mem_bytes, created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
         [kind, name, json.dumps(cfg.model_dump(mode="json"), sort_keys=True), json.dumps(spec), key, priority,
-         json.dumps(tags), note, gpus, mem_bytes, _now()],
+         json.dumps(tags), note, gpus, mem_bytes, now_iso()],
     )
     job_id = int(cursor.lastrowid)
     store.db.conn.executemany("INSERT INTO job_deps (job_id, dep_id) VALUES (?, ?)", [(job_id, d) for d in deps])
@@ -292,7 +288,7 @@ def cancel_job(store: Store, job_id: int) -> str:
     with store.transaction():
         job = get_job(store, job_id)
         if job.state == "queued":
-            store.db.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?", [_now(), job_id])
+            store.db.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?", [now_iso(), job_id])
             return f"job {job_id} cancelled"
         if job.state != "running":
             raise TcfError(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
@@ -382,7 +378,7 @@ def claim(store: Store, worker_id: int, devices: str, max_gpus: int, job_id: int
             "UPDATE jobs SET state = 'running', worker_id = ?, host = ?, devices = ?, started_at = ?, heartbeat = ?, "
             "attempts = attempts + 1, cancel_requested = 0, pid = NULL, pid_start = NULL, exit_code = NULL, "
             "error = NULL, finished_at = NULL WHERE id = ? AND state = 'queued'",
-            [worker_id, hostname(), devices, _now(), time.time(), int(row[0])])
+            [worker_id, hostname(), devices, now_iso(), time.time(), int(row[0])])
     return get_job(store, int(row[0]))
 
 
@@ -410,12 +406,12 @@ def finish_job(store: Store, job_id: int, state: str, *, error: str | None = Non
         cur = store.db.execute(
             "UPDATE jobs SET state = ?, error = ?, exit_code = ifnull(?, exit_code), "
             "artifact = ifnull(?, artifact), finished_at = ? WHERE id = ? AND state = 'running'",
-            [state, error, exit_code, artifact, _now(), job_id])
+            [state, error, exit_code, artifact, now_iso(), job_id])
         if cur.rowcount and state in ("lost", "cancelled"):
             # the run cannot say so itself any more: leave it resumable, not "running" forever
             store.db.execute("UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? WHERE id = "
                              "(SELECT run_id FROM jobs WHERE id = ?) AND status IN ('created', 'running')",
-                             [error or f"job {state}", _now(), job_id])
+                             [error or f"job {state}", now_iso(), job_id])
         return cur.rowcount > 0
 
 
@@ -437,14 +433,14 @@ def register_worker(store: Store, pid: int, pid_start: int | None, devices: str)
     with store.transaction():
         cur = store.db.execute(
             "INSERT INTO workers (host, pid, pid_start, devices, started_at, heartbeat) VALUES (?, ?, ?, ?, ?, ?)",
-            [hostname(), pid, pid_start, devices, _now(), time.time()])
+            [hostname(), pid, pid_start, devices, now_iso(), time.time()])
         return int(cur.lastrowid)
 
 
 def worker_heartbeat(store: Store, worker_id: int, status: str, stopped: bool = False) -> None:
     with store.transaction():
         store.db.execute("UPDATE workers SET heartbeat = ?, status = ?, stopped_at = ? WHERE id = ?",
-                         [time.time(), status, _now() if stopped else None, worker_id])
+                         [time.time(), status, now_iso() if stopped else None, worker_id])
 
 
 def live_workers(store: Store, now: float | None = None) -> list[dict[str, Any]]:

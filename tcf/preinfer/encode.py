@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,9 @@ from tcf.preinfer.planner import BUDGET_KEY, BudgetTooSmall, Plan, plan_ranges, 
 from tcf.store.artifacts import META, artifact_path, read_meta
 from tcf.util.atomic import write_atomic
 from tcf.util.gpu import free_memory, get_provider
+from tcf.util.progress import Reporter, Tee
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-FORMAT = 3
+KEY_FORMAT = 3  # of the latents key below: a new format never matches an artifact of an old one
 
 
 def model_dir_of(te: TextEncoderConfig) -> Path:
@@ -123,7 +122,7 @@ def latents_key(cfg: Config, tokens_hash: str, compute_dtype: str) -> dict[str, 
     te = cfg.text_encoder
     assert te is not None
     return {"tokens": tokens_hash, "model": model_fingerprint(model_dir_of(te)), "dtype": compute_dtype,
-            "latent_dtype": te.latent_dtype, "format": FORMAT}
+            "latent_dtype": te.latent_dtype, "format": KEY_FORMAT}
 
 
 def depth_of(cfg: Config) -> int | None:
@@ -170,63 +169,14 @@ def find_latents(root: Path, key: dict[str, Any], depths: set[int]) -> Path | No
     return None if best is None else best[2]
 
 
-class RateLimited:
-    """Calls ``fn`` at most once per ``interval`` seconds (the last call of a burst may be dropped)."""
-
-    def __init__(self, fn, interval: float = 1.0):
-        self.fn, self.interval, self.last = fn, interval, 0.0
-
-    def __call__(self, *args: Any, force: bool = False, **kwargs: Any) -> None:
-        now = time.monotonic()
-        if force or now - self.last >= self.interval:
-            self.last = now
-            self.fn(*args, **kwargs)
-
-
 def finish_artifact(work: Path, final: Path, meta: dict[str, Any]) -> None:
     """Write meta.json last and rename the work folder into place."""
     write_atomic(work / META, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(work, final)
 
 
-def gpu_memory() -> dict[str, int]:
-    """This process's CUDA memory for a progress event ({} when it has no CUDA context: asking would make one)."""
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return {}
-    return {"gpu_mem_bytes": torch.cuda.memory_allocated(), "gpu_peak_bytes": torch.cuda.max_memory_allocated()}
-
-
-class EventReporter:
-    """Runner progress -> experiments.db events (progress at most once a second) and an optional UI."""
-
-    def __init__(self, store: Any, source: str, ui: Any = None):
-        self.store, self.source, self.ui = store, source, ui
-        self._progress = RateLimited(self._log_progress, 1.0)
-        self._range: dict[str, Any] = {}
-
-    def _log_progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
-        self.store.log_event(self.source, "progress", {**self._range, "items_done": items_done,
-                                                       "n_items": n_items, "items_per_s": items_per_s, **gpu_memory()})
-
-    def range_start(self, i: int, start: int, stop: int, n_items: int) -> None:
-        self._range = {"range": i, "start": start, "stop": stop}
-        self.store.log_event(self.source, "range_start", {**self._range, "n_items": n_items})
-        if self.ui is not None:
-            self.ui.range_start(i, start, stop, n_items)
-
-    def progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
-        self._progress(items_done, n_items, items_per_s, force=items_done >= n_items)
-        if self.ui is not None:
-            self.ui.progress(items_done, n_items, items_per_s)
-
-    def range_end(self, i: int, seconds: float) -> None:
-        self.store.log_event(self.source, "range_end", {**self._range, "seconds": seconds, **gpu_memory()})
-        if self.ui is not None:
-            self.ui.range_end(i, seconds)
-
-
-def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Any = None, device: torch.device | None = None,
-                  keep_depths: tuple[int, ...] = ()) -> tuple[Path, bool]:
+def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | None = None,
+                  device: torch.device | None = None, keep_depths: tuple[int, ...] = ()) -> tuple[Path, bool]:
     """Tokenize (once) and pre-infer the config's items; returns (latents artifact, whether it was reused).
 
     The artifact keeps the hidden states at the depth the config's fine-tuned blocks start from and at
@@ -235,9 +185,10 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Any = None, d
     own GPU; rank 0 tokenizes, plans, records and renames.
     """
     from tcf.lm.tokenize import load_token_table, token_table
-    from tcf.preinfer.latents import POOLINGS
+    from tcf.preinfer.latents import DTYPES, POOLINGS
     from tcf.preinfer.runner import run_preinference
     from tcf.store.db import Store
+    from tcf.store.events import EventWriter
     from tcf.util.dist import barrier, broadcast_object, init_distributed
 
     te = cfg.text_encoder
@@ -274,7 +225,7 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Any = None, d
     final = artifact_path(root, "latents", {**key, "depths": keep})
     work = final.parent / f".work-{final.name}"
     work.parent.mkdir(parents=True, exist_ok=True)
-    reporter = EventReporter(store, f"infer:{final.name}", ui) if store is not None else None
+    reporter = Tee(EventWriter(store, f"infer:{final.name}"), ui) if store is not None else None
     run_preinference(model_dir, table.ids, table.lengths, table.item_keys, plan, work, dtype=DTYPES[compute],
                      latent_dtype=DTYPES[te.latent_dtype], device=device, keep_depths=tuple(keep),
                      reporter=reporter, ctx=ctx)

@@ -39,21 +39,9 @@ from tcf.preinfer.latents import DTYPES, POOLINGS, ArrayFile, Key, LatentStore, 
 from tcf.preinfer.pinned import PinnedRing, Spec, footprint
 from tcf.preinfer.planner import Plan, RangePlan
 from tcf.util.dist import DistContext, barrier, gather_objects
+from tcf.util.progress import Reporter
 
-FORMAT = 2
-
-
-class Reporter:
-    """Progress hooks; subclass and override what you need (every method is a no-op here)."""
-
-    def range_start(self, i: int, start: int, stop: int, n_items: int) -> None:
-        """Range ``i`` (blocks [start, stop)) begins; it will process ``n_items`` items."""
-
-    def progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
-        """Called at most every ``progress_every`` seconds within a range, and once at its end."""
-
-    def range_end(self, i: int, seconds: float) -> None:
-        """Range ``i`` is committed; ``seconds`` of wall time, loading included."""
+STATE_FORMAT = 2  # of a work folder's state.json: a folder of another format is not resumed
 
 
 def inputs_fingerprint(ids: np.ndarray, lengths: np.ndarray, item_keys: Sequence[str]) -> str:
@@ -124,119 +112,148 @@ def run_preinference(
     """
     device = torch.device(device or default_device())
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    latent = dtype_name(latent_dtype or dtype)
-    reporter = reporter or Reporter()
     ids = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
     lengths = (lengths.numpy() if isinstance(lengths, torch.Tensor) else np.asarray(lengths)).astype(np.int64)
-    n_items, max_tokens = _check_inputs(ids, lengths, item_keys)
+    _check_inputs(ids, lengths, item_keys)
+    job = _Job(Path(model_dir), ids, lengths, plan, LatentStore(out_dir), dtype, dtype_name(latent_dtype or dtype),
+               device, reporter or Reporter(), progress_every, ctx or DistContext(0, 1, device))
+    with _exclusive(Path(out_dir)) if job.ctx.is_main else contextlib.nullcontext():
+        job.open_folder(item_keys, keep_depths)
+        job.run()
+    return Path(out_dir)
 
-    config = load_config(model_dir)
-    check_checkpoint(model_dir)
-    n_blocks = adapter_class(config.model_type).count_blocks(config)
-    hidden = config.d_model if config.model_type == "t5" else config.hidden_size
-    ranges = _check_plan(plan, n_blocks)
-    out_dir = Path(out_dir)
-    store = LatentStore(out_dir)
-    identity = {"format": FORMAT, "model": str(Path(model_dir).resolve()), "n_blocks": n_blocks,
-                "shape": [n_items, max_tokens, hidden], "compute_dtype": dtype_name(dtype), "latent_dtype": latent,
-                "inputs": inputs_fingerprint(ids, lengths, item_keys)}
 
-    ctx = ctx or DistContext(0, 1, device)
-    main = ctx.is_main
-    with _exclusive(out_dir) if main else contextlib.nullcontext():
-        if main:
+class _Job:
+    """One pre-inference over one folder: which ranges are left, and running them one after another.
+
+    Commits (fsync, rename, state.json) run on one thread, in order, while the next range computes; it
+    is the only writer of state.json until the job ends. A second thread allocates a range's pinned
+    buffers (and rehearses the process's first batch) while the range's weights load."""
+
+    def __init__(self, model_dir: Path, ids: np.ndarray, lengths: np.ndarray, plan: Plan, store: LatentStore,
+                 dtype: torch.dtype, latent: str, device: torch.device, reporter: Reporter, progress_every: float,
+                 ctx: DistContext):
+        self.model_dir, self.ids, self.lengths, self.store = model_dir, ids, lengths, store
+        self.dtype, self.latent, self.device, self.ctx = dtype, latent, device, ctx
+        self.reporter = reporter if ctx.is_main else Reporter()
+        self.progress_every = progress_every
+        self.config = load_config(model_dir)
+        check_checkpoint(model_dir)
+        self.n_blocks = adapter_class(self.config.model_type).count_blocks(self.config)
+        self.hidden = self.config.d_model if self.config.model_type == "t5" else self.config.hidden_size
+        self.ranges = _check_plan(plan, self.n_blocks)
+        self.n_items = len(lengths)
+        self.shape = (self.n_items, ids.shape[1], self.hidden)
+        self.mine = share(lengths, ctx.rank, ctx.world_size)
+        self.keep: list[int] = []
+        self.source: ArrayFile | None = None  # this process's handle on the current range's input boundary
+
+    def open_folder(self, item_keys: Sequence[str], keep_depths: Sequence[int]) -> None:
+        """Rank 0 checks the folder holds this job's latents (or nothing), then every rank reads what is kept."""
+        store, ctx = self.store, self.ctx
+        if ctx.is_main:
+            identity = {"format": STATE_FORMAT, "model": str(self.model_dir.resolve()), "n_blocks": self.n_blocks,
+                        "shape": list(self.shape), "compute_dtype": dtype_name(self.dtype),
+                        "latent_dtype": self.latent, "inputs": inputs_fingerprint(self.ids, self.lengths, item_keys)}
             state = _open_state(store, identity)
             if not state:
                 store.clear()
-                store.write_items(item_keys, lengths)
+                store.write_items(item_keys, self.lengths)
             keep = sorted(set(state.get("kept", [])) | {int(k) for k in keep_depths})
-            store.update_state(**identity, plan=[[r.start, r.stop] for r in ranges], kept=keep)
+            store.update_state(**identity, plan=[[r.start, r.stop] for r in self.ranges], kept=keep)
         barrier(ctx)
-        keep = store.state().get("kept", [])
-        mine = share(lengths, ctx.rank, ctx.world_size)
-        shape = (n_items, max_tokens, hidden)
+        self.keep = store.state().get("kept", [])
 
-        first = len(ranges) if store.has_pooled() else _resume_index(ranges, store.committed())
-        todo = [(i, r) for i, r in enumerate(ranges) if i >= first]
-        for r in ranges[:first]:  # committed earlier: only finish the clean-up a crash may have cut
-            if main and r.start > 0 and r.start not in keep and r.start in store.committed():
+    def _todo(self) -> list[tuple[int, RangePlan]]:
+        """The ranges left, from the furthest committed boundary; finishes the clean-up a crash may have cut."""
+        store = self.store
+        first = len(self.ranges) if store.has_pooled() else _resume_index(self.ranges, store.committed())
+        for r in self.ranges[:first]:
+            if self.ctx.is_main and r.start > 0 and r.start not in self.keep and r.start in store.committed():
                 store.delete(r.start)
-        # Commits (fsync, rename, state.json) run on one thread, in order, while the next range computes;
-        # it is the only writer of state.json until the loop ends.
+        return [(i, r) for i, r in enumerate(self.ranges) if i >= first]
+
+    def run(self) -> None:
         committer = ThreadPoolExecutor(1, thread_name_prefix="tcf-commit")
-        pinner = ThreadPoolExecutor(1, thread_name_prefix="tcf-pin")  # allocates a range's buffers during its load
+        pinner = ThreadPoolExecutor(1, thread_name_prefix="tcf-pin")
         committing: Future | None = None
-        source: ArrayFile | None = None  # this process's handle on the current range's input boundary
         try:
+            todo = self._todo()
             for i, r in todo:
                 began = time.perf_counter()
-                if main:
-                    reporter.range_start(i, r.start, r.stop, n_items)
-                outputs = _outputs(r, n_blocks, keep)
-                batches = [mine[local] for local in length_batches(lengths[mine], r.batch_size)]
-                rings = rehearsal = None
-                if device.type == "cuda":
-                    rings = pinner.submit(_rings, batches, lengths, r.start > 0, outputs, hidden, DTYPES[latent])
-                    if (i, r) == todo[0]:  # a process pays its first-use costs once, in its first range
-                        rehearsal = pinner.submit(rehearse, config, r.start, batches[0] if batches else None,
-                                                  lengths, hidden, dtype, device)
-                stage = load_stage(model_dir, r.start, r.stop, include_embedding=r.start == 0,
-                                   include_final=r.stop == n_blocks, dtype=dtype, device=device)
-                loaded = time.perf_counter()
-                if r.start > 0 and source is None:
-                    source = store.open(r.start)  # committed by an earlier run
-                writers: dict[Key, ArrayFile] = {}
-                try:
-                    if main:
-                        for k in outputs:
-                            store.create(k, shape if isinstance(k, int) else (n_items, hidden), latent)
-                    barrier(ctx)
-                    ready = time.perf_counter()
-                    writers = {k: store.open_tmp(k, latent, sync_every=_SYNC_EVERY if _durable(k, keep) else None)
-                               for k in outputs}
-                    if rehearsal is not None:
-                        rehearsal.result()
-                    _run_range(stage, source, batches, ids, lengths, device, dtype, DTYPES[latent], writers,
-                               rings.result() if rings else None, reporter if main else Reporter(),
-                               progress_every, ctx.world_size)
-                except BaseException:
-                    for w in writers.values():
-                        w.close()
-                    if main:
-                        for k in outputs:
-                            store.discard(k)
-                    raise
-                finally:
-                    del stage
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                computed = time.perf_counter()
-                # waits for every rank, so every rank's rows are in the files; the ranks' own seconds tell
-                # a slow GPU (encode_s) from one that waited for another's weight load (wait_s)
-                ranks = gather_objects({"load_s": round(loaded - began, 3), "wait_s": round(ready - loaded, 3),
-                                        "encode_s": round(computed - ready, 3)}, ctx)
-                if source is not None:
-                    source.close()
-                store.release(r.start)
-                source = writers.pop(r.stop, None)  # the next range reads what this one wrote, before it is renamed
-                for w in writers.values():
-                    w.close()
-                if main:
+                if self.ctx.is_main:
+                    self.reporter.range_start(i, r.start, r.stop, self.n_items)
+                outputs, timing = self._run_range(r, pinner, rehearse_first=(i, r) == todo[0])
+                if self.ctx.is_main:
                     if committing is not None:
                         committing.result()  # commits stay in order; an error surfaces here
-                    timing = {"range": [r.start, r.stop], "load_s": round(loaded - began, 3),
-                              "run_s": round(computed - loaded, 3), "ranks": ranks}
-                    committing = committer.submit(_commit, store, outputs, r, keep, latent, timing)
-                    reporter.range_end(i, time.perf_counter() - began)
+                    committing = committer.submit(_commit, self.store, outputs, r, self.keep, self.latent, timing)
+                    self.reporter.range_end(i, time.perf_counter() - began)
             if committing is not None:
                 committing.result()
-            barrier(ctx)
+            barrier(self.ctx)
         finally:
-            if source is not None:
-                source.close()
+            if self.source is not None:
+                self.source.close()
             committer.shutdown(wait=True)
             pinner.shutdown(wait=True)
-    return out_dir
+
+    def _run_range(self, r: RangePlan, pinner: ThreadPoolExecutor, rehearse_first: bool) -> tuple[list[Key], dict]:
+        """Load range ``r``, encode this rank's items through it into fresh output files; returns the outputs
+        to commit and the range's timings (every rank's, gathered)."""
+        store, ctx, latent = self.store, self.ctx, self.latent
+        began = time.perf_counter()
+        outputs = _outputs(r, self.n_blocks, self.keep)
+        batches = [self.mine[local] for local in length_batches(self.lengths[self.mine], r.batch_size)]
+        rings = rehearsal = None
+        if self.device.type == "cuda":
+            rings = pinner.submit(_rings, batches, self.lengths, r.start > 0, outputs, self.hidden, DTYPES[latent])
+            if rehearse_first:  # a process pays its first-use costs once, in its first range
+                rehearsal = pinner.submit(rehearse, self.config, r.start, batches[0] if batches else None,
+                                          self.lengths, self.hidden, self.dtype, self.device)
+        stage = load_stage(self.model_dir, r.start, r.stop, include_embedding=r.start == 0,
+                           include_final=r.stop == self.n_blocks, dtype=self.dtype, device=self.device)
+        loaded = time.perf_counter()
+        if r.start > 0 and self.source is None:
+            self.source = store.open(r.start)  # committed by an earlier run
+        writers: dict[Key, ArrayFile] = {}
+        try:
+            if ctx.is_main:
+                for k in outputs:
+                    store.create(k, self.shape if isinstance(k, int) else (self.n_items, self.hidden), latent)
+            barrier(ctx)
+            ready = time.perf_counter()
+            writers = {k: store.open_tmp(k, latent, sync_every=_SYNC_EVERY if _durable(k, self.keep) else None)
+                       for k in outputs}
+            if rehearsal is not None:
+                rehearsal.result()
+            _Batches(stage, self.source, self.ids, self.lengths, self.device, self.dtype, DTYPES[latent], writers,
+                     rings.result() if rings else None).run(batches, self.reporter, self.progress_every,
+                                                             ctx.world_size)
+        except BaseException:
+            for w in writers.values():
+                w.close()
+            if ctx.is_main:
+                for k in outputs:
+                    store.discard(k)
+            raise
+        finally:
+            del stage
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        computed = time.perf_counter()
+        # waits for every rank, so every rank's rows are in the files; the ranks' own seconds tell
+        # a slow GPU (encode_s) from one that waited for another's weight load (wait_s)
+        ranks = gather_objects({"load_s": round(loaded - began, 3), "wait_s": round(ready - loaded, 3),
+                                "encode_s": round(computed - ready, 3)}, ctx)
+        if self.source is not None:
+            self.source.close()
+        store.release(r.start)
+        self.source = writers.pop(r.stop, None)  # the next range reads what this one wrote, before it is renamed
+        for w in writers.values():
+            w.close()
+        return outputs, {"range": [r.start, r.stop], "load_s": round(loaded - began, 3),
+                         "run_s": round(computed - loaded, 3), "ranks": ranks}
 
 
 def _commit(store: LatentStore, outputs: list[Key], r: RangePlan, keep: Sequence[int], latent: str,
@@ -330,87 +347,105 @@ def _rings(batches: list[np.ndarray], lengths: np.ndarray, from_latents: bool, o
     return PinnedRing(inputs, _AHEAD + 1), PinnedRing(results, _AHEAD + 1)
 
 
-def _run_range(stage, source: ArrayFile | None, batches: list[np.ndarray], ids: np.ndarray, lengths: np.ndarray,
-               device: torch.device, dtype: torch.dtype, latent: torch.dtype, writers: dict[Key, ArrayFile],
-               rings: tuple[PinnedRing, PinnedRing] | None, reporter: Reporter, progress_every: float,
-               world: int) -> None:
-    """Push this rank's ``batches`` (rows of one length band each) through ``stage``, each trimmed to its
-    longest item.
+class _Batches:
+    """Pushes one rank's batches (rows of one length band each) through a stage, each trimmed to its
+    longest item, into the range's output files.
 
     A reader thread gathers the next batches' inputs (into pinned slots of ``rings`` on a GPU) and a writer
     thread stores finished batches, and nothing in the loop waits for the GPU (a batch's lengths, known on
     the host, tell the stage whether it is padded), so the host queues batches ahead of the GPU. Outputs are
-    zero past each item's length.
-    Progress counts all ranks' items, assuming they keep pace with this one."""
-    stage.inspect_masks = False  # each batch says whether it is padded: the host never waits on a mask
-    hidden, given = (None, latent) if source is None else (source.shape[2], source.dtype)
-    keys = list(writers)
+    zero past each item's length."""
 
-    def fetch(rows: np.ndarray) -> tuple[np.ndarray, int | None, torch.Tensor, torch.Tensor, bool]:
+    def __init__(self, stage: torch.nn.Module, source: ArrayFile | None, ids: np.ndarray, lengths: np.ndarray,
+                 device: torch.device, dtype: torch.dtype, latent: torch.dtype, writers: dict[Key, ArrayFile],
+                 rings: tuple[PinnedRing, PinnedRing] | None):
+        stage.inspect_masks = False  # each batch says whether it is padded: the host never waits on a mask
+        self.stage, self.source, self.ids, self.lengths = stage, source, ids, lengths
+        self.device, self.dtype, self.latent, self.writers, self.rings = device, dtype, latent, writers, rings
+        self.hidden, self.given = (None, latent) if source is None else (source.shape[2], source.dtype)
+        self.keys = list(writers)
+
+    def fetch(self, rows: np.ndarray) -> tuple[np.ndarray, int | None, torch.Tensor, torch.Tensor, bool]:
+        """A batch's inputs on the host (reader thread): token ids or the input boundary's rows, and the mask."""
+        lengths = self.lengths
         length = int(lengths[rows].max())
         padded = bool(lengths[rows].min() < length)
         mask = torch.from_numpy(np.arange(length) < lengths[rows][:, None])
-        specs, slot = _input_specs(rows, lengths, hidden, given), None
-        if rings is None:
+        specs, slot = _input_specs(rows, lengths, self.hidden, self.given), None
+        if self.rings is None:
             x = torch.empty(specs[0][0], dtype=specs[0][1])
         else:  # pinned: a pageable copy would stall the GPU queue
-            slot, (x, pinned_mask) = rings[0].carve(specs)
-            if (used := rings[0].done[slot]) is not None:
+            slot, (x, pinned_mask) = self.rings[0].carve(specs)
+            if (used := self.rings[0].done[slot]) is not None:
                 used.synchronize()  # the GPU has copied the batch that had this slot
             mask = pinned_mask.copy_(mask)
-        if source is None:
-            x.copy_(torch.from_numpy(ids[rows, :length]))
+        if self.source is None:
+            x.copy_(torch.from_numpy(self.ids[rows, :length]))
         else:
-            source.read(rows, length, x)
+            self.source.read(rows, length, x)
         return rows, slot, x, mask, padded
 
-    def store_batch(rows: np.ndarray, results: dict[Key, torch.Tensor], ready: torch.cuda.Event | None) -> None:
+    def store(self, rows: np.ndarray, results: dict[Key, torch.Tensor], ready: torch.cuda.Event | None) -> None:
+        """Write a finished batch (writer thread), once the GPU has copied it out."""
         if ready is not None:
             ready.synchronize()
         for k, value in results.items():
-            writers[k].write(rows, value)
+            self.writers[k].write(rows, value)
 
-    n_items, total_mine = len(lengths), sum(map(len, batches))
-    began = last = time.perf_counter()
-    done = 0
-    with ThreadPoolExecutor(1, thread_name_prefix="tcf-read") as reader, \
-            ThreadPoolExecutor(1, thread_name_prefix="tcf-write") as writer, torch.inference_mode(), \
-            sdpa_kernel(ATTENTION_BACKENDS):  # not cuDNN's: see tcf.lm.attention
-        reads = deque(reader.submit(fetch, b) for b in batches[:_AHEAD])
-        writes: deque[Future] = deque()
-        for b in range(len(batches)):
-            rows, slot, x, mask, padded = reads.popleft().result()
-            x = x.to(device, non_blocking=True)
-            mask = mask.to(device, non_blocking=True)
-            if rings is not None:
-                rings[0].done[slot] = torch.cuda.Event()
-                rings[0].done[slot].record()
-            if b + _AHEAD < len(batches):
-                reads.append(reader.submit(fetch, batches[b + _AHEAD]))
-            out = stage(x if source is None else x.to(dtype), mask.long(), padded=padded)
-            out = out.masked_fill(~mask[..., None], 0)
-            pooled = pool(out, mask) if any(isinstance(k, str) for k in keys) else {}
-            results = {k: out if isinstance(k, int) else pooled[k] for k in keys}
-            ready = None
-            if rings is not None:  # into the slot of the batch written ``_AHEAD + 1`` batches ago
-                _, slot_results = rings[1].carve(_output_specs(rows, lengths, keys, out.shape[-1], latent))
-                results = {k: dst.copy_(results[k].to(latent), non_blocking=True)
-                           for k, dst in zip(keys, slot_results, strict=True)}
-                ready = torch.cuda.Event()
-                ready.record()
-            else:
-                results = {k: v.to(latent) for k, v in results.items()}
-            writes.append(writer.submit(store_batch, rows, results, ready))
-            while len(writes) > _AHEAD:
+    def to_device(self, slot: int | None, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queue a batch's copies to the device; its pinned slot is free again once they are done."""
+        x = x.to(self.device, non_blocking=True)
+        mask = mask.to(self.device, non_blocking=True)
+        if self.rings is not None:
+            self.rings[0].done[slot] = torch.cuda.Event()
+            self.rings[0].done[slot].record()
+        return x, mask
+
+    def compute(self, rows: np.ndarray, x: torch.Tensor, mask: torch.Tensor,
+                padded: bool) -> tuple[dict[Key, torch.Tensor], torch.cuda.Event | None]:
+        """Queue one batch on the device; returns its results (host slots on a GPU) and their event."""
+        out = self.stage(x if self.source is None else x.to(self.dtype), mask.long(), padded=padded)
+        out = out.masked_fill(~mask[..., None], 0)
+        pooled = pool(out, mask) if any(isinstance(k, str) for k in self.keys) else {}
+        results = {k: out if isinstance(k, int) else pooled[k] for k in self.keys}
+        if self.rings is None:
+            return {k: v.to(self.latent) for k, v in results.items()}, None
+        # into the slot of the batch written ``_AHEAD + 1`` batches ago
+        _, slots = self.rings[1].carve(_output_specs(rows, self.lengths, self.keys, out.shape[-1], self.latent))
+        results = {k: dst.copy_(results[k].to(self.latent), non_blocking=True)
+                   for k, dst in zip(self.keys, slots, strict=True)}
+        ready = torch.cuda.Event()
+        ready.record()
+        return results, ready
+
+    def run(self, batches: list[np.ndarray], reporter: Reporter, progress_every: float, world: int) -> None:
+        """Every batch, reads ``_AHEAD`` ahead and writes at most ``_AHEAD`` behind. Progress counts all
+        ranks' items, assuming they keep pace with this one."""
+        n_items, total_mine = len(self.lengths), sum(map(len, batches))
+        began = last = time.perf_counter()
+        done = 0
+        with ThreadPoolExecutor(1, thread_name_prefix="tcf-read") as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="tcf-write") as writer, torch.inference_mode(), \
+                sdpa_kernel(ATTENTION_BACKENDS):  # not cuDNN's: see tcf.lm.attention
+            reads = deque(reader.submit(self.fetch, b) for b in batches[:_AHEAD])
+            writes: deque[Future] = deque()
+            for b in range(len(batches)):
+                rows, slot, x, mask, padded = reads.popleft().result()
+                x, mask = self.to_device(slot, x, mask)
+                if b + _AHEAD < len(batches):
+                    reads.append(reader.submit(self.fetch, batches[b + _AHEAD]))
+                results, ready = self.compute(rows, x, mask, padded)
+                writes.append(writer.submit(self.store, rows, results, ready))
+                while len(writes) > _AHEAD:
+                    writes.popleft().result()
+                done += len(rows)
+                now = time.perf_counter()
+                if now - last >= progress_every or done == total_mine:
+                    total = n_items if done == total_mine else min(done * world, n_items)
+                    reporter.progress(total, n_items, total / max(now - began, 1e-9))
+                    last = now
+            while writes:
                 writes.popleft().result()
-            done += len(rows)
-            now = time.perf_counter()
-            if now - last >= progress_every or done == total_mine:
-                total = n_items if done == total_mine else min(done * world, n_items)
-                reporter.progress(total, n_items, total / max(now - began, 1e-9))
-                last = now
-        while writes:
-            writes.popleft().result()
 
 
 _SYNC_EVERY = 64 << 20  # durable outputs are flushed to disk as they are written, so committing them is quick

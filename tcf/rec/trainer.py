@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -32,18 +34,9 @@ from tcf.rec.sasrec import SASRec
 from tcf.rec.text_towers import FineTunedTextTower, FrozenTextTower, TextSource
 from tcf.rec.towers import IDTower
 from tcf.util.dist import DistContext, all_reduce_sum, barrier
+from tcf.util.progress import Reporter
 
 SELECT = "hr@10"
-
-
-class Reporter:
-    """Receives progress; the CLI renders it, the store records it. Methods are no-ops here."""
-
-    def stage(self, name: str, total: int | None = None) -> None: ...
-
-    def advance(self, n: int = 1) -> None: ...
-
-    def epoch_end(self, epoch: int, loss: float, seconds: float, metrics: dict[str, float]) -> None: ...
 
 
 @dataclass
@@ -101,6 +94,39 @@ def _amp(cfg: Config, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
 
 
+@dataclass
+class FitState:
+    """Where training stands: the epoch clock and early stopping. ``last.pt`` holds it as a dict."""
+
+    epoch: int = 0
+    best_hr: float = -1.0
+    best_epoch: int | None = None
+    bad: int = 0  # evaluations since the best one
+    best_valid: dict[str, float] = field(default_factory=dict)
+    epoch_seconds: list[float] = field(default_factory=list)
+    eval_seconds: float = 0.0
+
+
+@dataclass
+class _Session:
+    """What one fit trains with: the model on its device, the step module (DDP-wrapped under torchrun),
+    the optimizer and scaler, and the training rows as tensors."""
+
+    model: nn.Module
+    step_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    seqs: torch.Tensor
+    n_rows: int
+    text_params: list[nn.Parameter]
+    real_inputs: np.ndarray | None = None  # SASRec: real input positions per user, on the host
+    pair_user: torch.Tensor | None = None  # DSSM: one row per (user, position) pair
+    pair_item: torch.Tensor | None = None
+    prefetch: Callable[..., None] | None = None  # a tower that reads its inputs from disk is told the next batch
+    host_ids: np.ndarray | None = None
+
+
 class Trainer:
     def __init__(self, cfg: Config, data: Prepared, ctx: DistContext, ckpt_dir: Path,
                  reporter: Reporter | None = None, text: TextSource | None = None):
@@ -109,138 +135,156 @@ class Trainer:
         self.model = build_model(cfg, data, text)
         self.ks = cfg.eval.ks
 
-    # -- evaluation -------------------------------------------------------------------------------
     def _evaluate(self, split: str) -> dict[str, float]:
         self.reporter.stage(f"evaluate {split}")
         return evaluate(self.model, self.data.eval_split(split), self.data.n_items, self.ks, self.ctx,
                         self.cfg.eval.batch_size)
 
-    # -- training ---------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
+        """Train until ``train.epochs`` or early stopping, then test the best-validation checkpoint.
+        ``resume`` continues from ``last.pt`` and reaches the result of an uninterrupted run."""
         if isinstance(self.model, Popularity):
             t0 = time.perf_counter()
             valid = self._evaluate("valid")
             eval_s = time.perf_counter() - t0
             return TrainResult(None, None, valid, self._evaluate("test"), [], eval_s)
+        s = self._setup()
+        state = self._restore(s) if resume and (self.ckpt_dir / "last.pt").exists() else self._fresh()
+        train = self.cfg.train
+        stopped, stop = state.epoch, state.bad > train.patience
+        for epoch in range(state.epoch + 1, train.epochs + 1):
+            if stop:
+                break
+            t0 = time.perf_counter()
+            loss = self._train_epoch(s, epoch)
+            state.epoch_seconds.append(time.perf_counter() - t0)
+            metrics: dict[str, float] = {}
+            if epoch % train.eval_every == 0 or epoch == train.epochs:
+                metrics = self._validate_and_checkpoint(s, state, epoch)
+                stop = state.bad > train.patience
+            state.epoch = stopped = epoch
+            # record first, then checkpoint: a crash in between replays (and re-records) this epoch
+            self.reporter.epoch_end(epoch, loss, state.epoch_seconds[-1], metrics)
+            self._save_last(s, state)
+        return self._test_best(state, stopped)
+
+    def _setup(self) -> _Session:
         cfg, ctx, data = self.cfg, self.ctx, self.data
         device = ctx.device
         model = self.model.to(device)
         log_pop = log_popularity(data.popularity).to(device)
         seqs = torch.as_tensor(data.train_sequences(), device=device)
+        extra: dict[str, Any] = {}
         if cfg.model.architecture == "sasrec":
             objective: nn.Module = SASRecObjective(model, log_pop, cfg.train.loss, data.n_items)
             n_rows = len(seqs)
             # real input positions per user, on the host: the objective then finds them without a sync
-            real_inputs = (data.train_sequences()[:, :-1] != 0).sum(1)
+            extra["real_inputs"] = (data.train_sequences()[:, :-1] != 0).sum(1)
         else:
             objective = DSSMObjective(model, log_pop, cfg.train.loss, data.n_items)
             pair_user, pair_pos = (seqs != 0).nonzero(as_tuple=True)
-            pair_item = seqs[pair_user, pair_pos]
+            extra.update(pair_user=pair_user, pair_item=seqs[pair_user, pair_pos])
             n_rows = len(pair_user)
         # The buffers (frozen item table, log popularity, rotary tables) are built alike on every rank and never
         # change: DDP's default re-broadcast before each forward would send the whole frozen table every step.
         # Gradients live in DDP's buckets rather than being copied into them after each backward.
         step_module = (DistributedDataParallel(objective, broadcast_buffers=False, gradient_as_bucket_view=True)
                        if ctx.distributed else objective)
-        # a tower that reads inputs from disk (fine-tuned text) is told the next global batch during this step
         prefetch = getattr(model.item_tower, "prefetch", None)
-        host_ids = (data.train_sequences() if cfg.model.architecture == "sasrec"
-                    else pair_item.cpu().numpy()) if prefetch is not None else None
-        text_params = _text_tower_params(model)
+        if prefetch is not None:
+            extra.update(prefetch=prefetch, host_ids=data.train_sequences() if cfg.model.architecture == "sasrec"
+                         else extra["pair_item"].cpu().numpy())
         # fused on GPUs: a few kernels per step for all parameters instead of several per tensor list
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                       fused=device.type == "cuda")
         amp_dtype = _amp(cfg, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        return _Session(model, step_module, optimizer, scaler, amp_dtype, seqs, n_rows, _text_tower_params(model),
+                        **extra)
 
-        state: dict[str, Any] = {"epoch": 0, "best_hr": -1.0, "best_epoch": None, "bad": 0,
-                                 "best_valid": {}, "epoch_seconds": [], "eval_seconds": 0.0}
-        last = self.ckpt_dir / "last.pt"
-        if resume and last.exists():
-            ck = checkpoint.load(last, device)
-            model.load_state_dict(ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
-            scaler.load_state_dict(ck["scaler"])
-            rng = ck["rng"]
-            checkpoint.set_rng_state(rng[ctx.rank] if ctx.rank < len(rng) else rng[0])
-            state = ck["state"]
+    def _fresh(self) -> FitState:
+        torch.manual_seed(self.cfg.seed + 7919 * (self.ctx.rank + 1))  # dropout streams differ per rank
+        return FitState()
+
+    def _restore(self, s: _Session) -> FitState:
+        ck = checkpoint.load(self.ckpt_dir / "last.pt", self.ctx.device)
+        s.model.load_state_dict(ck["model"])
+        s.optimizer.load_state_dict(ck["optimizer"])
+        s.scaler.load_state_dict(ck["scaler"])
+        rng = ck["rng"]
+        checkpoint.set_rng_state(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
+        return FitState(**ck["state"])
+
+    def _train_epoch(self, s: _Session, epoch: int) -> float:
+        """One pass over the epoch's global batches; returns the mean training loss."""
+        cfg, ctx = self.cfg, self.ctx
+        s.model.train()
+        gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 7_777_777 + epoch * 131 + ctx.rank)
+        batches = global_batches(s.n_rows, cfg.train.batch_size, cfg.seed, epoch, ctx.world_size)
+        self.reporter.stage("epoch", total=len(batches), epoch=epoch)
+        loss_total = torch.zeros((), device=ctx.device)
+        # one host-to-GPU copy per epoch: a copy per step would wait for the GPU every step
+        on_device = torch.cat(batches).to(ctx.device).split([len(b) for b in batches])
+        if s.prefetch is not None:
+            s.prefetch(s.host_ids[batches[0].numpy()], ctx)
+        for i, gb in enumerate(on_device):
+            loss_sum, n_terms = self._forward(s, gb, batches[i], gen)
+            if s.prefetch is not None and i + 1 < len(batches):  # after this forward took its own batch
+                s.prefetch(s.host_ids[batches[i + 1].numpy()], ctx)
+            total_terms = all_reduce_sum(n_terms.detach(), ctx).clamp_min(1.0)
+            self._backward_and_step(s, loss_sum.float() * ctx.world_size / total_terms)
+            loss_total += all_reduce_sum(loss_sum.detach().float(), ctx) / total_terms
+            self.reporter.advance()
+        epoch_loss = float(loss_total) / max(len(batches), 1)
+        if s.prefetch is not None:
+            s.model.item_tower.check_announced()
+        if not math.isfinite(epoch_loss):
+            raise TcfError(f"training diverged: the loss is {epoch_loss} in epoch {epoch}")
+        return epoch_loss
+
+    def _forward(self, s: _Session, gb: torch.Tensor, host_batch: torch.Tensor,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of global batch ``gb``: (summed loss, number of loss terms)."""
+        ctx = self.ctx
+        idx, offset, width = shard(gb, ctx.rank, ctx.world_size)
+        autocast = torch.autocast(ctx.device.type, dtype=s.amp_dtype) if s.amp_dtype else contextlib.nullcontext()
+        with autocast:
+            if s.real_inputs is not None:
+                mine = shard(host_batch, ctx.rank, ctx.world_size)[0].numpy()
+                return s.step_module(s.seqs[idx], offset, width, ctx, gen, n_rows=int(s.real_inputs[mine].sum()))
+            users = s.pair_user[idx]
+            return s.step_module(users, s.pair_item[idx], s.seqs[users], offset, width, ctx, gen)
+
+    def _backward_and_step(self, s: _Session, loss: torch.Tensor) -> None:
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(loss).backward()
+        if s.text_params and self.cfg.train.clip_grad_norm is not None:
+            s.scaler.unscale_(s.optimizer)  # clip the true gradients, not the loss-scaled ones (BUG-7)
+            torch.nn.utils.clip_grad_norm_(s.text_params, self.cfg.train.clip_grad_norm)
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+
+    def _validate_and_checkpoint(self, s: _Session, state: FitState, epoch: int) -> dict[str, float]:
+        """Validation metrics of this epoch; a new best HR@10 is saved as ``best.pt``."""
+        t1 = time.perf_counter()
+        metrics = self._evaluate("valid")
+        state.eval_seconds = time.perf_counter() - t1
+        if metrics[SELECT] > state.best_hr:
+            state.best_hr, state.best_epoch, state.bad, state.best_valid = metrics[SELECT], epoch, 0, metrics
+            if self.ctx.is_main:
+                checkpoint.save_atomic({"model": s.model.state_dict(), "epoch": epoch}, self.ckpt_dir / "best.pt")
         else:
-            torch.manual_seed(cfg.seed + 7919 * (ctx.rank + 1))  # dropout streams differ per rank
+            state.bad += 1
+        return metrics
 
-        stopped = state["epoch"]
-        stop = state["bad"] > cfg.train.patience
-        for epoch in range(state["epoch"] + 1, cfg.train.epochs + 1):
-            if stop:
-                break
-            t0 = time.perf_counter()
-            model.train()
-            gen = torch.Generator(device=device).manual_seed(cfg.seed * 7_777_777 + epoch * 131 + ctx.rank)
-            batches = global_batches(n_rows, cfg.train.batch_size, cfg.seed, epoch, ctx.world_size)
-            self.reporter.stage(f"epoch {epoch}", total=len(batches))
-            loss_total = torch.zeros((), device=device)
-            # one host-to-GPU copy per epoch: a copy per step would wait for the GPU every step
-            on_device = torch.cat(batches).to(device).split([len(b) for b in batches])
-            if prefetch is not None:
-                prefetch(host_ids[batches[0].numpy()], ctx)
-            for i, gb in enumerate(on_device):
-                idx, offset, width = shard(gb, ctx.rank, ctx.world_size)
-                autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype
-                            else contextlib.nullcontext())
-                with autocast:
-                    if cfg.model.architecture == "sasrec":
-                        mine = shard(batches[i], ctx.rank, ctx.world_size)[0].numpy()
-                        loss_sum, n_terms = step_module(seqs[idx], offset, width, ctx, gen,
-                                                        n_rows=int(real_inputs[mine].sum()))
-                    else:
-                        users = pair_user[idx]
-                        loss_sum, n_terms = step_module(users, pair_item[idx], seqs[users], offset, width,
-                                                        ctx, gen)
-                if prefetch is not None and i + 1 < len(batches):  # after this forward took its own batch
-                    prefetch(host_ids[batches[i + 1].numpy()], ctx)
-                total_terms = all_reduce_sum(n_terms.detach(), ctx).clamp_min(1.0)
-                loss = loss_sum.float() * ctx.world_size / total_terms
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if text_params and cfg.train.clip_grad_norm is not None:
-                    scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones (BUG-7)
-                    torch.nn.utils.clip_grad_norm_(text_params, cfg.train.clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                loss_total += all_reduce_sum(loss_sum.detach().float(), ctx) / total_terms
-                self.reporter.advance()
-            epoch_loss = float(loss_total) / max(len(batches), 1)
-            if prefetch is not None:
-                model.item_tower.check_announced()
-            if not math.isfinite(epoch_loss):
-                raise TcfError(f"training diverged: the loss is {epoch_loss} in epoch {epoch}")
-            state["epoch_seconds"].append(time.perf_counter() - t0)
-            metrics: dict[str, float] = {}
-            if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-                t1 = time.perf_counter()
-                metrics = self._evaluate("valid")
-                state["eval_seconds"] = time.perf_counter() - t1
-                if metrics[SELECT] > state["best_hr"]:
-                    state.update(best_hr=metrics[SELECT], best_epoch=epoch, bad=0, best_valid=metrics)
-                    if ctx.is_main:
-                        checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch},
-                                               self.ckpt_dir / "best.pt")
-                else:
-                    state["bad"] += 1
-                stop = state["bad"] > cfg.train.patience
-            state["epoch"] = stopped = epoch
-            # record first, then checkpoint: a crash in between replays (and re-records) this epoch
-            self.reporter.epoch_end(epoch, epoch_loss, state["epoch_seconds"][-1], metrics)
-            self._save_last(model, optimizer, scaler, state)
-
-        barrier(ctx)  # best.pt is complete before any rank reads it
-        best = checkpoint.load(self.ckpt_dir / "best.pt", device)
-        model.load_state_dict(best["model"])
+    def _test_best(self, state: FitState, stopped: int) -> TrainResult:
+        barrier(self.ctx)  # best.pt is complete before any rank reads it
+        best = checkpoint.load(self.ckpt_dir / "best.pt", self.ctx.device)
+        self.model.load_state_dict(best["model"])
         test = self._evaluate("test")
-        return TrainResult(state["best_epoch"], stopped, state["best_valid"], test,
-                           state["epoch_seconds"], state["eval_seconds"])
+        return TrainResult(state.best_epoch, stopped, state.best_valid, test, state.epoch_seconds, state.eval_seconds)
 
-    def _save_last(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   state: dict[str, Any]) -> None:
+    def _save_last(self, s: _Session, state: FitState) -> None:
         rng = checkpoint.rng_state()
         if self.ctx.distributed:
             gathered: list[Any] = [None] * self.ctx.world_size
@@ -248,7 +292,7 @@ class Trainer:
         else:
             gathered = [rng]
         if self.ctx.is_main:
-            checkpoint.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scaler": scaler.state_dict(), "rng": gathered, "state": state},
+            checkpoint.save_atomic({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                                    "scaler": s.scaler.state_dict(), "rng": gathered, "state": asdict(state)},
                                    self.ckpt_dir / "last.pt")
         barrier(self.ctx)

@@ -191,7 +191,8 @@ MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, 
                                                 _m005_jobs]
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """Now as ISO-8601 UTC with seconds: how experiments.db stores every time."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -368,7 +369,7 @@ class Store:
             "item_tower": item_tower,
             "host": socket.gethostname(),
             "git_commit": _git_commit(),
-            "created_at": _now(),
+            "created_at": now_iso(),
             "lm_params": lm_params,
         }
         with self.transaction():
@@ -387,7 +388,7 @@ class Store:
         """'running' stamps started_at the first time; a terminal status stamps finished_at."""
         if status not in STATUSES:
             raise ValueError(f"unknown run status {status!r}; expected one of {', '.join(STATUSES)}")
-        now = _now()
+        now = now_iso()
         with self.transaction():
             self._require_run(run_id)
             if status == "running":
@@ -495,7 +496,7 @@ class Store:
                 "INSERT INTO artifacts (hash, kind, path, meta_json, run_id, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, hash) DO UPDATE SET path = excluded.path, "
                 "meta_json = excluded.meta_json, run_id = ifnull(excluded.run_id, artifacts.run_id)",
-                [hash, kind, str(path), json.dumps(meta, sort_keys=True, default=str), run_id, _now()],
+                [hash, kind, str(path), json.dumps(meta, sort_keys=True, default=str), run_id, now_iso()],
             )
 
     def artifacts(self, kind: str | None = None) -> list[dict]:
@@ -513,7 +514,7 @@ class Store:
         with self.transaction():
             self.db.execute(
                 "INSERT INTO events (source, run_id, job_id, time, kind, payload_json) VALUES (?, ?, ?, ?, ?, ?)",
-                [source, run_id, self.job_id, _now(), kind, json.dumps(payload, sort_keys=True, default=str)],
+                [source, run_id, self.job_id, now_iso(), kind, json.dumps(payload, sort_keys=True, default=str)],
             )
 
     def events(self, source: str | None = None, after_id: int = 0, job_id: int | None = None) -> list[dict]:

@@ -1,8 +1,20 @@
-"""What a job has done so far, from experiments.db alone: per block range and per epoch progress.
+"""The progress protocol: the events jobs write to experiments.db, and the fold the Live screen draws.
 
-The UIs never parse logs: pre-inference writes ``range_start`` / ``progress`` / ``range_end`` events,
-training writes ``stage`` / ``progress`` events and one ``epochs`` row per epoch, and every event of a
-queued job carries its ``job_id``. :func:`live_view` folds them into bars a UI can draw::
+UIs never parse logs. A training run and a pre-inference report through :class:`EventWriter` (the only
+writer of these events), every event of a queued job carries its ``job_id``, and :func:`live_view` folds
+them into bars. The kinds and their ``payload_json`` (GPU fields: this process's CUDA memory, when it has
+a CUDA context)::
+
+    range_start  {"range": i, "start": s, "stop": e, "n_items": n}                  pre-inference
+    progress     {"range", "start", "stop", "items_done", "n_items", "items_per_s", gpu...}
+    range_end    {"range", "start", "stop", "seconds", gpu...}
+    stage        {"stage": "epoch", "epoch": 3, "total": steps}                      training
+                 {"stage": "pre-inference" | "evaluate valid" | "evaluate test", "epoch": null, "total": ...}
+    progress     {"stage", "epoch", "done", "total", gpu...}
+    (an epoch)   one row of ``epochs`` (loss, seconds) and its validation ``metrics``: Store.log_epoch
+    (heartbeat)  ``jobs.heartbeat`` (Unix time) and ``jobs.peak_mem_bytes``, every few seconds: tcf.jobs.queue
+
+Progress events are rate-limited to one a second (the last one of a range or a stage always goes out)::
 
     view = live_view(store, get_job(store, 3))
     for r in view.ranges: print(r.label, r.done, r.total, r.items_per_s)
@@ -15,13 +27,82 @@ import copy
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from tcf.jobs.queue import Job
 from tcf.store.db import Store
+from tcf.util.gpu import process_gpu_memory
+from tcf.util.progress import RateLimited, Reporter, stage_label
+
+RANGE_START, RANGE_END, PROGRESS, STAGE = "range_start", "range_end", "progress", "stage"
+EPOCH = "epoch"  # the stage name of a training epoch; its number travels as an integer
+
+
+def _gpu() -> dict[str, int]:
+    mem = process_gpu_memory()
+    return {k: v for k, v in mem.items() if k in ("gpu_mem_bytes", "gpu_peak_bytes")}
+
+
+class EventWriter(Reporter):
+    """Progress -> experiments.db events (see the module docstring) and, for a run, its epoch rows."""
+
+    def __init__(self, store: Store, source: str, run_id: int | None = None, interval: float = 1.0):
+        self.store, self.source, self.run_id = store, source, run_id
+        self._range: dict[str, int] = {}
+        self._stage: dict[str, Any] = {"stage": None, "epoch": None, "total": None, "done": 0}
+        self._items = RateLimited(self._log_items, interval)
+        self._steps = RateLimited(self._log_steps, interval)
+
+    def _log(self, kind: str, payload: dict[str, Any]) -> None:
+        self.store.log_event(self.source, kind, payload, self.run_id)
+
+    # -- training ---------------------------------------------------------------------------------
+    def stage(self, name: str, total: int | None = None, epoch: int | None = None) -> None:
+        self._stage = {"stage": name, "epoch": epoch, "total": total, "done": 0}
+        self._log(STAGE, {"stage": name, "epoch": epoch, "total": total})
+
+    def _log_steps(self) -> None:
+        self._log(PROGRESS, {**self._stage, **_gpu()})
+
+    def advance(self, n: int = 1) -> None:
+        self._stage["done"] += n
+        self._steps(force=self._stage["done"] == self._stage["total"])
+
+    def epoch_end(self, epoch: int, loss: float, seconds: float, metrics: dict[str, float]) -> None:
+        if self.run_id is not None:
+            self.store.log_epoch(self.run_id, epoch, loss, seconds, metrics)
+
+    # -- pre-inference ----------------------------------------------------------------------------
+    def range_start(self, i: int, start: int, stop: int, n_items: int) -> None:
+        self._range = {"range": i, "start": start, "stop": stop}
+        self._log(RANGE_START, {**self._range, "n_items": n_items})
+
+    def _log_items(self, items_done: int, n_items: int, items_per_s: float) -> None:
+        self._log(PROGRESS, {**self._range, "items_done": items_done, "n_items": n_items,
+                             "items_per_s": items_per_s, **_gpu()})
+
+    def progress(self, items_done: int, n_items: int, items_per_s: float) -> None:
+        self._items(items_done, n_items, items_per_s, force=items_done >= n_items)
+
+    def range_end(self, i: int, seconds: float) -> None:
+        self._log(RANGE_END, {**self._range, "seconds": seconds, **_gpu()})
+
+
+# -- the fold ------------------------------------------------------------------------------------
+
+class FollowedJob(Protocol):
+    """What the fold needs of a job (tcf.jobs.queue.Job has it)."""
+
+    id: int
+    state: str
+    run_id: int | None
+    started_at: str | None
+    finished_at: str | None
+    peak_mem_bytes: int | None
+    config: dict[str, Any]
 
 
 @dataclass
@@ -57,8 +138,8 @@ class EpochProgress:
 
 @dataclass
 class LiveView:
-    job: Job
-    stage: str | None  # latest stage of a training job ("pre-inference", "epoch 3", "evaluate test")
+    job: Any  # the FollowedJob folded (the UIs show more of it)
+    stage: str | None  # latest stage of a training job, as read ("pre-inference", "epoch 3", "evaluate test")
     ranges: list[RangeProgress]
     epochs: list[EpochProgress]
     gpu_mem_bytes: int | None  # latest reported by the job (torch allocator)
@@ -70,7 +151,67 @@ class LiveView:
     event_peak_bytes: int | None = None  # the largest peak the events reported (the fold's own state)
 
 
-def _elapsed(job: Job, now: float) -> float | None:
+@dataclass
+class _Fold:
+    """The state :func:`live_view` carries from one event to the next."""
+
+    ranges: dict[int, RangeProgress] = field(default_factory=dict)
+    epochs: dict[int, EpochProgress] = field(default_factory=dict)
+    stage: str | None = None
+    mem: int | None = None
+    peak: int | None = None
+    last_id: int = 0
+
+
+def _epoch_of(p: dict[str, Any]) -> int | None:
+    """The integer epoch of a stage or step event; rows written before it was a field say 'epoch N'."""
+    if p.get("epoch") is not None:
+        return int(p["epoch"])
+    stage = str(p.get("stage") or "")
+    return int(stage.split()[1]) if stage.startswith("epoch ") and stage.split()[1].isdigit() else None
+
+
+def _on_range_start(f: _Fold, p: dict[str, Any]) -> None:
+    f.ranges[p["range"]] = RangeProgress(p["range"], p["start"], p["stop"], 0, p["n_items"])
+
+
+def _on_range_end(f: _Fold, p: dict[str, Any]) -> None:
+    if p.get("range") in f.ranges:
+        r = f.ranges[p["range"]]
+        r.done, r.seconds, r.finished = r.total, p.get("seconds"), True
+
+
+def _on_stage(f: _Fold, p: dict[str, Any]) -> None:
+    epoch = _epoch_of(p)
+    f.stage = stage_label(EPOCH, epoch) if epoch is not None else p["stage"]
+    if epoch is not None:
+        f.epochs[epoch] = EpochProgress(epoch, 0, p.get("total") or 0)
+
+
+def _on_progress(f: _Fold, p: dict[str, Any]) -> None:
+    if "range" in p:
+        if p["range"] in f.ranges:
+            r = f.ranges[p["range"]]
+            r.done, r.total, r.items_per_s = p["items_done"], p["n_items"], p["items_per_s"]
+        return
+    epoch = _epoch_of(p)
+    if epoch is not None:
+        e = f.epochs.setdefault(epoch, EpochProgress(epoch, 0, p.get("total") or 0))
+        e.done, e.total = p["done"], p.get("total") or e.total
+
+
+_HANDLERS: dict[str, Callable[[_Fold, dict[str, Any]], None]] = {
+    RANGE_START: _on_range_start, RANGE_END: _on_range_end, STAGE: _on_stage, PROGRESS: _on_progress}
+
+
+def _resume(since: LiveView | None, job: FollowedJob) -> _Fold:
+    if since is None or since.job.id != job.id:
+        return _Fold()
+    return _Fold({r.index: copy.copy(r) for r in since.ranges}, {e.epoch: copy.deepcopy(e) for e in since.epochs},
+                 since.stage, since.gpu_mem_bytes, since.event_peak_bytes, since.last_event_id)
+
+
+def _elapsed(job: FollowedJob, now: float) -> float | None:
     if job.started_at is None:
         return None
     start = datetime.fromisoformat(job.started_at).timestamp()
@@ -78,70 +219,51 @@ def _elapsed(job: Job, now: float) -> float | None:
     return max(end - start, 0.0)
 
 
-def live_view(store: Store, job: Job, now: float | None = None, since: LiveView | None = None) -> LiveView:
+def _fraction_and_eta(f: _Fold, job: FollowedJob) -> tuple[float | None, float | None]:
+    """Of the open range (items/s), else of the open epoch and the epochs left (mean epoch time)."""
+    if job.state != "running":
+        return None, None
+    open_ranges = [r for r in f.ranges.values() if not r.finished]
+    if open_ranges:
+        r = open_ranges[-1]
+        return (r.done / r.total if r.total else None), ((r.total - r.done) / r.items_per_s if r.items_per_s else None)
+    if not f.epochs:
+        return None, None
+    done = [e for e in f.epochs.values() if e.finished and e.seconds]
+    open_epochs = [e for e in f.epochs.values() if not e.finished]
+    current = open_epochs[-1] if open_epochs else None
+    fraction = current.done / current.total if current is not None and current.total else None
+    max_epochs = int(job.config.get("train", {}).get("epochs") or 0)
+    if not (done and max_epochs):
+        return fraction, None
+    per_epoch = sum(e.seconds for e in done) / len(done)
+    remaining = max_epochs - max(e.epoch for e in done) - (fraction or 0.0)
+    return fraction, max(remaining, 0.0) * per_epoch
+
+
+def live_view(store: Store, job: FollowedJob, now: float | None = None, since: LiveView | None = None) -> LiveView:
     """Fold the job's events (all attempts: a retried pre-inference keeps its committed ranges) and its
     run's epochs into progress bars. With ``since`` (an earlier view of the same job) only the events
     after it are read, so a UI that refreshes every second does not reread a long job's history."""
     now = time.time() if now is None else now
-    ranges: dict[int, RangeProgress] = {}
-    epochs: dict[int, EpochProgress] = {}
-    stage = None
-    mem = peak = None
-    last_id = 0
-    if since is not None and since.job.id == job.id:
-        ranges = {r.index: copy.copy(r) for r in since.ranges}
-        epochs = {e.epoch: copy.deepcopy(e) for e in since.epochs}
-        stage, mem, peak, last_id = since.stage, since.gpu_mem_bytes, since.event_peak_bytes, since.last_event_id
-    for ev in store.events(job_id=job.id, after_id=last_id):
-        last_id = ev["id"]
+    f = _resume(since, job)
+    for ev in store.events(job_id=job.id, after_id=f.last_id):
+        f.last_id = ev["id"]
         p: dict[str, Any] = ev["payload"]
-        mem = p.get("gpu_mem_bytes", mem)
-        peak = max(peak or 0, p.get("gpu_peak_bytes") or 0) or peak
-        if ev["kind"] == "range_start":
-            ranges[p["range"]] = RangeProgress(p["range"], p["start"], p["stop"], 0, p["n_items"])
-        elif ev["kind"] == "progress" and "range" in p and p["range"] in ranges:
-            r = ranges[p["range"]]
-            r.done, r.total, r.items_per_s = p["items_done"], p["n_items"], p["items_per_s"]
-        elif ev["kind"] == "range_end" and p.get("range") in ranges:
-            r = ranges[p["range"]]
-            r.done, r.seconds, r.finished = r.total, p.get("seconds"), True
-        elif ev["kind"] == "stage":
-            stage = p["stage"]
-            if stage.startswith("epoch "):
-                n = int(stage.split()[1])
-                epochs[n] = EpochProgress(n, 0, p.get("total") or 0)
-        elif ev["kind"] == "progress" and str(p.get("stage", "")).startswith("epoch "):
-            n = int(p["stage"].split()[1])
-            e = epochs.setdefault(n, EpochProgress(n, 0, p.get("total") or 0))
-            e.done, e.total = p["done"], p.get("total") or e.total
+        f.mem = p.get("gpu_mem_bytes", f.mem)
+        f.peak = max(f.peak or 0, p.get("gpu_peak_bytes") or 0) or f.peak
+        handler = _HANDLERS.get(ev["kind"])
+        if handler is not None:
+            handler(f, p)
     if job.run_id is not None:
         for row in store.epochs(job.run_id):
-            e = epochs.setdefault(row["epoch"], EpochProgress(row["epoch"], 0, 0))
+            e = f.epochs.setdefault(row["epoch"], EpochProgress(row["epoch"], 0, 0))
             e.done = e.total = max(e.total, e.done)
             e.loss, e.seconds, e.metrics, e.finished = row["train_loss"], row["seconds"], row["metrics"], True
-    event_peak = peak
-    peak = max(peak or 0, job.peak_mem_bytes or 0) or None
-
-    fraction = eta = None
-    open_ranges = [r for r in ranges.values() if not r.finished]
-    open_epochs = [e for e in epochs.values() if not e.finished]
-    if open_ranges and job.state == "running":
-        r = open_ranges[-1]
-        fraction = r.done / r.total if r.total else None
-        if r.items_per_s:
-            eta = (r.total - r.done) / r.items_per_s
-    elif epochs and job.state == "running":
-        done = [e for e in epochs.values() if e.finished and e.seconds]
-        current = open_epochs[-1] if open_epochs else None
-        if current is not None and current.total:
-            fraction = current.done / current.total
-        max_epochs = int(job.config.get("train", {}).get("epochs") or 0)
-        if done and max_epochs:
-            per_epoch = sum(e.seconds for e in done) / len(done)
-            remaining = max_epochs - max(e.epoch for e in done) - (fraction or 0.0)
-            eta = max(remaining, 0.0) * per_epoch
-    return LiveView(job, stage, [ranges[i] for i in sorted(ranges)], [epochs[i] for i in sorted(epochs)],
-                    mem, peak, fraction, eta, _elapsed(job, now), last_id, event_peak)
+    peak = max(f.peak or 0, job.peak_mem_bytes or 0) or None
+    fraction, eta = _fraction_and_eta(f, job)
+    return LiveView(job, f.stage, [f.ranges[i] for i in sorted(f.ranges)], [f.epochs[i] for i in sorted(f.epochs)],
+                    f.mem, peak, fraction, eta, _elapsed(job, now), f.last_id, f.peak)
 
 
 def progress_summary(view: LiveView) -> str:
@@ -158,11 +280,11 @@ def progress_summary(view: LiveView) -> str:
     if open_ranges:
         return f"{open_ranges[-1].label}{pct}"
     if view.stage is not None:
-        return f"{view.stage}{pct}" if view.stage.startswith("epoch ") else view.stage
+        return f"{view.stage}{pct}" if view.stage.startswith(f"{EPOCH} ") else view.stage
     return "starting"
 
 
-def log_tail(job: Job, lines: int = 20, max_bytes: int = 64 << 10) -> list[str]:
+def log_tail(job: Any, lines: int = 20, max_bytes: int = 64 << 10) -> list[str]:
     """The last lines of the job's log file (stdout and stderr of its process); [] when there is none."""
     if not job.log_path:
         return []

@@ -1,11 +1,11 @@
-"""Rich rendering of training progress on stderr (stdout stays clean for tables and JSON)."""
+"""Rich rendering of training and pre-inference progress on stderr (stdout stays clean for tables and JSON)."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tcf.rec.trainer import Reporter
+from tcf.util.progress import Reporter, stage_label
 
 
 class RichReporter(Reporter):
@@ -23,8 +23,8 @@ class RichReporter(Reporter):
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def stage(self, name: str, total: int | None = None) -> None:
-        desc = f"{self.run_name}: {name}"
+    def stage(self, name: str, total: int | None = None, epoch: int | None = None) -> None:
+        desc = f"{self.run_name}: {stage_label(name, epoch)}"
         if self.task is None:
             self.task = self.progress.add_task(desc, total=total)
         else:
@@ -39,7 +39,7 @@ class RichReporter(Reporter):
         self.console.print(f"[dim]{self.run_name}[/] epoch {epoch:3d}  loss {loss:.4f}  {seconds:5.2f}s  {shown}")
 
 
-class InferProgress:
+class InferProgress(Reporter):
     """One rich progress bar per block range: items done / total and items/s."""
 
     def __init__(self, console: Console):

@@ -213,3 +213,14 @@ def free_memory(device_index: int = 0, provider: GpuProvider | None = None) -> i
         return None
     free, _total = torch.cuda.mem_get_info(device_index)
     return int(free)
+
+
+def process_gpu_memory() -> dict[str, int]:
+    """This process's CUDA memory (torch's allocator: in use, peak allocated, peak reserved) for a progress
+    event or a heartbeat; {} when the process has no CUDA context (asking would create one)."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"gpu_mem_bytes": torch.cuda.memory_allocated(), "gpu_peak_bytes": torch.cuda.max_memory_allocated(),
+            "gpu_reserved_peak_bytes": torch.cuda.max_memory_reserved()}

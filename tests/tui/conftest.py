@@ -87,11 +87,11 @@ def seed(path: Path) -> Path:
             started=iso(11), devices="0,1", host="gpu-node-1", pid=4242, heartbeat=FIXED, run_id=run,
             log_path=str(log), note="baseline for the scaling figure")
     for epoch, (hr, ndcg) in enumerate([(0.2512, 0.1301), (0.3104, 0.1702)], start=1):
-        add_event(store, 1, "stage", {"stage": f"epoch {epoch}", "total": 300}, run)
+        add_event(store, 1, "stage", {"stage": "epoch", "epoch": epoch, "total": 300}, run)
         store.log_epoch(run, epoch, train_loss=4.0 - epoch / 2, seconds=600.0,
                         metrics={"hr@10": hr, "ndcg@10": ndcg})
-    add_event(store, 1, "stage", {"stage": "epoch 3", "total": 300}, run)
-    add_event(store, 1, "progress", {"stage": "epoch 3", "done": 120, "total": 300,
+    add_event(store, 1, "stage", {"stage": "epoch", "epoch": 3, "total": 300}, run)
+    add_event(store, 1, "progress", {"stage": "epoch", "epoch": 3, "done": 120, "total": 300,
                                      "gpu_mem_bytes": 6 * GiB, "gpu_peak_bytes": 9 * GiB}, run)
 
     add_job(store, 2, "infer", "infer mind-opt-1.3b", "running", started=iso(11, 50), devices="2",
