@@ -322,6 +322,7 @@ def queue_ls(
     from tcf.jobs.queue import STATES, list_jobs
     from tcf.store.db import Store
     from tcf.store.events import live_view, progress_summary
+    from tcf.tui.styles import STATE_STYLE
 
     states = tuple(s.strip() for s in state.split(",")) if state else None
     for s in states or ():
@@ -340,9 +341,8 @@ def queue_ls(
     table = Table(title=f"jobs in {db}")
     for col in ("id", "state", "kind", "name", "devices", "progress", "prio", "tags", "note / error"):
         table.add_column(col, overflow="fold")
-    colours = {"running": "green", "lost": "bold red", "failed": "red", "blocked": "yellow", "cancelled": "dim"}
     for j in jobs:
-        state_text = f"[{colours[j.display]}]{j.display}[/]" if j.display in colours else j.display
+        state_text = f"[{STATE_STYLE[j.display]}]{j.display}[/]" if j.display in STATE_STYLE else j.display
         table.add_row(str(j.id), state_text, j.kind, j.name, j.devices or "", progress.get(j.id, ""),
                       str(j.priority), ",".join(j.tags), j.error or j.note)
     out.print(table)

@@ -403,10 +403,10 @@ def test_volatile_boundaries_survive_a_crash_but_not_a_reboot(model, tmp_path, m
 
 
 def test_pinned_ring_carves_disjoint_aligned_slots_in_turn():
-    from tcf.preinfer.pinned import PinnedRing, footprint
+    from tcf.preinfer.pinned import PinnedRing, slot_bytes
 
     specs = [((3, 5), torch.int64), ((3, 5), torch.bool), ((2, 7), torch.bfloat16)]
-    ring = PinnedRing(footprint(specs), 2, pin=False)
+    ring = PinnedRing(slot_bytes(specs), 2, pin=False)
     i, (a, b, c) = ring.carve(specs)
     assert i == 0 and a.shape == (3, 5) and b.dtype == torch.bool and c.shape == (2, 7) and c.is_contiguous()
     spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in (a, b, c))

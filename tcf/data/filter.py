@@ -1,4 +1,4 @@
-"""Warm-item variants (method §1.3: ``X_20 / X_50 / X_200``), which the reference code never built."""
+"""Warm-item variants (the paper's ``X_20 / X_50 / X_200``), which the reference code never built."""
 
 from __future__ import annotations
 

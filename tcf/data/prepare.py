@@ -1,4 +1,4 @@
-"""Turn a RawDataset into dense-id windows and leave-one-out splits (method §1.4 and §3.2).
+"""Turn a RawDataset into dense-id windows and leave-one-out splits (the TCF paper's preprocessing).
 
 Per user with full list length N >= min_seq_len, keep the last L+3 items s (n = len(s)):
 train = s[:n-2], validation target s[n-2] with inputs s[:n-2] (last L), test target s[n-1] with

@@ -1,6 +1,7 @@
 """Read and validate a dataset folder: ``behaviors.tsv`` plus one item file.
 
-Layout (method §1.2, with a header line in *both* files, see BUG-1 there)::
+Layout (the paper's, with a header line in *both* files: the reference code skipped the first line of
+one file but not of the other, shifting every item by one)::
 
     behaviors.tsv   user_key <TAB> item_key item_key ...   (chronological, oldest first)
     news.tsv        item_key <TAB> text                    (or items.tsv / videos.tsv)

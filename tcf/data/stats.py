@@ -28,7 +28,7 @@ def dataset_stats(raw: RawDataset) -> dict:
 
     Keys: users, items, interactions, items_without_interactions, seq_len_{min,median,mean,p90,max},
     item_pop_{min,median,mean,p90,max} (over every item of the item file, counted over all behaviors),
-    items_lt_{20,50,200} (how many items the warm-item filters of method §1.3 would remove).
+    items_lt_{20,50,200} (how many items the paper's warm-item filters would remove).
     """
     lengths = np.fromiter(map(len, raw.sequences), dtype=np.int64, count=len(raw.sequences))
     index = {key: i for i, key in enumerate(raw.item_keys)}

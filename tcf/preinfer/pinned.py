@@ -28,7 +28,7 @@ def _nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
     return -(-_size(shape, dtype) // _ALIGN) * _ALIGN
 
 
-def footprint(specs: Sequence[Spec]) -> int:
+def slot_bytes(specs: Sequence[Spec]) -> int:
     """Bytes one slot needs to hold tensors of these (shape, dtype)s side by side."""
     return sum(_nbytes(shape, dtype) for shape, dtype in specs)
 
@@ -50,8 +50,8 @@ class PinnedRing:
         i = self._next
         self._next = (i + 1) % len(self.buffers)
         buf = self.buffers[i]
-        if footprint(specs) > len(buf):
-            raise ValueError(f"{footprint(specs)} bytes do not fit a pinned slot of {len(buf)}")
+        if slot_bytes(specs) > len(buf):
+            raise ValueError(f"{slot_bytes(specs)} bytes do not fit a pinned slot of {len(buf)}")
         out, at = [], 0
         for shape, dtype in specs:
             out.append(buf[at: at + _size(shape, dtype)].view(dtype).view(shape))

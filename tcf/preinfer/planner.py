@@ -32,7 +32,7 @@ from tcf.errors import ConfigError
 from tcf.lm.checkpoint import Footprint, ModelShape, dtype_bytes
 from tcf.util.units import GiB, MiB, format_bytes, format_bytes_ceil, format_seconds
 
-DEFAULT_THROUGHPUT = 400e12  # FLOP/s: conservative bf16 figure for one H200 (anchors.md measures 486-587)
+DEFAULT_THROUGHPUT = 400e12  # FLOP/s: conservative bf16 figure for one H200 (dense bf16 matmuls measure 486-587)
 BUDGET_KEY = "text_encoder.gpu_memory_budget"
 RANGES_KEY = "text_encoder.ranges"
 

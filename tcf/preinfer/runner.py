@@ -1,6 +1,6 @@
 """Block-wise pre-inference: push every item through the plan's block ranges, one range in memory at a time.
 
-    plan = plan_ranges(footprint, shape, max_tokens=30, budget="40GiB", n_items=len(keys))
+    plan = plan_ranges(footprint, shape, max_tokens=30, budget=40 << 30, n_items=len(keys))
     out = run_preinference("models/opt-13b", ids, lengths, keys, plan, "artifacts/latents/ab12")
     LatentStore(out).read(shape.n_blocks)   # [n_items, T, H] after the final norm, zeros at padding
 
@@ -36,7 +36,7 @@ from tcf.lm import adapter_class, load_config, load_stage
 from tcf.lm.attention import ATTENTION_BACKENDS
 from tcf.lm.loader import check_checkpoint
 from tcf.preinfer.latents import DTYPES, POOLINGS, ArrayFile, Key, LatentStore, dtype_name
-from tcf.preinfer.pinned import PinnedRing, Spec, footprint
+from tcf.preinfer.pinned import PinnedRing, Spec, slot_bytes
 from tcf.preinfer.planner import Plan, RangePlan
 from tcf.util.dist import DistContext, barrier, gather_objects
 from tcf.util.progress import Reporter
@@ -342,8 +342,8 @@ def _rings(batches: list[np.ndarray], lengths: np.ndarray, from_latents: bool, o
            latent: torch.dtype) -> tuple[PinnedRing, PinnedRing]:
     """Pinned slots for the inputs and the results of ``_AHEAD + 1`` batches, each fitting the largest batch."""
     h = hidden if from_latents else None
-    inputs = max((footprint(_input_specs(b, lengths, h, latent)) for b in batches), default=0)
-    results = max((footprint(_output_specs(b, lengths, outputs, hidden, latent)) for b in batches), default=0)
+    inputs = max((slot_bytes(_input_specs(b, lengths, h, latent)) for b in batches), default=0)
+    results = max((slot_bytes(_output_specs(b, lengths, outputs, hidden, latent)) for b in batches), default=0)
     return PinnedRing(inputs, _AHEAD + 1), PinnedRing(results, _AHEAD + 1)
 
 

@@ -1,4 +1,4 @@
-"""DSSM two-tower recommender (method §3.6): user-ID tower vs item tower, scored by dot product."""
+"""DSSM two-tower recommender: user-ID tower vs item tower, scored by dot product."""
 
 from __future__ import annotations
 

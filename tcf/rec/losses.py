@@ -1,4 +1,4 @@
-"""Training objectives: in-batch softmax with popularity correction (IBCE) and BCE (method §3.7),
+"""Training objectives: in-batch softmax with popularity correction (IBCE) and BCE (as the TCF paper trains),
 and the full softmax over all items (CE).
 
 Both return a SUM over rows/entries; the caller divides by what it wants to average over

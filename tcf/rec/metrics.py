@@ -1,4 +1,4 @@
-"""Full-ranking evaluation (method §4): rank of the target among all items, then HR@K / NDCG@K."""
+"""Full-ranking evaluation (as the TCF paper evaluates): rank of the target among all items, then HR@K / NDCG@K."""
 
 from __future__ import annotations
 

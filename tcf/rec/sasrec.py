@@ -1,4 +1,4 @@
-"""SASRec user encoder (method §3.5): a post-LN causal transformer over left-padded item vectors.
+"""SASRec user encoder (as the TCF paper configures it): a post-LN causal transformer over left-padded item vectors.
 
 Sequences are left-padded so the most recent item always sits at the last position; learned
 positions are right-aligned, so a window of length L' < max_len behaves exactly like the same window

@@ -1,8 +1,8 @@
-"""Item towers and the projection MLP (method §3.4), plus the recommender's weight init.
+"""Item towers and the projection MLP of the TCF paper (arXiv 2305.11700), plus the recommender's weight init.
 
 Every module here initialises itself in its constructor. The recommenders (SASRec, DSSM) only
 initialise the layers they own, so a pretrained language model inside an item tower is never
-re-initialised (the reference code's BUG-3).
+re-initialised (the reference code's model-wide init overwrote the pretrained weights).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from tcf.rec.towers import IDTower
 from tcf.util.dist import DistContext, all_reduce_sum, barrier
 from tcf.util.progress import Reporter
 
-SELECT = "hr@10"
+SELECT_METRIC = "hr@10"  # validation metric that picks the best epoch and drives early stopping
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _text_tower_params(model: nn.Module) -> list[nn.Parameter]:
 
 def param_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
     """AdamW groups: the text item tower (LM blocks and projection MLP) at ``text_lr`` /
-    ``text_weight_decay``, everything else at ``lr`` / ``weight_decay`` (method §3.8)."""
+    ``text_weight_decay``, everything else at ``lr`` / ``weight_decay`` (the TCF paper's two groups)."""
     text = {id(p) for p in _text_tower_params(model)}
     rest = [p for p in model.parameters() if id(p) not in text]
     groups: list[dict[str, Any]] = [{"params": rest, "lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}]
@@ -259,7 +259,7 @@ class Trainer:
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(loss).backward()
         if s.text_params and self.cfg.train.clip_grad_norm is not None:
-            s.scaler.unscale_(s.optimizer)  # clip the true gradients, not the loss-scaled ones (BUG-7)
+            s.scaler.unscale_(s.optimizer)  # clip the true gradients, not the loss-scaled ones
             torch.nn.utils.clip_grad_norm_(s.text_params, self.cfg.train.clip_grad_norm)
         s.scaler.step(s.optimizer)
         s.scaler.update()
@@ -269,8 +269,8 @@ class Trainer:
         t1 = time.perf_counter()
         metrics = self._evaluate("valid")
         state.eval_seconds = time.perf_counter() - t1
-        if metrics[SELECT] > state.best_hr:
-            state.best_hr, state.best_epoch, state.bad, state.best_valid = metrics[SELECT], epoch, 0, metrics
+        if metrics[SELECT_METRIC] > state.best_hr:
+            state.best_hr, state.best_epoch, state.bad, state.best_valid = metrics[SELECT_METRIC], epoch, 0, metrics
             if self.ctx.is_main:
                 checkpoint.save_atomic({"model": s.model.state_dict(), "epoch": epoch}, self.ckpt_dir / "best.pt")
         else:

@@ -18,7 +18,7 @@ from tcf.jobs.queue import get_job
 from tcf.store.db import Store
 from tcf.store.events import LiveView, live_view, log_tail
 from tcf.tui.screens.base import DataScreen
-from tcf.tui.screens.queue import STATE_STYLE
+from tcf.tui.styles import STATE_STYLE
 from tcf.tui.widgets.footer import KeyFooter
 from tcf.tui.widgets.gpu_panel import GpuPanel
 from tcf.tui.widgets.progress_bars import ProgressRow, column_widths, epoch_cells, range_cells

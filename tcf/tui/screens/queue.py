@@ -31,6 +31,7 @@ from tcf.jobs.queue import (
 from tcf.store.db import Store
 from tcf.store.events import LiveView, live_view, progress_summary
 from tcf.tui.screens.base import DataScreen
+from tcf.tui.styles import STATE_STYLE
 from tcf.tui.widgets.dialogs import AddJobDialog, AddRequest, PromptDialog, split_tags
 from tcf.tui.widgets.filter_box import FilterBox
 from tcf.tui.widgets.footer import KeyFooter
@@ -38,10 +39,6 @@ from tcf.tui.widgets.table import Table
 from tcf.tui.widgets.tabs import ScreenTabs
 from tcf.util.units import duration
 
-STATE_STYLE = {
-    "running": "bold green", "queued": "cyan", "blocked": "yellow", "lost": "bold red",
-    "failed": "red", "finished": "green", "cancelled": "dim",
-}
 COLUMNS = ("id", "state", "kind", "name", "GPU", "progress", "elapsed / ETA", "prio", "tags")
 NAME_WIDTH = 34
 NO_WORKER = "no worker running: start one with `tcf worker`"
