@@ -38,13 +38,6 @@ class CheckpointReader:
         self._infos = checkpoint_tensors(self.model_dir)
         self._maps: dict[Path, mmap.mmap] = {}
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._infos
-
-    def names(self) -> list[str]:
-        """Every tensor name in the checkpoint (from the headers; no tensor is read)."""
-        return list(self._infos)
-
     def resolve(self, candidates: Sequence[str]) -> str:
         """The first of ``candidates`` present in the checkpoint; TcfError naming the first candidate otherwise."""
         for name in candidates:
