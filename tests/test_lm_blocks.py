@@ -252,6 +252,24 @@ def test_no_safetensors_is_a_user_error(tmp_path):
         CheckpointReader(tmp_path)
 
 
+def test_any_safetensors_file_name_is_a_checkpoint_but_an_ambiguous_one_is_an_error(tmp_path):
+    """One discovery rule for planning and loading: any ``*.safetensors`` file, or the shards an index names."""
+    model, base = _save("llama", tmp_path, sharded=False)
+    (tmp_path / "model.safetensors").rename(tmp_path / "weights.safetensors")
+    ids, mask = _batch(model.config.pad_token_id)
+    with torch.no_grad():
+        out = load_stage(tmp_path, 0, N_BLOCKS, include_embedding=True, include_final=True)(ids, mask)
+    torch.testing.assert_close(out, _reference(base, ids, mask), rtol=0, atol=1e-5)
+    save_file({"model.norm.weight": torch.ones(32)}, tmp_path / "extra.safetensors")
+    with pytest.raises(TcfError, match="'model.norm.weight' is in both extra.safetensors and weights.safetensors"):
+        CheckpointReader(tmp_path)
+    (tmp_path / "extra.safetensors").unlink()
+    for name in ("a.safetensors.index.json", "b.safetensors.index.json"):
+        (tmp_path / name).write_text(json.dumps({"weight_map": {}}))
+    with pytest.raises(TcfError, match="2 safetensors indexes"):
+        CheckpointReader(tmp_path)
+
+
 @pytest.mark.parametrize("family", ["opt", "bert", "t5", "llama", "qwen2"])
 def test_stage_without_mask_inspection_computes_the_same(tmp_path, family):
     """A fine-tuned tower turns off transformers' look at the mask (a host sync per step): same outputs,

@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 
 from tcf.cli import app
 from tcf.data.reader import load_dataset
-from tcf.lm import supported_model_types
+from tcf.errors import TcfError
+from tcf.lm import load_config, supported_model_types
+from tcf.lm.checkpoint import model_family, model_size, read_config
 from tcf.lm.pooling import POOLINGS
 from tcf.lm.tiny import train_tokenizer
 from tcf.preinfer.latents import LatentStore
@@ -145,6 +147,24 @@ def _check_latents(latents: Path, model_dir: Path, texts_by_key: dict[str, str])
 
 def test_the_tiny_models_cover_the_family_table():
     assert set(TINY) == set(supported_model_types())
+
+
+@pytest.mark.parametrize("content,error", [
+    (None, "not a model directory (no config.json)"),
+    ("{not json", "config.json: not valid JSON"),
+    ("[1, 2]", "config.json: not a JSON object"),
+    ('{"hidden_size": 8}', "config.json: unsupported model_type None; supported: bert, llama, mistral"),
+    ('{"model_type": "gpt2"}', "config.json: unsupported model_type 'gpt2'; supported: bert, llama, mistral"),
+])
+def test_a_bad_config_json_is_one_error_naming_the_file(tmp_path, content, error):
+    if content is not None:
+        (tmp_path / "config.json").write_text(content)
+    for read in (read_config, model_family, model_size, load_config):
+        with pytest.raises(TcfError) as info:
+            read(tmp_path)
+        assert str(info.value).startswith(str(tmp_path)) and error in str(info.value)
+    with pytest.raises(TcfError, match="not a model directory \\(not found\\)"):
+        read_config(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("model_type", supported_model_types())
