@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from transformers import OPTConfig, OPTModel
 
-from tcf.lm.checkpoint import block_weight_bytes, model_shape
+from tcf.lm.checkpoint import model_size
 from tcf.preinfer.latents import LatentStore
 from tcf.preinfer.planner import format_plan, plan_ranges
 from tcf.preinfer.runner import run_preinference
@@ -92,8 +92,9 @@ def _reset(device: torch.device) -> None:
 def run_tcf(ckpt: Path, ids: np.ndarray, lengths: np.ndarray, budget: str, device: torch.device,
             work: Path) -> dict:
     dtype = "bf16" if device.type == "cuda" else "fp32"
-    plan = plan_ranges(block_weight_bytes(ckpt, compute_dtype=dtype), model_shape(ckpt), max_tokens=ids.shape[1],
-                       budget=parse_bytes(budget), n_items=len(ids), compute_dtype=dtype, latent_dtype=dtype)
+    size = model_size(ckpt, dtype)
+    plan = plan_ranges(size.footprint, size.shape, max_tokens=ids.shape[1], budget=parse_bytes(budget),
+                       n_items=len(ids), compute_dtype=dtype, latent_dtype=dtype)
     print(format_plan(plan), flush=True)
     keys = [f"i{r}" for r in range(len(ids))]
     shutil.rmtree(work, ignore_errors=True)

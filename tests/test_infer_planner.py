@@ -14,13 +14,15 @@ from tcf.config import parse_block_ranges
 from tcf.errors import ConfigError, TcfError
 from tcf.lm.checkpoint import (
     Footprint,
-    Layout,
     ModelShape,
     block_weight_bytes,
     checkpoint_tensors,
     model_shape,
+    model_size,
     read_safetensors_header,
 )
+from tcf.lm.families import family
+from tcf.lm.families.spec import Layout
 from tcf.preinfer.planner import BudgetTooSmall, activation_bytes_per_item, check_ranges, format_plan, plan_ranges
 from tcf.util.units import GiB, MiB, parse_bytes
 
@@ -74,12 +76,12 @@ def test_header_matches_true_sizes(tmp_path):
 def test_block_bytes_single_file(tmp_path, compute):
     tensors = _opt_like_tensors()
     save_file(tensors, tmp_path / "model.safetensors")
-    fp = block_weight_bytes(tmp_path, "opt", compute_dtype=compute)
+    fp = block_weight_bytes(tmp_path, family("opt").layout, compute_dtype=compute)
     blocks, emb, final = _expected(tensors, {None: None, "bf16": 2, "fp32": 4}[compute])
     assert fp.block_bytes == blocks and fp.embedding_bytes == emb and fp.final_bytes == final
     assert fp.block_params == [sum(x.numel() for k, x in tensors.items() if f".layers.{i}." in k) for i in range(3)]
     if compute == "bf16":  # fp32 weights run in bf16 take half, the int64 buffers do not shrink
-        full = block_weight_bytes(tmp_path, "opt")
+        full = block_weight_bytes(tmp_path, family("opt").layout)
         assert fp.block_bytes[0] == (full.block_bytes[0] - 24) // 2 + 24
 
 
@@ -94,7 +96,7 @@ def test_block_bytes_sharded_with_index(tmp_path):
         weight_map.update(dict.fromkeys(keys, fname))
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     assert set(checkpoint_tensors(tmp_path)) == set(tensors)
-    fp = block_weight_bytes(tmp_path, "opt")
+    fp = block_weight_bytes(tmp_path, family("opt").layout)
     assert (fp.block_bytes, fp.embedding_bytes, fp.final_bytes) == _expected(tensors)
     (tmp_path / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(TcfError, match="shard 'model-00002-of-00002.safetensors' is missing"):
@@ -108,21 +110,21 @@ def test_real_hf_opt_checkpoint(tmp_path):
                     max_position_embeddings=40, word_embed_proj_dim=32)
     model = OPTModel(cfg)
     model.save_pretrained(tmp_path)
-    fp = block_weight_bytes(tmp_path)  # layout from config.json's model_type
-    assert fp.n_blocks == 3 and fp.ignored_bytes == 0
+    size = model_size(tmp_path)  # layout from config.json's model_type
+    fp = size.footprint
+    assert fp.n_blocks == 3
     total = sum(_nbytes(p) for p in model.state_dict().values())
     assert sum(fp.block_bytes) + fp.embedding_bytes + fp.final_bytes == total
     assert fp.block_bytes[1] == sum(_nbytes(p) for p in model.decoder.layers[1].state_dict().values())
-    assert model_shape(tmp_path) == ModelShape(n_blocks=3, hidden=32, heads=4, ffn=48)
+    assert model_shape(tmp_path) == size.shape == ModelShape(n_blocks=3, hidden=32, heads=4, ffn=48)
 
 
 def test_t5_decoder_is_ignored(tmp_path):
     t = {"shared.weight": torch.zeros(10, 4), "encoder.block.0.layer.0.w": torch.zeros(4, 4),
          "encoder.final_layer_norm.weight": torch.zeros(4), "decoder.block.0.layer.0.w": torch.zeros(4, 4)}
     save_file(t, tmp_path / "model.safetensors")
-    fp = block_weight_bytes(tmp_path, "t5")
-    assert fp.block_bytes == [64] and fp.embedding_bytes == 160 and fp.final_bytes == 16
-    assert fp.ignored_bytes == 64 and fp.ignored_names == ["decoder.block.0.layer.0.w"]
+    fp = block_weight_bytes(tmp_path, family("t5").layout)
+    assert fp.block_bytes == [64] and fp.embedding_bytes == 160 and fp.final_bytes == 16  # no decoder byte
 
 
 def test_checkpoint_errors(tmp_path):
@@ -135,11 +137,11 @@ def test_checkpoint_errors(tmp_path):
     save_file({"decoder.layers.0.w": torch.zeros(2), "decoder.layers.2.w": torch.zeros(2)},
               tmp_path / "model.safetensors")
     with pytest.raises(TcfError, match=r"no weights for block\(s\) \[1\]"):
-        block_weight_bytes(tmp_path, "opt")
+        block_weight_bytes(tmp_path, family("opt").layout)
     with pytest.raises(TcfError, match="no tensor matches"):
         block_weight_bytes(tmp_path, Layout(r"^nothing\.(\d+)", r"^emb", None))
     with pytest.raises(TcfError, match="config.json"):
-        block_weight_bytes(tmp_path)
+        model_size(tmp_path)
 
 
 # ---------------------------------------------------------------- parsing
@@ -189,7 +191,7 @@ def test_ranges_must_cover_the_model(text, match):
 def _footprint(n, block, emb=0, final=0, jitter=0.0, seed=0):
     rng = random.Random(seed)
     sizes = [int(block * (1 + rng.uniform(-jitter, jitter))) for _ in range(n)]
-    return Footprint(sizes, [s // 2 for s in sizes], emb, final, compute_bytes=2)
+    return Footprint(sizes, [s // 2 for s in sizes], emb, final)
 
 
 SHAPES = [ModelShape(12, 768, 12, 3072), ModelShape(24, 2048, 32, 8192), ModelShape(40, 5120, 40, 20480),

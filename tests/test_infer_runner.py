@@ -16,11 +16,12 @@ from transformers import OPTConfig, OPTModel
 
 from tcf.errors import TcfError
 from tcf.lm import load_config
+from tcf.lm.pooling import POOLINGS, pool
 from tcf.preinfer import latents as latents_mod
 from tcf.preinfer import runner as runner_mod
-from tcf.preinfer.latents import POOLINGS, LatentStore
+from tcf.preinfer.latents import LatentStore
 from tcf.preinfer.planner import Plan, RangePlan
-from tcf.preinfer.runner import Reporter, length_batches, pool, run_preinference
+from tcf.preinfer.runner import Reporter, length_batches, run_preinference
 
 N_BLOCKS = 4
 T = 12

@@ -248,7 +248,25 @@ def test_missing_tensor_names_tensor_and_directory(tmp_path):
 def test_no_safetensors_is_a_user_error(tmp_path):
     _save("bert", tmp_path, sharded=False)
     (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(TcfError, match="no model.safetensors"):
+    with pytest.raises(TcfError, match="no .safetensors files"):
+        CheckpointReader(tmp_path)
+
+
+def test_any_safetensors_file_name_is_a_checkpoint_but_an_ambiguous_one_is_an_error(tmp_path):
+    """One discovery rule for planning and loading: any ``*.safetensors`` file, or the shards an index names."""
+    model, base = _save("llama", tmp_path, sharded=False)
+    (tmp_path / "model.safetensors").rename(tmp_path / "weights.safetensors")
+    ids, mask = _batch(model.config.pad_token_id)
+    with torch.no_grad():
+        out = load_stage(tmp_path, 0, N_BLOCKS, include_embedding=True, include_final=True)(ids, mask)
+    torch.testing.assert_close(out, _reference(base, ids, mask), rtol=0, atol=1e-5)
+    save_file({"model.norm.weight": torch.ones(32)}, tmp_path / "extra.safetensors")
+    with pytest.raises(TcfError, match="'model.norm.weight' is in both extra.safetensors and weights.safetensors"):
+        CheckpointReader(tmp_path)
+    (tmp_path / "extra.safetensors").unlink()
+    for name in ("a.safetensors.index.json", "b.safetensors.index.json"):
+        (tmp_path / name).write_text(json.dumps({"weight_map": {}}))
+    with pytest.raises(TcfError, match="2 safetensors indexes"):
         CheckpointReader(tmp_path)
 
 
@@ -305,14 +323,19 @@ def test_mask_builders_are_told_not_to_inspect():
     assert stage.mask_options(create_causal_mask, "allow_is_causal_skip", mask) == {}
 
 
-def test_the_family_table_sends_each_model_type_to_the_module_that_handles_it():
-    from tcf.lm import base
+def test_the_family_table_sends_each_model_type_to_the_stack_of_its_own_family():
+    from tcf.lm.base import BlockStack
     from tcf.lm.families import FAMILIES
+    from tcf.lm.families.llama.stack import _CLASSES
+    from tcf.lm.pooling import POOLINGS
 
-    for module in set(FAMILIES.values()):
-        importlib.import_module(f"tcf.lm.{module}")
-    handled = {model_type: cls.__module__ for model_type, cls in base._REGISTRY.items()}
-    assert handled == {model_type: f"tcf.lm.{m}" for model_type, m in FAMILIES.items()}
+    for model_type, fam in FAMILIES.items():
+        cls = fam.stack_class()
+        assert issubclass(cls, BlockStack) and cls.family is fam and model_type in fam.model_types
+        package = importlib.import_module(cls.__module__.rpartition(".")[0])
+        assert fam in vars(package).values()  # the facts and the stack share one home
+        assert fam.pooling in POOLINGS
+    assert set(_CLASSES) == set(FAMILIES["llama"].model_types)
 
 
 def test_checking_a_model_directory_imports_no_modeling_code_until_a_stage_is_built(tmp_path):
@@ -324,15 +347,31 @@ from tcf.config import TextEncoderConfig
 from tcf.preinfer.encode import model_dir_of
 
 def modeling():
-    return sorted(m for m in sys.modules if m.split(".")[0] == "transformers" or m == "tcf.lm.opt")
+    return sorted(m for m in sys.modules if m.split(".")[0] == "transformers" or m == "tcf.lm.families.opt.stack")
 
 model_dir_of(TextEncoderConfig(model={str(tmp_path)!r}))
 print(modeling())
-from tcf.lm import adapter_class
-adapter_class("opt")
+from tcf.lm import family
+family("opt").stack_class()
 print(modeling())
 """
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     before, after = r.stdout.splitlines()
-    assert before == "[]" and "'tcf.lm.opt'" in after and "'transformers.models.opt.modeling_opt'" in after
+    assert before == "[]" and "'tcf.lm.families.opt.stack'" in after
+    assert "'transformers.models.opt.modeling_opt'" in after
+
+
+def test_a_checkpoints_family_facts_import_neither_torch_nor_transformers(tmp_path):
+    """Its config, family, shape and per-block bytes come from JSON and safetensors headers alone."""
+    _save("t5", tmp_path, sharded=True)
+    code = f"""
+import sys
+from tcf.lm.checkpoint import model_family, model_size
+fam, size = model_family({str(tmp_path)!r}), model_size({str(tmp_path)!r}, "bf16")
+print(fam.name, fam.pooling, size.shape.n_blocks, size.shape.hidden, size.shape.gated_ffn, size.footprint.n_blocks)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"t5 mean {N_BLOCKS} 32 False {N_BLOCKS}", "[]"]

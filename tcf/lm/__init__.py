@@ -10,9 +10,8 @@ import importlib
 from typing import Any
 
 # Exported lazily (PEP 562): importing tcf.lm.families must not import torch or transformers.
-_EXPORTS = {"BlockStack": "base", "adapter_class": "base", "check_supported": "families",
-            "supported_model_types": "families", "load_config": "loader", "load_stage": "loader",
-            "CheckpointReader": "weights"}
+_EXPORTS = {"family": "families", "supported_model_types": "families",
+            "load_config": "loader", "load_stage": "loader", "CheckpointReader": "weights"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -1,15 +1,14 @@
 """A contiguous slice of a language model: optional embedding stage, blocks [start, stop), optional final norm.
 
-Each family (opt.py, bert.py, t5.py, llama.py) subclasses ``BlockStack`` and registers itself for the
-``config.model_type`` values it handles; ``families.FAMILIES`` says which module that is, so it is
-imported only when a stage is built. Blocks are kept in ``self.layers`` under their original index
-(``layers.10``), so the local parameter names map one-to-one onto checkpoint tensor names.
+Each family's ``stack`` module (``tcf.lm.families.<name>.stack``) subclasses ``BlockStack``; its
+:class:`~tcf.lm.families.spec.Family` names that class, so it is imported only when a stage is built.
+Blocks are kept in ``self.layers`` under their original index (``layers.10``), so the local parameter
+names map one-to-one onto checkpoint tensor names.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import ClassVar
@@ -19,24 +18,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from tcf.errors import TcfError
-from tcf.lm.families import FAMILIES, check_supported
-
-_REGISTRY: dict[str, type[BlockStack]] = {}
-
-
-def register(cls: type[BlockStack]) -> type[BlockStack]:
-    """Class decorator: make ``cls`` the adapter for each of its ``model_types``."""
-    for model_type in cls.model_types:
-        _REGISTRY[model_type] = cls
-    return cls
-
-
-def adapter_class(model_type: str) -> type[BlockStack]:
-    """The adapter for ``config.model_type`` (importing its family); TcfError naming the supported ones."""
-    check_supported(model_type)
-    if model_type not in _REGISTRY:
-        importlib.import_module(f"tcf.lm.{FAMILIES[model_type]}")
-    return _REGISTRY[model_type]
+from tcf.lm.families.spec import Family
 
 
 class BlockStack(nn.Module):
@@ -46,7 +28,7 @@ class BlockStack(nn.Module):
     of block ``start - 1`` ([B, T, H]); ``mask`` is the [B, T] 0/1 padding mask of the token ids.
     """
 
-    model_types: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[Family]  # the facts of the family this stack runs
     #: Whether transformers may read an attention mask's contents to drop it when a batch has no padding
     #: (a faster kernel). Reading it waits for the GPU to finish all queued work; a fine-tuned tower's
     #: batches are always padded, so it turns this off and its steps never wait on the host.
@@ -70,9 +52,9 @@ class BlockStack(nn.Module):
 
     # --- family hooks ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def count_blocks(config: PretrainedConfig) -> int:
-        return config.num_hidden_layers
+    @classmethod
+    def count_blocks(cls, config: PretrainedConfig) -> int:
+        return getattr(config, cls.family.keys.blocks)
 
     @property
     def n_blocks(self) -> int:

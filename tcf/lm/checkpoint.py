@@ -1,12 +1,14 @@
-"""What a checkpoint weighs, per block, read from safetensors headers without loading a single weight.
+"""A checkpoint folder as tcf reads it: its ``config.json``, and its tensors from safetensors headers alone.
 
 A ``.safetensors`` file starts with 8 bytes (little-endian u64, the header length) and a JSON header
 mapping each tensor name to ``{"dtype", "shape", "data_offsets"}``; sharded checkpoints add a
-``*.safetensors.index.json`` whose ``weight_map`` names the shard of each tensor::
+``*.safetensors.index.json`` whose ``weight_map`` names the shard of each tensor. Everything here reads
+headers and JSON only (no torch, no transformers), so planning a 70B model takes milliseconds::
 
-    fp = block_weight_bytes("models/opt-1.3b", compute_dtype="bf16")
-    fp.block_bytes[3], fp.embedding_bytes, fp.final_bytes     # bytes on the GPU in bf16
-    shape = model_shape("models/opt-1.3b")                    # n_blocks, hidden, heads, ffn
+    size = model_size("models/opt-1.3b", compute_dtype="bf16")
+    size.footprint.block_bytes[3], size.footprint.embedding_bytes   # bytes on the GPU in bf16
+    size.shape                                                      # n_blocks, hidden, heads, ffn
+    checkpoint_tensors("models/opt-1.3b")["model.decoder.layers.3.fc1.weight"].offset
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tcf.errors import TcfError
+from tcf.lm.families import family
+from tcf.lm.families.spec import Family, Layout
 
 # bytes per element of every safetensors dtype
 SAFETENSORS_DTYPE_BYTES = {
@@ -107,35 +112,81 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
     return out
 
 
-def checkpoint_tensors(model_dir: str | Path) -> dict[str, TensorInfo]:
-    """Every tensor of a (possibly sharded) safetensors checkpoint directory, by name."""
+def _model_dir(model_dir: str | Path) -> Path:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise TcfError(f"{model_dir}: not a directory")
+        raise TcfError(f"{model_dir}: not a model directory (not found)")
+    return model_dir
+
+
+def read_config(model_dir: str | Path) -> dict[str, Any]:
+    """``config.json`` as a dict, checked to name a supported ``model_type``: the one place it is read.
+
+    Every problem is one TcfError naming the file: no such directory, no config.json, unreadable, not a
+    JSON object, or a family tcf cannot run block by block."""
+    path = _model_dir(model_dir) / "config.json"
+    if not path.is_file():
+        raise TcfError(f"{path.parent}: not a model directory (no config.json)")
+    try:
+        config = json.loads(path.read_text())
+    except OSError as exc:
+        raise TcfError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TcfError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise TcfError(f"{path}: not a JSON object")
+    try:
+        family(config.get("model_type"))
+    except TcfError as exc:
+        raise TcfError(f"{path}: {exc}") from None
+    return config
+
+
+def model_family(model_dir: str | Path) -> Family:
+    """The family of the checkpoint in ``model_dir`` (from its config.json)."""
+    return family(read_config(model_dir)["model_type"])
+
+
+def checkpoint_tensors(model_dir: str | Path) -> dict[str, TensorInfo]:
+    """Every tensor of a checkpoint folder, by name, from its safetensors headers: the one discovery rule.
+
+    With a ``*.safetensors.index.json`` the checkpoint is what its ``weight_map`` lists, each tensor in the
+    shard it names (as transformers loads it); without one, the tensors of every ``*.safetensors`` file."""
+    model_dir = _model_dir(model_dir)
     indexes = sorted(model_dir.glob("*.safetensors.index.json"))
+    if len(indexes) > 1:
+        raise TcfError(f"{model_dir}: {len(indexes)} safetensors indexes ({', '.join(i.name for i in indexes)}); "
+                       "which one is the checkpoint is ambiguous")
     if indexes:
-        index = indexes[0]
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise TcfError(f"{index}: cannot read weight_map: {exc}") from exc
-        tensors: dict[str, TensorInfo] = {}
-        for shard in sorted(set(weight_map.values())):
-            shard_path = model_dir / shard
-            if not shard_path.is_file():
-                raise TcfError(f"{index}: shard {shard!r} is missing from {model_dir}")
-            tensors.update(read_safetensors_header(shard_path))
-        missing = sorted(set(weight_map) - set(tensors))
-        if missing:
-            raise TcfError(f"{index}: {len(missing)} tensor(s) listed but not in their shard, e.g. {missing[0]!r}")
-        return tensors
+        return _indexed_tensors(indexes[0])
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise TcfError(f"{model_dir}: no .safetensors files (block-wise inference needs safetensors checkpoints)")
-    tensors = {}
+    tensors: dict[str, TensorInfo] = {}
     for f in files:
-        tensors.update(read_safetensors_header(f))
+        for name, info in read_safetensors_header(f).items():
+            if name in tensors:
+                raise TcfError(f"{model_dir}: tensor {name!r} is in both {Path(tensors[name].file).name} and "
+                               f"{f.name}; which file is the checkpoint is ambiguous")
+            tensors[name] = info
     return tensors
+
+
+def _indexed_tensors(index: Path) -> dict[str, TensorInfo]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = {str(shard) for shard in weight_map.values()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise TcfError(f"{index}: not a safetensors index (cannot read its weight_map: {exc})") from exc
+    headers: dict[str, dict[str, TensorInfo]] = {}
+    for shard in sorted(shards):
+        if not (index.parent / shard).is_file():
+            raise TcfError(f"{index}: shard {shard!r} is missing from {index.parent}")
+        headers[shard] = read_safetensors_header(index.parent / shard)
+    missing = sorted(name for name, shard in weight_map.items() if name not in headers[str(shard)])
+    if missing:
+        raise TcfError(f"{index}: {len(missing)} tensor(s) listed but not in their shard, e.g. {missing[0]!r}")
+    return {name: headers[str(shard)][name] for name, shard in weight_map.items()}
 
 
 def parameter_count(model_dir: str | Path) -> int:
@@ -144,76 +195,32 @@ def parameter_count(model_dir: str | Path) -> int:
 
 
 @dataclass(frozen=True)
-class Layout:
-    """Which tensor names are blocks (regex with the block index as group 1), embedding, and final norm.
-    Names matching none are ignored (pooler, decoder of T5, lm_head, …)."""
-
-    block: str
-    embedding: str
-    final: str | None
-
-
-# keyed by config.json's model_type; prefixes are optional so both "model.decoder.layers.0" and "decoder.layers.0" match
-LAYOUTS: dict[str, Layout] = {
-    "opt": Layout(r"^(?:model\.)?decoder\.layers\.(\d+)\.",
-                  r"^(?:model\.)?decoder\.(?:embed_tokens|embed_positions|project_in)\.",
-                  r"^(?:model\.)?decoder\.final_layer_norm\."),
-    "bert": Layout(r"^(?:bert\.)?encoder\.layer\.(\d+)\.", r"^(?:bert\.)?embeddings\.", None),
-    "t5": Layout(r"^encoder\.block\.(\d+)\.", r"^(?:shared|encoder\.embed_tokens)\.", r"^encoder\.final_layer_norm\."),
-    "llama": Layout(r"^(?:model\.)?layers\.(\d+)\.", r"^(?:model\.)?embed_tokens\.", r"^(?:model\.)?norm\."),
-}
-
-
-@dataclass(frozen=True)
 class Footprint:
-    """GPU bytes (in the compute dtype) of each block, the embedding stage and the final norm.
-
-    ``block_params`` counts elements per block, for FLOP estimates. ``ignored_bytes`` is what the
-    block-wise path never loads (e.g. T5's decoder)."""
+    """GPU bytes (in the compute dtype) of each block, the embedding stage and the final norm; tensors of
+    none of them (e.g. T5's decoder) are never loaded. ``block_params`` counts elements per block, for
+    FLOP estimates."""
 
     block_bytes: list[int]
     block_params: list[int]
     embedding_bytes: int
     final_bytes: int
-    ignored_bytes: int = 0
-    compute_bytes: int | None = None
-    ignored_names: list[str] = field(default_factory=list, repr=False)
 
     @property
     def n_blocks(self) -> int:
         return len(self.block_bytes)
 
 
-def read_config(model_dir: str | Path) -> dict:
-    path = Path(model_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise TcfError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise TcfError(f"{path}: not valid JSON: {exc}") from exc
+def block_weight_bytes(model_dir: str | Path, layout: Layout, compute_dtype: object = None) -> Footprint:
+    """Per-block weight bytes of a checkpoint whose tensors follow ``layout``, from headers only.
 
-
-def block_weight_bytes(model_dir: str | Path, layout: Layout | str | None = None,
-                       compute_dtype: object = None) -> Footprint:
-    """Per-block weight bytes of a checkpoint, from headers only.
-
-    ``layout`` is a :class:`Layout`, a model_type key of :data:`LAYOUTS`, or None to use config.json's
-    ``model_type``. ``compute_dtype`` (e.g. 'bf16') converts floating tensors to the size they take when
-    run in that dtype (fp32 weights run in bf16 take half); None keeps the stored size.
+    ``compute_dtype`` (e.g. 'bf16') converts floating tensors to the size they take when run in that
+    dtype (fp32 weights run in bf16 take half); None keeps the stored size.
     """
-    if layout is None or isinstance(layout, str):
-        kind = layout or read_config(model_dir).get("model_type")
-        if kind not in LAYOUTS:
-            raise TcfError(f"{model_dir}: no block layout known for model_type {kind!r} "
-                           f"(known: {', '.join(sorted(LAYOUTS))})")
-        layout = LAYOUTS[kind]
     compute = dtype_bytes(compute_dtype) if compute_dtype is not None else None
     block_re, emb_re = re.compile(layout.block), re.compile(layout.embedding)
     final_re = re.compile(layout.final) if layout.final else None
     per_block: dict[int, list[int]] = {}
-    emb = final = ignored = 0
-    ignored_names: list[str] = []
+    emb = final = 0
     for t in checkpoint_tensors(model_dir).values():
         size = t.bytes_as(compute)
         m = block_re.search(t.name)
@@ -225,17 +232,13 @@ def block_weight_bytes(model_dir: str | Path, layout: Layout | str | None = None
             emb += size
         elif final_re is not None and final_re.search(t.name):
             final += size
-        else:
-            ignored += size
-            ignored_names.append(t.name)
     if not per_block:
         raise TcfError(f"{model_dir}: no tensor matches the block pattern {layout.block!r}")
     n = max(per_block) + 1
     gaps = [i for i in range(n) if i not in per_block]
     if gaps:
         raise TcfError(f"{model_dir}: checkpoint has no weights for block(s) {gaps[:5]} of 0..{n - 1}")
-    return Footprint([per_block[i][0] for i in range(n)], [per_block[i][1] for i in range(n)], emb, final,
-                     ignored, compute, sorted(ignored_names))
+    return Footprint([per_block[i][0] for i in range(n)], [per_block[i][1] for i in range(n)], emb, final)
 
 
 @dataclass(frozen=True)
@@ -249,21 +252,36 @@ class ModelShape:
     gated_ffn: bool = False  # SwiGLU-style FFNs hold three [T, ffn] tensors instead of two
 
 
-def _first(cfg: dict, path: Path, *keys: str) -> int:
-    for k in keys:
-        if isinstance(cfg.get(k), int):
-            return cfg[k]
-    raise TcfError(f"{path}: none of {', '.join(keys)} is set")
-
-
 def model_shape(model_dir: str | Path) -> ModelShape:
-    """:class:`ModelShape` from ``config.json`` (OPT, BERT, T5 encoder, Llama-style keys)."""
-    cfg, path = read_config(model_dir), Path(model_dir) / "config.json"
-    gated = cfg.get("model_type") in {"llama", "mistral", "qwen2"} or "gated" in str(cfg.get("feed_forward_proj", ""))
-    return ModelShape(
-        n_blocks=_first(cfg, path, "num_layers", "num_hidden_layers", "n_layer"),
-        hidden=_first(cfg, path, "hidden_size", "d_model", "n_embd"),
-        heads=_first(cfg, path, "num_attention_heads", "num_heads", "n_head"),
-        ffn=_first(cfg, path, "ffn_dim", "intermediate_size", "d_ff", "n_inner"),
-        gated_ffn=gated,
-    )
+    """:class:`ModelShape` from ``config.json``, through its family's config keys."""
+    return _shape(read_config(model_dir), Path(model_dir) / "config.json")
+
+
+def _shape(config: dict[str, Any], path: Path) -> ModelShape:
+    fam = family(config["model_type"])
+
+    def number(key: str) -> int:
+        value = config.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise TcfError(f"{path}: {key} must be a positive integer for a {fam.name} model, not {value!r}")
+        return value
+
+    keys = fam.keys
+    return ModelShape(number(keys.blocks), number(keys.hidden), number(keys.heads), number(keys.ffn),
+                      fam.gated_ffn(config))
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What planning a checkpoint's pre-inference needs: its per-block weights and its shape."""
+
+    footprint: Footprint
+    shape: ModelShape
+
+
+def model_size(model_dir: str | Path, compute_dtype: object = None) -> ModelSize:
+    """Per-block bytes (in ``compute_dtype``; None: as stored) and shape of the checkpoint in ``model_dir``,
+    its tensors found by its family's layout; reads config.json and the safetensors headers only."""
+    config = read_config(model_dir)
+    return ModelSize(block_weight_bytes(model_dir, family(config["model_type"]).layout, compute_dtype),
+                     _shape(config, Path(model_dir) / "config.json"))

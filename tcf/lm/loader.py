@@ -10,38 +10,35 @@ safetensors files, so memory holds only the range's weights, once.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from tcf.errors import TcfError
-from tcf.lm.base import BlockStack, adapter_class
-from tcf.lm.families import check_supported
+from tcf.lm.base import BlockStack
+from tcf.lm.checkpoint import read_config
+from tcf.lm.families import family
 from tcf.lm.transfer import to_device
 from tcf.lm.weights import TORCH_DTYPES, CheckpointReader
 
 
 def load_config(model_dir: str | Path, attn_implementation: str = "sdpa") -> PretrainedConfig:
-    """The model's HF config; TcfError when the directory or its config.json is missing or unreadable."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise TcfError(f"model directory not found: {model_dir}")
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        raise TcfError(f"{model_dir}: no config.json")
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise TcfError(f"{config_file}: not a JSON object ({exc})") from exc
-    check_supported(model_type)  # unsupported families fail here, naming the supported ones
+    """The model's transformers config, once :func:`~tcf.lm.checkpoint.read_config` has checked config.json."""
+    read_config(model_dir)
     try:
         config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise TcfError(f"{model_dir}/config.json: {exc}") from exc
     config._attn_implementation = attn_implementation
     return config
+
+
+def empty_stage(config: PretrainedConfig, start: int, stop: int, include_embedding: bool,
+                include_final: bool) -> BlockStack:
+    """The stage's modules on the meta device (shapes, no memory): what a checkpoint must fill."""
+    with torch.device("meta"):
+        return family(config.model_type).stack_class()(config, start, stop, include_embedding, include_final)
 
 
 def load_stage(
@@ -61,10 +58,8 @@ def load_stage(
     not copied at all: they stay views of the checkpoint's pages.
     """
     config = load_config(model_dir, attn_implementation)
-    cls = adapter_class(config.model_type)
     reader = CheckpointReader(model_dir)
-    with torch.device("meta"):
-        stage = cls(config, start, stop, include_embedding, include_final)
+    stage = empty_stage(config, start, stop, include_embedding, include_final)
     device = torch.device(device)
     names = {local: reader.resolve(stage.checkpoint_names(local)) for local in stage.state_dict()}
     if device.type == "cuda":
@@ -80,7 +75,7 @@ def load_stage(
     stage.to(device=device)
     unloaded = [name for name, t in [*stage.named_parameters(), *stage.named_buffers()] if t.is_meta]
     if unloaded:  # a family built a buffer on meta that no checkpoint tensor fills: a bug, not user input
-        raise RuntimeError(f"{cls.__name__}: tensors left unmaterialised: {unloaded}")
+        raise RuntimeError(f"{type(stage).__name__}: tensors left unmaterialised: {unloaded}")
     stage.tensors_read = list(reader.read_names)
     return stage.eval()
 
@@ -89,10 +84,9 @@ def check_checkpoint(model_dir: str | Path) -> None:
     """Every tensor the whole model needs is in the checkpoint with the shape its config implies, so a
     broken checkpoint fails before any work; reads the safetensors headers only."""
     config = load_config(model_dir)
-    cls = adapter_class(config.model_type)
     reader = CheckpointReader(model_dir)
-    with torch.device("meta"):
-        stage = cls(config, 0, cls.count_blocks(config), True, True)
+    n_blocks = family(config.model_type).stack_class().count_blocks(config)
+    stage = empty_stage(config, 0, n_blocks, True, True)
     for local, tensor in stage.state_dict().items():
         info = reader.info(reader.resolve(stage.checkpoint_names(local)))
         if tuple(info.shape) != tuple(tensor.shape):

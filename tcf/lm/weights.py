@@ -11,7 +11,6 @@ used (the GPU, pinned memory, another dtype), and the copy comes straight from t
 
 from __future__ import annotations
 
-import json
 import mmap
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +18,7 @@ from pathlib import Path
 import torch
 
 from tcf.errors import TcfError
-from tcf.lm.checkpoint import TensorInfo, read_safetensors_header
-
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
+from tcf.lm.checkpoint import TensorInfo, checkpoint_tensors
 
 TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -33,62 +29,29 @@ TORCH_DTYPES = {
 
 
 class CheckpointReader:
-    """Maps tensor names to safetensors files and reads tensors one at a time, recording each name read."""
+    """Reads a checkpoint's tensors one at a time (found by :func:`~tcf.lm.checkpoint.checkpoint_tensors`),
+    recording each name read."""
 
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)
-        if not self.model_dir.is_dir():
-            raise TcfError(f"model directory not found: {self.model_dir}")
         self.read_names: list[str] = []
-        self._files: dict[str, Path] = {}
-        self._headers: dict[Path, dict[str, TensorInfo]] = {}
+        self._infos = checkpoint_tensors(self.model_dir)
         self._maps: dict[Path, mmap.mmap] = {}
-        index = self.model_dir / INDEX_FILE
-        single = self.model_dir / SINGLE_FILE
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise TcfError(f"{index}: not a safetensors index ({exc})") from exc
-            self._files = {name: self.model_dir / file for name, file in weight_map.items()}
-        elif single.is_file():
-            self._files = {name: single for name in self._header(single)}
-        else:
-            raise TcfError(
-                f"{self.model_dir}: no {SINGLE_FILE} or {INDEX_FILE} (block-wise loading needs safetensors weights)"
-            )
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._files
-
-    def names(self) -> list[str]:
-        """Every tensor name in the checkpoint (from the index or the file header; no tensor is read)."""
-        return list(self._files)
 
     def resolve(self, candidates: Sequence[str]) -> str:
         """The first of ``candidates`` present in the checkpoint; TcfError naming the first candidate otherwise."""
         for name in candidates:
-            if name in self._files:
+            if name in self._infos:
                 return name
         tried = ", ".join(candidates)
         raise TcfError(f"{self.model_dir}: checkpoint has no tensor {candidates[0]!r} (tried: {tried})")
 
-    def _header(self, path: Path) -> dict[str, TensorInfo]:
-        if path not in self._headers:
-            self._headers[path] = read_safetensors_header(path)
-        return self._headers[path]
-
     def info(self, name: str) -> TensorInfo:
-        path = self._files.get(name)
-        if path is None:
-            raise TcfError(f"{self.model_dir}: checkpoint has no tensor {name!r}")
-        if not path.is_file():
-            raise TcfError(f"{self.model_dir}: shard {path.name} (holding {name!r}) is missing")
-        info = self._header(path).get(name)
+        info = self._infos.get(name)
         if info is None:
-            raise TcfError(f"{path}: the index lists tensor {name!r} but the shard does not hold it")
+            raise TcfError(f"{self.model_dir}: checkpoint has no tensor {name!r}")
         if info.dtype not in TORCH_DTYPES:
-            raise TcfError(f"{path}: tensor {name!r} has dtype {info.dtype}, which torch cannot read")
+            raise TcfError(f"{info.file}: tensor {name!r} has dtype {info.dtype}, which torch cannot read")
         return info
 
     def get(self, name: str) -> torch.Tensor:

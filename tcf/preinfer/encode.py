@@ -20,8 +20,7 @@ import torch
 from tcf.config import Config, TextEncoderConfig
 from tcf.data.reader import load_dataset
 from tcf.errors import ConfigError, TcfError
-from tcf.lm.checkpoint import block_weight_bytes, model_shape
-from tcf.lm.families import check_supported
+from tcf.lm.checkpoint import model_size, read_config
 from tcf.preinfer.planner import BUDGET_KEY, BudgetTooSmall, Plan, plan_ranges, split_at
 from tcf.store.artifacts import META, artifact_path, read_meta
 from tcf.util.atomic import write_atomic
@@ -34,13 +33,7 @@ KEY_FORMAT = 3  # of the latents key below: a new format never matches an artifa
 def model_dir_of(te: TextEncoderConfig) -> Path:
     """The resolved model directory, checked to hold a config.json of a supported family."""
     model_dir = Path(te.model).resolve()
-    if not (model_dir / "config.json").is_file():
-        raise TcfError(f"{model_dir}: not a model directory (no config.json)")
-    try:
-        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError) as e:
-        raise TcfError(f"{model_dir / 'config.json'}: not a JSON object ({e})") from None
-    check_supported(model_type)  # an unsupported family fails here, naming the supported ones
+    read_config(model_dir)  # an unsupported family fails here, naming the supported ones
     return model_dir
 
 
@@ -94,10 +87,9 @@ def make_plan(cfg: Config, n_items: int, device: torch.device) -> Plan:
     te = cfg.text_encoder
     if te is None:
         raise TcfError("text_encoder: the config has no text_encoder section")
-    model_dir = model_dir_of(te)
-    return plan_ranges(block_weight_bytes(model_dir, compute_dtype=te.dtype), model_shape(model_dir),
-                       max_tokens=te.max_tokens, budget=resolve_budget(te, device), n_items=n_items,
-                       compute_dtype=te.dtype, latent_dtype=te.latent_dtype, ranges=te.ranges,
+    size = model_size(model_dir_of(te), te.dtype)
+    return plan_ranges(size.footprint, size.shape, max_tokens=te.max_tokens, budget=resolve_budget(te, device),
+                       n_items=n_items, compute_dtype=te.dtype, latent_dtype=te.latent_dtype, ranges=te.ranges,
                        batch_size=te.batch_size)
 
 
@@ -107,10 +99,10 @@ def minimum_budget(cfg: Config) -> int:
     te = cfg.text_encoder
     if te is None:
         raise TcfError("text_encoder: the config has no text_encoder section")
-    model_dir = model_dir_of(te)
+    size = model_size(model_dir_of(te), te.dtype)
     try:
-        plan_ranges(block_weight_bytes(model_dir, compute_dtype=te.dtype), model_shape(model_dir),
-                    max_tokens=te.max_tokens, budget=1, compute_dtype=te.dtype, latent_dtype=te.latent_dtype)
+        plan_ranges(size.footprint, size.shape, max_tokens=te.max_tokens, budget=1, compute_dtype=te.dtype,
+                    latent_dtype=te.latent_dtype)
     except BudgetTooSmall as e:
         return e.minimum_bytes
     return 1
@@ -130,7 +122,7 @@ def depth_of(cfg: Config) -> int | None:
     te = cfg.text_encoder
     if te is None or not te.unfreeze:
         return None
-    n_blocks = model_shape(model_dir_of(te)).n_blocks
+    n_blocks = model_size(model_dir_of(te)).shape.n_blocks
     if te.unfreeze > n_blocks:
         raise TcfError(f"text_encoder.unfreeze: {te.unfreeze} exceeds the model's {n_blocks} blocks")
     return n_blocks - te.unfreeze
@@ -184,8 +176,9 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | No
     committed block range when run again. Under torchrun each rank encodes a share of the items on its
     own GPU; rank 0 tokenizes, plans, records and renames.
     """
+    from tcf.lm.pooling import POOLINGS
     from tcf.lm.tokenize import load_token_table, token_table
-    from tcf.preinfer.latents import DTYPES, POOLINGS
+    from tcf.preinfer.latents import DTYPES
     from tcf.preinfer.runner import run_preinference
     from tcf.store.db import Store
     from tcf.store.events import EventWriter
@@ -195,7 +188,7 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | No
     if te is None:
         raise TcfError("text_encoder: the config has no text_encoder section")
     model_dir = model_dir_of(te)
-    n_blocks = model_shape(model_dir).n_blocks
+    n_blocks = model_size(model_dir).shape.n_blocks
     own = depth_of(cfg)
     keep = sorted({d for d in keep_depths if 0 < d < n_blocks} | ({own} if own is not None else set()))
     ctx = init_distributed("auto" if torch.cuda.is_available() else "cpu")

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from tcf.errors import TcfError
+from tcf.lm.pooling import POOLINGS
 from tcf.util.atomic import fsync_dir, write_atomic
 
 STATE = "state.json"
-POOLINGS = ("mean", "first", "last")
 Key = int | str  # a boundary (blocks applied) or a pooling name
 ITEMS = "items.json"
 LENGTHS = "lengths.npy"

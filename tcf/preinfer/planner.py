@@ -5,8 +5,8 @@ holds the range's weights, one batch of activations and some slack; latents betw
 host. The planner packs as many consecutive blocks per range as fit (fewer ranges = fewer latent
 boundaries), then picks the largest power-of-two batch that fits each range::
 
-    fp = block_weight_bytes("models/opt-13b", compute_dtype="bf16")
-    plan = plan_ranges(fp, model_shape("models/opt-13b"), max_tokens=30, budget=40 * GiB, n_items=100_000)
+    size = model_size("models/opt-13b", compute_dtype="bf16")    # tcf.lm.checkpoint
+    plan = plan_ranges(size.footprint, size.shape, max_tokens=30, budget=40 * GiB, n_items=100_000)
     print(format_plan(plan))
 
 Activation model (bytes per item for one block at T tokens; c = compute-dtype bytes, H hidden,

@@ -32,10 +32,11 @@ from torch.nn.attention import sdpa_kernel
 from transformers import PretrainedConfig
 
 from tcf.errors import TcfError
-from tcf.lm import adapter_class, load_config, load_stage
 from tcf.lm.attention import ATTENTION_BACKENDS
-from tcf.lm.loader import check_checkpoint
-from tcf.preinfer.latents import DTYPES, POOLINGS, ArrayFile, Key, LatentStore, dtype_name
+from tcf.lm.checkpoint import model_shape
+from tcf.lm.loader import check_checkpoint, empty_stage, load_config, load_stage
+from tcf.lm.pooling import POOLINGS, pool
+from tcf.preinfer.latents import DTYPES, ArrayFile, Key, LatentStore, dtype_name
 from tcf.preinfer.pinned import PinnedRing, Spec, slot_bytes
 from tcf.preinfer.planner import Plan, RangePlan
 from tcf.util.dist import DistContext, barrier, gather_objects
@@ -139,8 +140,8 @@ class _Job:
         self.progress_every = progress_every
         self.config = load_config(model_dir)
         check_checkpoint(model_dir)
-        self.n_blocks = adapter_class(self.config.model_type).count_blocks(self.config)
-        self.hidden = self.config.d_model if self.config.model_type == "t5" else self.config.hidden_size
+        shape = model_shape(model_dir)
+        self.n_blocks, self.hidden = shape.n_blocks, shape.hidden
         self.ranges = _check_plan(plan, self.n_blocks)
         self.n_items = len(lengths)
         self.shape = (self.n_items, ids.shape[1], self.hidden)
@@ -282,15 +283,6 @@ def _outputs(r: RangePlan, n_blocks: int, keep: Sequence[int]) -> list[Key]:
     return [*POOLINGS, *([n_blocks] if n_blocks in keep else [])]
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Item embeddings from final hidden states [B, L, H] (zeros at padding) and the [B, L] bool mask, in fp32:
-    masked mean over real tokens, the first token, the last real token."""
-    h = hidden.float()
-    counts = mask.sum(1)
-    last = h[torch.arange(len(h), device=h.device), counts - 1]
-    return {"mean": h.sum(1) / counts[:, None].to(h.dtype), "first": h[:, 0], "last": last}
-
-
 def rehearse(config: PretrainedConfig, start: int, rows: np.ndarray | None, lengths: np.ndarray, hidden: int,
              dtype: torch.dtype, device: torch.device) -> bool:
     """Run the shape of a range's first batch (``rows``) through block ``start`` built with zero weights.
@@ -302,8 +294,7 @@ def rehearse(config: PretrainedConfig, start: int, rows: np.ndarray | None, leng
     runs out of memory beside the load."""
     if rows is None or not len(rows):
         return False
-    with torch.device("meta"):
-        block = adapter_class(config.model_type)(config, start, start + 1, False, False)
+    block = empty_stage(config, start, start + 1, False, False)
     weights = sum(t.numel() for t in block.parameters()) * dtype.itemsize
     length = int(lengths[rows].max())
     with torch.cuda.device(device):

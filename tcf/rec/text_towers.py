@@ -26,17 +26,12 @@ from torch.nn.attention import sdpa_kernel
 
 from tcf.errors import TcfError
 from tcf.lm.attention import ATTENTION_BACKENDS
-from tcf.preinfer.latents import POOLINGS, ArrayFile, LatentStore
+from tcf.lm.checkpoint import model_family, model_shape
+from tcf.lm.pooling import POOLINGS, pool
+from tcf.preinfer.latents import ArrayFile, LatentStore
 from tcf.rec.latent_gather import LatentGather
 from tcf.rec.towers import MLP
 from tcf.util.dist import DistContext
-
-# masked mean for decoders and T5, the [CLS]/<s> position for BERT-style encoders
-DEFAULT_POOLING = {"bert": "first", "roberta": "first"}
-
-
-def default_pooling(model_type: str) -> str:
-    return DEFAULT_POOLING.get(model_type, "mean")
 
 
 @dataclass(frozen=True)
@@ -46,14 +41,10 @@ class TextSource:
     latents: Path
     model_dir: Path
     unfreeze: int
-    pooling: str  # "auto" resolves per family
+    pooling: str  # "auto": the family's default
 
     def resolved_pooling(self) -> str:
-        if self.pooling != "auto":
-            return self.pooling
-        from tcf.lm import load_config
-
-        return default_pooling(load_config(self.model_dir).model_type)
+        return model_family(self.model_dir).pooling if self.pooling == "auto" else self.pooling
 
 
 def item_rows(store: LatentStore, item_keys: list[str]) -> torch.Tensor:
@@ -130,10 +121,9 @@ class FineTunedTextTower(nn.Module):
     def from_source(cls, source: TextSource, item_keys: list[str], dim: int, projection_layers: int = 1,
                     dropout: float = 0.1, init: str = "xavier") -> FineTunedTextTower:
         store = LatentStore(source.latents)
-        from tcf.lm import adapter_class, load_config, load_stage  # transformers: only for text towers
+        from tcf.lm import load_stage  # transformers: only for text towers
 
-        config = load_config(source.model_dir)
-        n_blocks = adapter_class(config.model_type).count_blocks(config)
+        n_blocks = model_shape(source.model_dir).n_blocks
         depth = n_blocks - source.unfreeze
         if depth not in store.committed():
             raise TcfError(f"{source.latents}: no latents after {depth} blocks (pre-inference kept "
@@ -178,8 +168,6 @@ class FineTunedTextTower(nn.Module):
         with sdpa_kernel(ATTENTION_BACKENDS) if device.type == "cuda" else contextlib.nullcontext():
             hidden = self.blocks(x.to(weight.dtype), mask.long())
         hidden = hidden.masked_fill(~mask[..., None], 0)
-        from tcf.preinfer.runner import pool
-
         return pool(hidden, mask)[self.pooling].float()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

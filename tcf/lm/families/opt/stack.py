@@ -11,12 +11,12 @@ from torch import nn
 from transformers.masking_utils import create_causal_mask
 from transformers.models.opt.modeling_opt import OPTDecoderLayer, OPTLearnedPositionalEmbedding
 
-from tcf.lm.base import BlockStack, register
+from tcf.lm.base import BlockStack
+from tcf.lm.families.opt import OPT
 
 
-@register
 class OPTStack(BlockStack):
-    model_types = ("opt",)
+    family = OPT
 
     def __init__(self, config, start, stop, include_embedding, include_final):
         super().__init__(config, start, stop, include_embedding, include_final)

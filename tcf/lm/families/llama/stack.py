@@ -15,7 +15,8 @@ from transformers.models.llama import modeling_llama
 from transformers.models.mistral import modeling_mistral
 from transformers.models.qwen2 import modeling_qwen2
 
-from tcf.lm.base import BlockStack, register
+from tcf.lm.base import BlockStack
+from tcf.lm.families.llama import LLAMA
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,8 @@ _CLASSES = {
 }
 
 
-@register
 class LlamaStack(BlockStack):
-    model_types = tuple(_CLASSES)
+    family = LLAMA
 
     def __init__(self, config, start, stop, include_embedding, include_final):
         super().__init__(config, start, stop, include_embedding, include_final)

@@ -13,7 +13,8 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.t5.modeling_t5 import T5Attention, T5Block, T5LayerNorm
 
-from tcf.lm.base import BlockStack, register
+from tcf.lm.base import BlockStack
+from tcf.lm.families.t5 import T5
 
 _BIAS = "relative_bias.relative_attention_bias.weight"
 _BLOCK0_BIAS = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
@@ -27,9 +28,8 @@ def _bias_table(config) -> T5Attention:
     return attention
 
 
-@register
 class T5EncoderStack(BlockStack):
-    model_types = ("t5",)
+    family = T5
 
     def __init__(self, config, start, stop, include_embedding, include_final):
         config.is_decoder = False
@@ -43,10 +43,6 @@ class T5EncoderStack(BlockStack):
         )
         if include_final:
             self.final_layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
-
-    @staticmethod
-    def count_blocks(config) -> int:
-        return config.num_layers
 
     def checkpoint_names(self, local_name: str) -> list[str]:
         if local_name == "embed_tokens.weight":

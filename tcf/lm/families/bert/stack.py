@@ -12,12 +12,12 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
 from transformers.models.roberta.modeling_roberta import RobertaEmbeddings, RobertaLayer
 
-from tcf.lm.base import BlockStack, register
+from tcf.lm.base import BlockStack
+from tcf.lm.families.bert import BERT, ROBERTA
 
 
-@register
 class BertStack(BlockStack):
-    model_types = ("bert",)
+    family = BERT
     _embeddings = BertEmbeddings
     _layer = BertLayer
     _prefix = "bert."
@@ -49,9 +49,8 @@ class BertStack(BlockStack):
         return hidden
 
 
-@register
 class RobertaStack(BertStack):
-    model_types = ("roberta",)
+    family = ROBERTA
     _embeddings = RobertaEmbeddings
     _layer = RobertaLayer
     _prefix = "roberta."
