@@ -20,7 +20,7 @@ import torch
 from tcf.config import Config, TextEncoderConfig
 from tcf.data.reader import load_dataset
 from tcf.errors import ConfigError, TcfError
-from tcf.lm.checkpoint import model_size, read_config
+from tcf.lm.checkpoint import checkpoint_tensors, model_size, read_config
 from tcf.preinfer.planner import BUDGET_KEY, BudgetTooSmall, Plan, plan_ranges, split_at
 from tcf.store.artifacts import META, artifact_path, read_meta
 from tcf.util.atomic import write_atomic
@@ -42,7 +42,7 @@ def model_fingerprint(model_dir: Path) -> str:
     safetensors header, size and modification time (a checkpoint rewritten in place gets a new one)."""
     h = hashlib.sha256(str(model_dir).encode())
     h.update((model_dir / "config.json").read_bytes())
-    for f in sorted(model_dir.glob("*.safetensors")):
+    for f in sorted({Path(t.file) for t in checkpoint_tensors(model_dir).values()}):
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
         with open(f, "rb") as fh:
@@ -167,6 +167,27 @@ def finish_artifact(work: Path, final: Path, meta: dict[str, Any]) -> None:
     os.replace(work, final)
 
 
+def _look_up_or_plan(cfg: Config, db_path: Path, keep: list[int], compute: str, device: torch.device,
+                     store: Any) -> dict[str, Any]:
+    """Rank 0's share: tokenize (once), register the tokens, and find a finished artifact that serves
+    ``keep`` or plan the ranges (with a boundary at each kept depth) of a new one."""
+    from tcf.lm.tokenize import token_table
+
+    te = cfg.text_encoder
+    assert te is not None
+    root = db_path.resolve().parent / "artifacts"
+    raw = load_dataset(cfg.dataset.path, cfg.dataset.item_file, lenient=cfg.dataset.lenient)
+    table, tokens_path, _ = token_table(raw, model_dir_of(te), te.max_tokens, root)
+    key = latents_key(cfg, tokens_path.name, compute)
+    store.register_artifact("tokens", tokens_path.name, tokens_path, read_meta(tokens_path))
+    found = find_latents(root, key, set(keep))
+    if found is not None:
+        store.register_artifact("latents", found.name, found, read_meta(found))
+        return {"tokens": str(tokens_path), "key": key, "found": str(found)}
+    plan = split_at(make_plan(cfg, len(table.item_keys), device), keep)
+    return {"tokens": str(tokens_path), "key": key, "found": None, "plan": plan}
+
+
 def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | None = None,
                   device: torch.device | None = None, keep_depths: tuple[int, ...] = ()) -> tuple[Path, bool]:
     """Tokenize (once) and pre-infer the config's items; returns (latents artifact, whether it was reused).
@@ -177,7 +198,7 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | No
     own GPU; rank 0 tokenizes, plans, records and renames.
     """
     from tcf.lm.pooling import POOLINGS
-    from tcf.lm.tokenize import load_token_table, token_table
+    from tcf.lm.tokenize import load_token_table
     from tcf.preinfer.latents import DTYPES
     from tcf.preinfer.runner import run_preinference
     from tcf.store.db import Store
@@ -194,40 +215,25 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | No
     ctx = init_distributed("auto" if torch.cuda.is_available() else "cpu")
     device = device or (ctx.device if ctx.distributed else default_device(gpu))
     compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
-    root = db_path.resolve().parent / "artifacts"
-
-    job: dict[str, Any] = {}
-    store = None
-    if ctx.is_main:
-        raw = load_dataset(cfg.dataset.path, cfg.dataset.item_file, lenient=cfg.dataset.lenient)
-        table, tokens_path, _ = token_table(raw, model_dir, te.max_tokens, root)
-        key = latents_key(cfg, tokens_path.name, compute)
-        store = Store(db_path)
-        store.register_artifact("tokens", tokens_path.name, tokens_path, read_meta(tokens_path))
-        found = find_latents(root, key, set(keep))
-        if found is not None:
-            store.register_artifact("latents", found.name, found, read_meta(found))
-        job = {"tokens": str(tokens_path), "key": key, "found": str(found) if found else None}
-        if found is None:
-            job["plan"] = split_at(make_plan(cfg, len(table.item_keys), device), keep)
-    job = broadcast_object(job, ctx)
+    store = Store(db_path) if ctx.is_main else None
+    job = broadcast_object(_look_up_or_plan(cfg, db_path, keep, compute, device, store) if store is not None else {},
+                           ctx)
     if job["found"]:
         return Path(job["found"]), True
     table = load_token_table(job["tokens"])
-    key, plan = job["key"], job["plan"]
-    final = artifact_path(root, "latents", {**key, "depths": keep})
+    final = artifact_path(db_path.resolve().parent / "artifacts", "latents", {**job["key"], "depths": keep})
     work = final.parent / f".work-{final.name}"
     work.parent.mkdir(parents=True, exist_ok=True)
     reporter = Tee(EventWriter(store, f"infer:{final.name}"), ui) if store is not None else None
-    run_preinference(model_dir, table.ids, table.lengths, table.item_keys, plan, work, dtype=DTYPES[compute],
-                     latent_dtype=DTYPES[te.latent_dtype], device=device, keep_depths=tuple(keep),
-                     reporter=reporter, ctx=ctx)
+    run_preinference(model_dir, table.ids, table.lengths, table.item_keys, job["plan"], work,
+                     dtype=DTYPES[compute], latent_dtype=DTYPES[te.latent_dtype], device=device,
+                     keep_depths=tuple(keep), reporter=reporter, ctx=ctx)
     if store is not None:
-        meta = {"kind": "latents", "hash": final.name, "key": key, "model": str(model_dir),
+        meta = {"kind": "latents", "hash": final.name, "key": job["key"], "model": str(model_dir),
                 "n_items": len(table.item_keys), "n_blocks": n_blocks, "max_tokens": te.max_tokens,
                 "latent_dtype": te.latent_dtype, "depths": sorted(keep), "poolings": list(POOLINGS),
-                "tokens": job["tokens"],
-                "ranges": [(r.start, r.stop) for r in plan.ranges], "ranks": ctx.world_size}
+                "tokens": job["tokens"], "ranges": [(r.start, r.stop) for r in job["plan"].ranges],
+                "ranks": ctx.world_size}
         finish_artifact(work, final, meta)
         store.register_artifact("latents", final.name, final, meta)
     barrier(ctx)
