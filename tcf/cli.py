@@ -518,10 +518,11 @@ def _in_flag_terms(e: TcfError) -> str:
     return str(e)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line and exit code 2, never a traceback."""
+    _flags_given.clear()
     try:
-        rv = app(standalone_mode=False)
+        rv = app(args=argv, prog_name="tcf", standalone_mode=False)
     except TcfError as e:
         print(f"error: {_in_flag_terms(e)}", file=sys.stderr)
         sys.exit(2)

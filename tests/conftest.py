@@ -1,15 +1,19 @@
+"""Fixtures every test folder shares. Shared functions live in ``helpers.py`` (tests/ is on the path)."""
+
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tcf.data.synth import synth_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the suite runs as two processes on two cores: torch's default of one thread per core would make
+    # each process spin against the other (and CPU results depend on the thread count)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -18,10 +22,3 @@ def small_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "small"
     synth_dataset(out, users=300, items=120, seed=3)
     return out
-
-
-def tcf(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real ``tcf`` entry point in a subprocess, as a user would."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tcf.cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import tcf
+from helpers import tcf
 from transformers import OPTConfig, OPTModel
 
 from tcf.preinfer.encode import host_budget

@@ -2,12 +2,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 
 from tcf.config import load_config
 from tcf.demo import DEMO_CONFIG
 from tcf.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(tmp_path: Path, text: str) -> Path:

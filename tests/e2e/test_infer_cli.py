@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tcf
-from test_lm_tokenize import make_tiny_opt
+from helpers import make_tiny_opt, tcf
 from transformers import AutoTokenizer, OPTModel
 
 from tcf.data.reader import load_dataset

@@ -12,68 +12,32 @@ import sys
 import numpy as np
 import pytest
 import torch
-from transformers import OPTConfig, OPTModel
+from helpers import N_BLOCKS, T, plan_of, pooled_reference, tiny_opt_with_reference
 
 from tcf.errors import TcfError
-from tcf.lm import load_config
 from tcf.lm.pooling import POOLINGS, pool
 from tcf.preinfer import latents as latents_mod
 from tcf.preinfer import runner as runner_mod
 from tcf.preinfer.latents import LatentStore
-from tcf.preinfer.planner import Plan, RangePlan
 from tcf.preinfer.runner import Reporter, length_batches, run_preinference
-
-N_BLOCKS = 4
-T = 12
-PAD, BOS = 1, 2
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A tiny random OPT saved to disk, and its whole-model reference output."""
-    path = tmp_path_factory.mktemp("opt")
-    torch.manual_seed(0)
-    config = OPTConfig(hidden_size=32, num_hidden_layers=N_BLOCKS, ffn_dim=64, num_attention_heads=4,
-                       vocab_size=100, max_position_embeddings=64, pad_token_id=PAD)
-    opt = OPTModel(config).eval()
-    opt.save_pretrained(path)
-    gen = np.random.default_rng(5)
-    lengths = gen.integers(1, T + 1, size=17).astype(np.int32)
-    lengths[:2] = [T, 1]
-    ids = np.full((len(lengths), T), PAD, dtype=np.int32)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = gen.integers(3, 100, size=n)
-        ids[row, 0] = BOS
-    mask = torch.from_numpy((np.arange(T) < lengths[:, None]).astype(np.int64))
-    with torch.no_grad():
-        reference = opt(input_ids=torch.from_numpy(ids).long(), attention_mask=mask).last_hidden_state
-    reference = reference * mask[..., None]
-    keys = [f"item{r}" for r in range(len(lengths))]
-    return path, ids, lengths, keys, reference
-
-
-def pooled_reference(model) -> dict[str, torch.Tensor]:
-    _, _, lengths, _, reference = model
-    mask = torch.from_numpy(np.arange(T) < lengths[:, None])
-    return pool(reference, mask)
+    return tiny_opt_with_reference(tmp_path_factory.mktemp("opt"))
 
 
 def assert_pooled(store: LatentStore, model, atol=1e-5):
-    expected = pooled_reference(model)
+    expected = pooled_reference(model[2], model[4])
     for kind in POOLINGS:
         got = store.read(kind)
         assert got.shape == expected[kind].shape
         assert (got.float() - expected[kind]).abs().max().item() <= atol, kind
 
 
-def make_plan(spans, batch=3) -> Plan:
-    ranges = [RangePlan(s, e, 0, 0, batch, s == 0, e == N_BLOCKS) for s, e in spans]
-    return Plan(ranges, 1 << 30, 0, 17, T, "fp32", "fp32", 0, 0, 1.0, 0.0)
-
-
 def run(model, out, spans, **kw):
     path, ids, lengths, keys, _ = model
-    return run_preinference(path, ids, lengths, keys, make_plan(spans, kw.pop("batch", 3)), out,
+    return run_preinference(path, ids, lengths, keys, plan_of(spans, kw.pop("batch", 3)), out,
                             device="cpu", dtype=torch.float32, **kw)
 
 
@@ -283,7 +247,7 @@ def test_folder_of_other_inputs_is_refused(model, tmp_path):
     other = ids.copy()
     other[0, 1] = 7
     with pytest.raises(TcfError, match="another job.*inputs"):
-        run_preinference(path, other, lengths, keys, make_plan([(0, 4)]), out, device="cpu", dtype=torch.float32)
+        run_preinference(path, other, lengths, keys, plan_of([(0, 4)]), out, device="cpu", dtype=torch.float32)
 
 
 def test_disk_full_is_a_tcf_error_and_nothing_is_committed(model, tmp_path, monkeypatch):
@@ -321,19 +285,6 @@ def test_store_round_trip_and_delete(tmp_path):
     assert store.committed() == [] and not store.path(7).exists()
     with pytest.raises(TcfError, match="not committed"):
         store.read(7)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_bf16_on_cuda_stays_close_to_fp32(model, tmp_path):
-    path, ids, lengths, keys, reference = model
-    out = run_preinference(path, ids, lengths, keys, make_plan([(0, 2), (2, 4)], batch=5), tmp_path / "gpu",
-                           device="cuda", dtype=torch.bfloat16, latent_dtype="bf16")
-    store = LatentStore(out)
-    expected = pooled_reference(model)
-    for kind in POOLINGS:
-        got = store.read(kind).float()
-        rel = (got - expected[kind]).norm() / expected[kind].norm()
-        assert rel < 0.03, (kind, rel)
 
 
 def test_shares_cover_every_item_once():
@@ -422,38 +373,3 @@ def test_pinned_ring_carves_disjoint_aligned_slots_in_turn():
         ring.carve([((100, 100), torch.float32)])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_run_through_reused_pinned_slots_matches_cpu(model, tmp_path):
-    """Batches of 2 make more batches than a range has pinned slots, for the token ids, for a boundary read
-    back as input and for every output, so each slot is refilled while the GPU may still hold earlier ones."""
-    path, ids, lengths, keys, _ = model
-    plan = make_plan([(0, 2), (2, 4)], batch=2)
-    cpu = LatentStore(run_preinference(path, ids, lengths, keys, plan, tmp_path / "cpu", keep_depths=[2, 4],
-                                       device="cpu", dtype=torch.float32))
-    gpu = LatentStore(run_preinference(path, ids, lengths, keys, plan, tmp_path / "gpu", keep_depths=[2, 4],
-                                       device="cuda", dtype=torch.float32))
-    for k in (2, 4, *POOLINGS):
-        torch.testing.assert_close(gpu.read(k), cpu.read(k), atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_rehearsal_runs_a_zero_block_and_steps_aside_when_memory_is_short(model, monkeypatch):
-    path, ids, lengths, keys, _ = model
-    rows = length_batches(lengths, 5)[0]
-    config = load_config(path)
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    assert runner_mod.rehearse(config, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
-    assert torch.cuda.memory_allocated() == before  # nothing it built outlives it
-    assert torch.backends.cuda.cudnn_sdp_enabled()  # the attention backends are restored
-
-    def out_of_memory(*a, **k):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
-
-    with monkeypatch.context() as m:
-        m.setattr(torch.nn.Module, "to_empty", out_of_memory)
-        assert not runner_mod.rehearse(config, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
-    assert torch.cuda.memory_allocated() == before  # its zero block went with it
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1 << 30, 80 << 30))
-    assert not runner_mod.rehearse(config, 1, rows, lengths, 32, torch.bfloat16, torch.device("cuda"))
-    assert not runner_mod.rehearse(config, 1, rows[:0], lengths, 32, torch.bfloat16, torch.device("cuda"))

@@ -1,4 +1,7 @@
-"""The ``tcf`` command as a user meets it: exit codes, one-line errors, untouched stores, JSON."""
+"""The ``tcf`` command as a user meets it: exit codes, one-line errors, untouched stores, JSON.
+
+Messages are checked in this process (``tcf_here``: the same entry point, no interpreter start-up); the demo
+runs as a real subprocess."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import tcf
+from helpers import tcf, tcf_here
 
 from tcf import __version__
 
@@ -51,31 +54,31 @@ def test_bad_input_one_line_exit_2_store_unchanged(tmp_path, small_dataset, case
     behaviors, items, expected = BAD_INPUTS[case]
     bad = _dataset(tmp_path, behaviors, items)
     db = tmp_path / "experiments.db"
-    ok = tcf("run", _config(tmp_path, small_dataset), cwd=tmp_path)
+    ok = tcf_here("run", _config(tmp_path, small_dataset), cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     before = _dump(db)
 
-    r = tcf("run", _config(tmp_path, bad, "bad.yaml"), cwd=tmp_path)
+    r = tcf_here("run", _config(tmp_path, bad, "bad.yaml"), cwd=tmp_path)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
     assert expected in lines[0] and str(bad) in lines[0]
     assert _dump(db) == before
 
-    check = tcf("data", "check", str(bad), cwd=tmp_path)
+    check = tcf_here("data", "check", str(bad), cwd=tmp_path)
     assert check.returncode == 2 and check.stderr.strip() == lines[0]
 
 
 def test_bad_input_does_not_create_a_store(tmp_path):
     bad = _dataset(tmp_path, GOOD_USERS + b"U9\tN1 N5531 N2\n", GOOD_ITEMS)
-    r = tcf("run", _config(tmp_path, bad), cwd=tmp_path)
+    r = tcf_here("run", _config(tmp_path, bad), cwd=tmp_path)
     assert r.returncode == 2
     assert not (tmp_path / "experiments.db").exists()
 
 
 def test_lenient_skips_and_counts(tmp_path):
     bad = _dataset(tmp_path, GOOD_USERS + b"U9 N1\nU10\tN1 N5531 N2 N3 N4 N5\n", GOOD_ITEMS + b"N3\tagain\n")
-    r = tcf("data", "check", str(bad), "--lenient", cwd=tmp_path)
+    r = tcf_here("data", "check", str(bad), "--lenient", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "duplicate_item 1" in r.stderr and "no_tab 1" in r.stderr and "unknown_item 1" in r.stderr
     assert "users" in r.stdout
@@ -84,43 +87,43 @@ def test_lenient_skips_and_counts(tmp_path):
 def test_config_errors_are_one_line(tmp_path, small_dataset):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"dataset:\n  path: {small_dataset}\ntrain:\n  epoch: 3\n")
-    r = tcf("run", str(cfg), cwd=tmp_path)
+    r = tcf_here("run", str(cfg), cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == f"error: {cfg}:4: train.epoch: unknown key"
-    r = tcf("run", str(tmp_path / "missing.yaml"), cwd=tmp_path)
+    r = tcf_here("run", str(tmp_path / "missing.yaml"), cwd=tmp_path)
     assert r.returncode == 2 and "config file not found" in r.stderr
     assert not (tmp_path / "experiments.db").exists()
 
 
-def test_results_json_and_db_override(tmp_path, small_dataset):
+def test_results_json_and_db_override(tmp_path, small_dataset, monkeypatch):
     db = tmp_path / "elsewhere" / "my.db"
     db.parent.mkdir()
-    r = tcf("run", _config(tmp_path, small_dataset), "-S", "eval.ks=[5,20]", cwd=tmp_path,
-            env={"TCF_DB": str(db)})
+    monkeypatch.setenv("TCF_DB", str(db))
+    r = tcf_here("run", _config(tmp_path, small_dataset), "-S", "eval.ks=[5,20]", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert db.exists() and not (tmp_path / "experiments.db").exists()
-    rows = json.loads(tcf("results", "--format", "json", "--db", str(db), cwd=tmp_path).stdout)
+    rows = json.loads(tcf_here("results", "--format", "json", "--db", str(db), cwd=tmp_path).stdout)
     (row,) = rows
     assert row["architecture"] == "pop" and row["item_tower"] == "id" and row["status"] == "finished"
     assert row["dataset"] == small_dataset.name
     for k in (5, 10, 20):
         assert 0.0 <= row[f"test_hr@{k}"] <= 1.0 and 0.0 <= row[f"test_ndcg@{k}"] <= row[f"test_hr@{k}"]
     assert row["test_hr@5"] <= row["test_hr@10"] <= row["test_hr@20"]
-    empty = tcf("results", "--format", "json", "--dataset", "nope", "--db", str(db), cwd=tmp_path)
+    empty = tcf_here("results", "--format", "json", "--dataset", "nope", "--db", str(db), cwd=tmp_path)
     assert json.loads(empty.stdout) == []
 
 
 def test_version_and_bad_format(tmp_path):
-    r = tcf("--version", cwd=tmp_path)
+    r = tcf_here("--version", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == f"tcf {__version__}"
-    r = tcf("results", "--format", "xml", cwd=tmp_path)
+    r = tcf_here("results", "--format", "xml", cwd=tmp_path)
     assert r.returncode == 2 and "--format must be one of" in r.stderr
 
 
 def test_data_commands_round_trip(tmp_path):
     synth = tmp_path / "s"
-    assert tcf("data", "synth", str(synth), "--users", "200", "--items", "80", cwd=tmp_path).returncode == 0
+    assert tcf_here("data", "synth", str(synth), "--users", "200", "--items", "80", cwd=tmp_path).returncode == 0
     warm = tmp_path / "s_5"
-    r = tcf("data", "filter", str(synth), str(warm), "--min-item-interactions", "5", cwd=tmp_path)
+    r = tcf_here("data", "filter", str(synth), str(warm), "--min-item-interactions", "5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     counts: dict[str, int] = {}
     for line in (synth / "behaviors.tsv").read_text().splitlines()[1:]:
@@ -128,7 +131,7 @@ def test_data_commands_round_trip(tmp_path):
             counts[item] = counts.get(item, 0) + 1
     kept = {line.split("\t")[0] for line in (warm / "news.tsv").read_text().splitlines()[1:]}
     assert kept == {i for i, c in counts.items() if c >= 5}
-    again = tcf("data", "synth", str(synth), cwd=tmp_path)
+    again = tcf_here("data", "synth", str(synth), cwd=tmp_path)
     assert again.returncode == 2  # never overwrites an existing dataset
     shutil.rmtree(warm)
 

@@ -9,8 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import tcf
-from test_lm_tokenize import make_tiny_opt
+from helpers import make_tiny_opt, tcf
 
 from tcf.config import load_config
 from tcf.data.reader import load_dataset

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tcf
+from helpers import tcf
 
 BASE = ["-S", "model.embedding_dim=32", "-S", "train.batch_size=32", "-S", "train.patience=100",
         "-S", "eval.ks=[5,10]"]

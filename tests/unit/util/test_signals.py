@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 
 from tcf.rec.checkpoint import load, save_atomic
 from tcf.util.signals import signals_held

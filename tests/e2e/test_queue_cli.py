@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from conftest import tcf
+from helpers import tcf
 
 
 def _jobs(db) -> int:

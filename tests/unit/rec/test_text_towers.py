@@ -3,67 +3,26 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tcf
+from helpers import TEXT_BLOCKS, gather_top1, text_source, text_tower_setup
 from safetensors.torch import load_file
-from test_lm_tokenize import make_tiny_opt
 
-from tcf.config import load_config
-from tcf.data.reader import load_dataset
 from tcf.errors import TcfError
 from tcf.experiment import prepared_data
-from tcf.preinfer.encode import model_dir_of, run_infer_job
-from tcf.preinfer.latents import LatentStore
-from tcf.rec.latent_gather import LatentGather
 from tcf.rec.losses import log_popularity
 from tcf.rec.objective import SASRecObjective
-from tcf.rec.text_towers import FineTunedTextTower, FrozenTextTower, TextSource
+from tcf.rec.text_towers import FineTunedTextTower, FrozenTextTower
 from tcf.rec.trainer import build_model, param_groups
 from tcf.util.dist import DistContext
-
-N_BLOCKS = 3
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, small_dataset):
-    root = tmp_path_factory.mktemp("text")
-    raw = load_dataset(small_dataset)
-    # no dropout inside the LM: one rank and two ranks then draw no random numbers there
-    model_dir = make_tiny_opt(root / "tiny-opt", raw.item_texts, hidden=32, n_blocks=N_BLOCKS, dropout=0.0)
-    config = root / "exp.yaml"
-    config.write_text(f"""dataset:
-  path: {small_dataset}
-model:
-  item_tower: text
-  embedding_dim: 16
-  dropout: 0.0
-train:
-  epochs: 2
-  batch_size: 32
-text_encoder:
-  model: {model_dir}
-  max_tokens: 12
-  latent_dtype: fp32
-  gpu_memory_budget: 1GiB
-""")
-    return root, config, model_dir
-
-
-def _source(root: Path, config: Path, unfreeze: int, max_tokens: int | None = None):
-    extra = [f"text_encoder.max_tokens={max_tokens}"] if max_tokens else []
-    cfg = load_config(config, [f"text_encoder.unfreeze={unfreeze}", *extra])[0]
-    latents, _ = run_infer_job(cfg, root / "e.db", device=torch.device("cpu"))
-    te = cfg.text_encoder
-    return cfg, TextSource(latents, model_dir_of(te), te.unfreeze, te.pooling)
+    return text_tower_setup(tmp_path_factory.mktemp("text"), small_dataset)
 
 
 def _checkpoint_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -91,7 +50,7 @@ def _one_step(cfg, model, data) -> dict[str, torch.Tensor]:
 
 def test_fine_tuned_tower_starts_from_the_checkpoint_and_trains_only_its_parameters(setup):
     root, config, model_dir = setup
-    cfg, source = _source(root, config, unfreeze=1)
+    cfg, source = text_source(root, config, unfreeze=1)
     data = prepared_data(cfg)
     digest = _digest(model_dir)
     model = build_model(cfg, data, source)
@@ -100,7 +59,7 @@ def test_fine_tuned_tower_starts_from_the_checkpoint_and_trains_only_its_paramet
     stored = _checkpoint_tensors(model_dir)
     block_params = dict(tower.blocks.named_parameters())
     assert sorted(block_params) == sorted(k.removeprefix("decoder.") for k in stored
-                                          if k.startswith(f"decoder.layers.{N_BLOCKS - 1}.")
+                                          if k.startswith(f"decoder.layers.{TEXT_BLOCKS - 1}.")
                                           or k.startswith("decoder.final_layer_norm."))
     for name, p in block_params.items():  # the recommender's init never touched them
         assert torch.equal(p.detach(), stored[f"decoder.{name}"].float()), name
@@ -111,7 +70,7 @@ def test_fine_tuned_tower_starts_from_the_checkpoint_and_trains_only_its_paramet
     assert {id(p) for p in groups[1]["params"]} == text_ids
     assert not text_ids & {id(p) for p in groups[0]["params"]}
 
-    boundary = source.latents / f"boundary-{N_BLOCKS - 1:03d}.npy"
+    boundary = source.latents / f"boundary-{TEXT_BLOCKS - 1:03d}.npy"
     latents_before = hashlib.sha256(boundary.read_bytes()).hexdigest()
     before = _one_step(cfg, model, data)
     after = dict(model.named_parameters())
@@ -125,7 +84,7 @@ def test_fine_tuned_tower_starts_from_the_checkpoint_and_trains_only_its_paramet
 
 def test_frozen_tower_is_the_pooled_embedding_through_the_projection(setup):
     root, config, _ = setup
-    cfg, source = _source(root, config, unfreeze=0)
+    cfg, source = text_source(root, config, unfreeze=0)
     data = prepared_data(cfg)
     model = build_model(cfg, data, source)
     tower = model.item_tower
@@ -140,65 +99,11 @@ def test_frozen_tower_is_the_pooled_embedding_through_the_projection(setup):
     assert all(not torch.equal(before[n], after[n].detach()) for n in ("item_tower.mlp.0.weight", "positions.weight"))
 
 
-def test_run_pipeline_pre_infers_once_and_reuses_it(setup, tmp_path):
-    _, config, _ = setup
-    db = tmp_path / "exp.db"
-    r = tcf("run", str(config), "-S", "text_encoder.unfreeze=1", "--db", str(db), cwd=tmp_path, timeout=600)
-    assert r.returncode == 0, r.stderr
-    with sqlite3.connect(db) as c:
-        starts = c.execute("SELECT count(*) FROM events WHERE kind = 'range_start'").fetchone()[0]
-    assert starts >= 1
-    r = tcf("run", str(config), "-S", "text_encoder.unfreeze=1", "--db", str(db), cwd=tmp_path, timeout=600)
-    assert r.returncode == 0, r.stderr
-    with sqlite3.connect(db) as c:
-        again = c.execute("SELECT count(*) FROM events WHERE kind = 'range_start'").fetchone()[0]
-        rows = c.execute("SELECT status, item_tower FROM runs").fetchall()
-    assert again == starts  # the second run encoded nothing: the latents artifact was reused
-    assert rows == [("finished", "text"), ("finished", "text")]
-
-
-@pytest.mark.parametrize("unfreeze", [0, 1])
-def test_two_gloo_ranks_train_a_text_sasrec_like_one_rank(setup, tmp_path, unfreeze):
-    """Pre-inference split across ranks, DDP over the LM block and projection, test on the best checkpoint."""
-    _, config, _ = setup
-    args = ["run", str(config), "-S", f"text_encoder.unfreeze={unfreeze}", "-S", "train.device=cpu",
-            "-S", "train.epochs=3", "-S", "train.patience=100", "-S", "train.text_lr=0.001"]
-    (tmp_path / "one").mkdir()
-    (tmp_path / "two").mkdir()
-    r = tcf(*args, "--db", str(tmp_path / "one" / "e.db"), cwd=tmp_path, timeout=600)
-    assert r.returncode == 0, r.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(29600 + os.getpid() % 1000 + unfreeze), "-m", "tcf.cli", *args,
-                        "--db", str(tmp_path / "two" / "e.db")], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows, losses = [], []
-    for name in ("one", "two"):
-        with sqlite3.connect(tmp_path / name / "e.db") as c:
-            c.row_factory = sqlite3.Row
-            rows.append([dict(row) for row in c.execute("SELECT * FROM results")])
-            losses.append([row[0] for row in c.execute("SELECT train_loss FROM epochs ORDER BY epoch")])
-            assert len(losses[-1]) == 3  # only rank 0 wrote
-        metas = [p / "meta.json" for p in (tmp_path / name / "artifacts" / "latents").iterdir()]
-        assert len(metas) == 1  # each store pre-inferred on its own (two ranks: a share each)
-    (a,), (b,) = rows
-    assert json.loads(metas[0].read_text())["ranks"] == 2
-    assert a["status"] == b["status"] == "finished" and a["best_epoch"] == b["best_epoch"]
-    # Frozen: the same floats. Fine-tuned: the block gradients are summed across ranks in another order
-    # (fp32), which may move one user's target by a rank or so on one CPU and not another; a bound of
-    # one user's whole contribution still fails for any real difference between the two trainings.
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
-    one_user = 1e-6 if unfreeze == 0 else 1.0 / prepared_data(load_config(config)[0]).n_users
-    for key in ("valid_hr@10", "valid_ndcg@10", "test_hr@10", "test_ndcg@10"):
-        assert b[key] == pytest.approx(a[key], abs=one_user), key
-
-
 def test_fine_tuned_tower_on_parts_of_a_batch_equals_the_whole_batch(setup):
     """Two ranks each encode only their shard's unique items, padded to that shard's longest item: the
     vectors and the summed block gradients must be those of one rank encoding the whole batch."""
     root, config, _ = setup
-    cfg, source = _source(root, config, unfreeze=1, max_tokens=30)  # titles of several lengths
+    cfg, source = text_source(root, config, unfreeze=1, max_tokens=30)  # titles of several lengths
     data = prepared_data(cfg)
     tower = build_model(cfg, data, source).item_tower
     assert isinstance(tower, FineTunedTextTower)
@@ -233,7 +138,7 @@ def test_fine_tuned_tower_gradients_repeat_exactly(setup):
     and summing their gradients in a thread-dependent order (advanced-index backward) made the demo's
     fine-tuned run land on a different HR@10 each time."""
     root, config, _ = setup
-    cfg, source = _source(root, config, unfreeze=1)
+    cfg, source = text_source(root, config, unfreeze=1)
     data = prepared_data(cfg)
     tower = build_model(cfg, data, source).item_tower
     tower.train()
@@ -257,7 +162,7 @@ def test_fine_tuned_tower_gradients_repeat_exactly(setup):
 
 def test_item_table_encodes_in_length_order_and_returns_rows_in_id_order(setup, monkeypatch):
     root, config, _ = setup
-    cfg, source = _source(root, config, unfreeze=1, max_tokens=30)  # titles of several lengths
+    cfg, source = text_source(root, config, unfreeze=1, max_tokens=30)  # titles of several lengths
     data = prepared_data(cfg)
     model = build_model(cfg, data, source).eval()
     tower = model.item_tower
@@ -278,18 +183,8 @@ def test_item_table_encodes_in_length_order_and_returns_rows_in_id_order(setup, 
                                                                                len(seen)))
 
 
-def _gather_top1(setup) -> tuple[LatentGather, torch.Tensor, np.ndarray]:
-    """A LatentGather over the boundary a top-1 tower reads, with that boundary and its lengths in full."""
-    root, config, _ = setup
-    _, source = _source(root, config, unfreeze=1)
-    store = LatentStore(source.latents)
-    depth = N_BLOCKS - 1
-    lengths = store.lengths()
-    return LatentGather(store.open(depth), lengths), store.read(depth), lengths
-
-
 def test_latent_gather_returns_the_stored_rows_prefetched_or_not(setup):
-    gather, full, lengths = _gather_top1(setup)
+    gather, full, lengths = gather_top1(setup)
     cpu = torch.device("cpu")
     try:
         for prefetched, wanted in [([5, 1, 7], [2, 3, 9, 4]), ([6, 0], [6, 0]), ([8], [8]), ([3, 11], [3, 11])]:
@@ -303,28 +198,11 @@ def test_latent_gather_returns_the_stored_rows_prefetched_or_not(setup):
         gather.close()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the attention backends differ there")
-def test_fine_tuned_tower_keeps_off_cudnn_attention_on_cuda(setup):
-    """cuDNN's attention builds a plan for every new batch shape; the tower's shape changes every batch."""
-    root, config, _ = setup
-    cfg, source = _source(root, config, unfreeze=1)
-    data = prepared_data(cfg)
-    tower = build_model(cfg, data, source).item_tower.cuda()
-    tower.train()
-    ids = torch.arange(1, data.n_items + 1, device="cuda")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            tower(ids).float().sum().backward()
-    ops = {e.key for e in prof.key_averages()}
-    assert not any("cudnn_attention" in op for op in ops), sorted(op for op in ops if "attention" in op)
-    assert any("scaled_dot_product" in op for op in ops)  # the blocks do run SDPA
-
-
 def test_fine_tuned_tower_uses_announced_ids_and_catches_a_wrong_announcement(setup):
     """prefetch() announces the next forward's ids from the host so the forward need not copy its ids
     back from the GPU; a forward given other ids than announced is caught at the next check."""
     root, config, _ = setup
-    cfg, source = _source(root, config, unfreeze=1)
+    cfg, source = text_source(root, config, unfreeze=1)
     data = prepared_data(cfg)
     tower = build_model(cfg, data, source).item_tower
     tower.eval()
@@ -341,20 +219,6 @@ def test_fine_tuned_tower_uses_announced_ids_and_catches_a_wrong_announcement(se
             tower.check_announced()
         tower.check_announced()  # the count starts again after a report
         assert tower(ids).shape == plain.shape  # nothing announced: the forward reads its own ids
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the boundary is cached on the GPU")
-def test_latent_gather_serves_rows_from_its_gpu_copy(setup):
-    gather, full, lengths = _gather_top1(setup)
-    try:
-        gather.prefetch(np.array([1, 2]))
-        x, mask = gather.take(np.array([4, 0, 9]), torch.device("cuda"))
-        assert gather._cache is not None and gather._pending is None
-        longest = int(lengths[[4, 0, 9]].max())
-        assert torch.equal(x.cpu(), full[[4, 0, 9], :longest])
-        assert mask.sum(1).tolist() == lengths[[4, 0, 9]].tolist()
-    finally:
-        gather.close()
 
 
 @pytest.mark.parametrize("n_items", [1, 2, 7, 10])

@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from conftest import ROOT, tcf
+from helpers import ROOT, tcf
 
 from tcf.jobs import queue as q
 from tcf.jobs.worker import Worker, parse_gpus

@@ -12,7 +12,7 @@ import tcf.lm.tokenize as tk
 from tcf.data.reader import load_dataset
 from tcf.data.synth import synth_dataset
 from tcf.errors import TcfError
-from tcf.lm.tiny import build_tiny_opt, train_tokenizer
+from tcf.lm.tiny import train_tokenizer
 from tcf.store.artifacts import read_meta
 
 
@@ -20,11 +20,6 @@ def make_tokenizer_dir(model_dir: Path, texts: list[str], vocab_size: int = 400,
                        bos: bool = True) -> Path:
     """A byte-level BPE tokenizer that prepends BOS, as OPT's does, saved the way a model ships it."""
     return train_tokenizer(model_dir, texts, vocab_size=vocab_size, pad=pad, bos=bos)
-
-
-def make_tiny_opt(model_dir: Path, texts: list[str], hidden: int, n_blocks: int, **kwargs) -> Path:
-    """A random-weight OPT (FFN 2x hidden, 4 heads, seed 0) with a tokenizer trained on ``texts``."""
-    return build_tiny_opt(model_dir, texts, hidden, n_blocks, **kwargs)
 
 
 @pytest.fixture

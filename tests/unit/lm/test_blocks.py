@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 from safetensors.torch import load_file, save_file
 from transformers import (
     BertConfig,

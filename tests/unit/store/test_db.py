@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 import tcf.store.db as store_mod
 from tcf.errors import TcfError
@@ -291,7 +292,7 @@ def test_events_are_tailed_in_order(tmp_path):
 def test_eight_processes_writing_events_at_50_hz_lose_none(tmp_path, monkeypatch):
     """The bench's load for 2 s (bench/event_load.py runs it for a minute): no event lost, none twice,
     no 'database is locked'."""
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))  # spawned writers import it too
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # spawned writers import it too
     import event_load as bench
 
     res = bench.run(tmp_path / "experiments.db", processes=8, hz=50, seconds=2, readers=1)
