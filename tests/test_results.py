@@ -116,3 +116,16 @@ def test_unknown_format_is_a_user_error_about_the_format(rows):
     with pytest.raises(ConfigError, match="must be one of md, csv, latex, json, got 'xlsx'") as e:
         format_results(rows, "xlsx")
     assert e.value.key == "format"
+
+
+def test_one_metric_order_for_every_table():
+    """tcf.store.db.metric_key orders view columns, tables, the TUI and messages alike: test before valid,
+    then by name, then K as a number (hr@5 before hr@10, which a string sort gets wrong)."""
+    from tcf.store.db import metric_key
+
+    columns = ["valid_hr@10", "test_ndcg@10", "test_hr@10", "test_mrr", "test_hr@5", "valid_hr@5"]
+    assert sorted(columns, key=metric_key) == ["test_hr@5", "test_hr@10", "test_mrr", "test_ndcg@10",
+                                               "valid_hr@5", "valid_hr@10"]
+    assert sorted(["ndcg@10", "hr@20", "hr@5"], key=metric_key) == ["hr@5", "hr@20", "ndcg@10"]  # bare names too
+    rows = [{"run_id": 1, "name": "a", "test_hr@20": 0.2, "test_hr@5": 0.1, "valid_hr@5": 0.3}]
+    assert result_columns(rows) == ["run_id", "name", "test_hr@5", "test_hr@20", "valid_hr@5"]

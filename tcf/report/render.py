@@ -228,6 +228,7 @@ def csv_value(value: Any) -> str:
 
 
 def csv_text(table: Table) -> str:
+    """The table's csv rows under its header (fractions at full precision, for programs)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(table.csv_header)
@@ -236,6 +237,7 @@ def csv_text(table: Table) -> str:
 
 
 def json_text(table: Table) -> str:
+    """The table's JSON document, indented, newline-terminated."""
     if table.json is None:
         raise ConfigError(None, "format", "this table has no JSON form")
     return json.dumps(table.json, indent=2) + "\n"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tcf.report.plot import Panel, scaling_panels
@@ -81,12 +81,12 @@ class Row:
 
 @dataclass(frozen=True)
 class View:
-    """The rows and columns on screen, in order, and the baseline they are compared with."""
+    """The rows and columns on screen, in order, and the runs they are compared with (their cells carry
+    the baseline's means)."""
 
     state: ViewState
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
-    baseline: dict[str, Cell] = field(default_factory=dict)  # metric -> the baseline runs' values
     baseline_ids: tuple[int, ...] = ()
     pool: int = 0  # runs before the `/` query (after the finished/all toggle)
 
@@ -244,7 +244,8 @@ def build_view(runs: Sequence[RunRecord], state: ViewState) -> View:
     """Filter, group, compare with the baseline and sort: the table exactly as shown and exported."""
     pool = [r for r in runs if state.show_all_runs or r.status == "finished"]
     base_ids = baseline_ids(pool, state.baseline, state.grouped)
-    shown = [r for r in pool if matches(r, parse_query(state.query))]
+    query = parse_query(state.query)
+    shown = [r for r in pool if matches(r, query)]
     metrics = sorted({m for r in shown for m in r.metrics if m.startswith(METRIC_PREFIX)}, key=metric_key)
     base_set = set(base_ids)
     baseline = _cells([r for r in pool if r.run_id in base_set], metrics) if base_set else {}
@@ -254,8 +255,8 @@ def build_view(runs: Sequence[RunRecord], state: ViewState) -> View:
         rows.append(Row(str(group[0].run_id), group, _cells(group, metrics, baseline, is_base), is_baseline=is_base))
     columns = _columns(state, shown, metrics)
     sort = state.sort if state.sort and any(c.id == state.sort[0] for c in columns) else None
-    return View(state=state, columns=tuple(columns), rows=tuple(sort_rows(rows, sort)), baseline=baseline,
-                baseline_ids=base_ids, pool=len(pool))
+    return View(state=state, columns=tuple(columns), rows=tuple(sort_rows(rows, sort)), baseline_ids=base_ids,
+                pool=len(pool))
 
 
 # -- cell text and exports ---------------------------------------------------------------------

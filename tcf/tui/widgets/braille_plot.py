@@ -27,7 +27,7 @@ _BRAILLE_BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # [dot
 class BrailleCanvas:
     """Characters of 2x4 braille dots, each with the colour of the last thing drawn in it."""
 
-    def __init__(self, width: int, height: int):
+    def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
         self.bits = [[0] * width for _ in range(height)]
         self.colour: list[list[str | None]] = [[None] * width for _ in range(height)]
@@ -71,7 +71,7 @@ class BrailleCanvas:
 class _Scale:
     """Data to dots: x is log(lm_params), y the metric x100, both padded so no point sits on the frame."""
 
-    def __init__(self, panel: Panel, plot_w: int, height: int):
+    def __init__(self, panel: Panel, plot_w: int, height: int) -> None:
         self.xs = sorted({p.x for s in panel.series for p in s.points})
         ys = [100 * v for s in panel.series for p in s.points for v in (p.mean - p.std, p.mean + p.std)]
         ys += [100 * b.mean for b in panel.baselines]
