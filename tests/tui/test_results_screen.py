@@ -362,10 +362,21 @@ async def test_a_missing_database_is_reported_not_created(tmp_path):
 
 async def test_a_store_that_appears_later_replaces_the_error(tmp_path):
     path = tmp_path / "experiments.db"
-    async with ResultsApp(path, refresh_s=0.1).run_test(size=SIZE) as pilot:
-        screen = await loaded(pilot)
+    app = ResultsApp(path, refresh_s=0.1)
+    errors: list[str] = []
+    original = app.notify
+
+    def notify(message: str, *args, **kwargs) -> None:
+        if kwargs.get("severity") == "error":
+            errors.append(str(message))
+        original(message, *args, **kwargs)
+
+    app.notify = notify  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot, loads=3)  # three failed reads, one notification
         status = screen.query_one("#results-status")
         assert "no experiments.db here yet" in str(status.content)
+        assert len(errors) == 1 and "no experiments.db here yet" in errors[0]
         store = Store(path)
         add_run(store, 0, RUNS[0])
         store.close()

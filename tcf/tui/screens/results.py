@@ -136,9 +136,9 @@ class ResultsScreen(DataScreen):
         self.loads += 1
 
     def on_load_failed(self, message: LoadFailed) -> None:
+        """Also in the status line; DataScreen's handler (Textual calls it next) notifies once per error."""
         if message.text != self._last_error:
             self.query_one("#results-status", Static).update(Text(message.text, style="red"))
-        super().on_load_failed(message)
         self.loads += 1
 
     # -- drawing -------------------------------------------------------------------------------
