@@ -498,10 +498,11 @@ class Store:
 
             store.runs(dataset="mind", finished=True)[0]["test_ndcg@10"]
         """
-        rows = list(self.db.query(
-            "SELECT res.*, runs.config_json AS config_json, (SELECT jobs.tags_json FROM jobs "
-            "WHERE jobs.run_id = res.run_id ORDER BY jobs.id DESC LIMIT 1) AS tags_json "
+        rows = list(self.db.query(  # a run's tags are those of the last job that made it (one pass over jobs)
+            "SELECT res.*, runs.config_json AS config_json, job.tags_json AS tags_json "
             "FROM results AS res JOIN runs ON runs.id = res.run_id "
+            "LEFT JOIN (SELECT run_id, MAX(id) AS id FROM jobs WHERE run_id IS NOT NULL GROUP BY run_id) AS last "
+            "ON last.run_id = res.run_id LEFT JOIN jobs AS job ON job.id = last.id "
             "WHERE (:finished = 0 OR res.status = 'finished') AND (:dataset IS NULL OR res.dataset = :dataset) "
             "AND (:glob IS NULL OR res.name GLOB :glob) ORDER BY res.run_id",
             {"dataset": dataset, "glob": name_glob, "finished": int(finished)},
