@@ -37,6 +37,7 @@ from tcf.report.runs import (
     selects,
     sort_key,
 )
+from tcf.store.db import Store
 
 Key = tuple[Any, ...]
 
@@ -107,7 +108,7 @@ def build_pivot(runs: Sequence[RunRecord], row_fields: Sequence[str], col_fields
                  cells=cells, baseline=baseline, column_baselines=column_baselines)
 
 
-def pivot_from_store(store: Any, spec: str, metric: str | None = None, baseline: str | None = None,
+def pivot_from_store(store: Store, spec: str, metric: str | None = None, baseline: str | None = None,
                      dataset: str | None = None, name_glob: str | None = None) -> Pivot:
     """Parse ``ROWS:COLS``, check every field and the metric, and pivot the finished runs."""
     row_fields, col_fields = parse_pivot_spec(spec)

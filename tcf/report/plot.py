@@ -35,6 +35,7 @@ from tcf.report.runs import (
     no_runs,
     sort_key,
 )
+from tcf.store.db import Store
 from tcf.util.atomic import atomic_file
 
 PANEL_INCHES = (4.8, 3.6)  # one dataset's subplot
@@ -167,7 +168,7 @@ def draw_scaling(panels: Sequence[Panel], metric: str = DEFAULT_METRIC) -> Any:
     return fig
 
 
-def plot_scaling(store: Any, out: Path, metric: str | None = None, dataset: str | None = None,
+def plot_scaling(store: Store, out: Path, metric: str | None = None, dataset: str | None = None,
                  series: Sequence[str] | None = None) -> list[Panel]:
     """Check the options, draw the figure of the store's finished runs and write it to ``out`` (atomically),
     as its extension asks (.png, .svg, .pdf; PNG without one)."""

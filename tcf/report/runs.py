@@ -25,7 +25,7 @@ from pathlib import PurePath
 from typing import Any, get_args
 
 from tcf.errors import ConfigError, TcfError
-from tcf.store.db import is_metric_column, metric_key
+from tcf.store.db import Store, is_metric_column, metric_key
 
 MISSING = "-"  # how a run without the field (an ID run's text_encoder.model) prints
 DEFAULT_METRIC = "test_ndcg@10"
@@ -109,7 +109,7 @@ def record(row: dict[str, Any]) -> RunRecord:
     )
 
 
-def load_runs(store: Any, finished: bool = False, dataset: str | None = None,
+def load_runs(store: Store, finished: bool = False, dataset: str | None = None,
               name_glob: str | None = None) -> list[RunRecord]:
     """The store's runs (only finished ones with ``finished``), oldest first: one query, one snapshot."""
     return [record(row) for row in store.runs(dataset=dataset, name_glob=name_glob, finished=finished)]
@@ -216,7 +216,7 @@ def check_metric(metric: str, runs: Sequence[RunRecord], param: str = "metric") 
         raise ConfigError(None, param, f"unknown metric {metric!r}; available: {', '.join(available) or 'none'}")
 
 
-def no_runs(store: Any, dataset: str | None = None, name_glob: str | None = None) -> TcfError:
+def no_runs(store: Store, dataset: str | None = None, name_glob: str | None = None) -> TcfError:
     """The error for filters that leave no finished run; it names the store and the filters' values."""
     where = (f" on dataset {dataset!r}" if dataset else "") + (f" named like {name_glob!r}" if name_glob else "")
     return TcfError(f"{store.path}: no finished runs{where}")
