@@ -6,12 +6,13 @@ User errors (bad data, bad config) print one ``error: ...`` line on stderr and e
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
@@ -20,6 +21,9 @@ from rich.table import Table
 
 from tcf import __version__
 from tcf.errors import ConfigError, TcfError
+
+if TYPE_CHECKING:
+    from tcf.report.render import Grid
 
 app = typer.Typer(help="Text-based collaborative filtering experiments.", rich_markup_mode="rich",
                   no_args_is_help=True, add_completion=False)
@@ -111,11 +115,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _print_comparison(results: list) -> None:
+    from tcf.store.db import metric_key
+
     table = Table(title="test metrics (full ranking, x100)")
     table.add_column("run")
     table.add_column("name", overflow="fold")
-    keys = sorted({k for r in results for k in r.metrics if k.startswith("test_")},
-                  key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
+    keys = sorted({k for r in results for k in r.metrics if k.startswith("test_")}, key=metric_key)
     for k in keys:
         table.add_column(k.removeprefix("test_").upper(), justify="right")
     table.add_column("best epoch", justify="right")
@@ -126,9 +131,45 @@ def _print_comparison(results: list) -> None:
 
 
 # -- results -------------------------------------------------------------------------------------
+def _rich_table(grid: Grid) -> Table:
+    """The ``table`` format: tcf.report's plain grid drawn by rich. Every cell is a Text, so a ``[`` in a run
+    name is printed, never read as markup; columns that must stay whole get at least their widest cell."""
+    from rich.text import Text
+
+    caption = grid.note if grid.caption is None else grid.caption
+    table = Table(title=Text(grid.title) if grid.title else None, caption=Text(caption) if caption else None)
+    for i, column in enumerate(grid.columns):
+        header = Text("\n".join(column.label))
+        justify = "right" if column.numeric else "left"
+        if column.fit == "whole":
+            width = max([len(line) for line in column.label] + [len(row[i].text) for row in grid.rows])
+            table.add_column(header, justify=justify, no_wrap=True, min_width=width)
+        else:
+            table.add_column(header, justify=justify, overflow=column.fit)
+    for row in grid.rows:
+        table.add_row(*(Text(shown.text or "-") for shown in row))
+    return table
+
+
+def _plain(table: Table) -> str:
+    """A rich table as plain text for a file: uncoloured, unwrapped, no trailing spaces."""
+    buffer = io.StringIO()
+    Console(file=buffer, width=10_000, color_system=None, force_terminal=False).print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def _one_metric(metric: str | None, value: str | None) -> str | None:
+    """``--metric``, or ``--value`` (its old name, still accepted); errors then name the flag typed."""
+    if metric is not None and value is not None:
+        raise TcfError("--value is the old name of --metric: give one of them")
+    _flags_given["metric"] = "--value" if value is not None else "--metric"
+    return metric if metric is not None else value
+
+
 @app.command()
 def results(
-    format: Annotated[str, typer.Option("--format", "-f", help="table, md, csv, latex or json.")] = "table",
+    format: Annotated[str | None, typer.Option(
+        "--format", "-f", help="table, md, csv, latex or json (default: --output's extension, else table).")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Only runs on this dataset.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Only runs whose name matches this glob.")] = None,
     pivot: Annotated[str | None, typer.Option(
@@ -136,8 +177,9 @@ def results(
         help="Pivot finished runs: comma-separated row fields, ':', column fields, e.g. "
              "item_tower,text_encoder.model:dataset. Fields: results columns or dotted config keys; "
              "runs sharing a cell (seeds) give mean ± std.")] = None,
-    value: Annotated[str | None, typer.Option(
-        "--value", help="Metric of a --pivot table (default test_ndcg@10).")] = None,
+    metric: Annotated[str | None, typer.Option(
+        "--metric", help="Metric of a --pivot table (default test_ndcg@10).")] = None,
+    value: Annotated[str | None, typer.Option("--value", hidden=True, help="Old name of --metric.")] = None,
     baseline: Annotated[str | None, typer.Option(
         "--baseline", metavar="KEY=VALUE[,KEY=VALUE]",
         help="With --pivot: runs to compare against, per column, e.g. item_tower=id.")] = None,
@@ -146,34 +188,45 @@ def results(
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """One row per run (best-validation checkpoint's test HR@K / NDCG@K), or a --pivot table for papers."""
-    from tcf.report.results import FORMATS, format_results, to_text, write_output
+    from tcf.report.render import TABLE_FORMATS, format_for_path, render
+    from tcf.report.results import results_table
+    from tcf.report.runs import load_runs
     from tcf.store.db import Store
+    from tcf.util.atomic import write_atomic
 
-    if format not in FORMATS:
-        raise TcfError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if pivot is None and (value is not None or baseline is not None):
-        raise TcfError(f"{'--value' if value is not None else '--baseline'} only applies with --pivot")
+    metric = _one_metric(metric, value)
+    _flags_given.update(pivot="--pivot", baseline="--baseline", format="--format")
+    if format is None:
+        format = format_for_path(output, "table") if output is not None else "table"
+    if format not in TABLE_FORMATS:
+        raise TcfError(f"--format must be one of {', '.join(TABLE_FORMATS)}, got {format!r}")
+    if pivot is None and (metric is not None or baseline is not None):
+        flag = _flags_given["metric"] if metric is not None else "--baseline"
+        raise TcfError(f"{flag} only applies with --pivot")
     if pivot is not None:
-        from tcf.report.pivot import format_pivot, pivot_from_store
+        from tcf.report.pivot import pivot_from_store, pivot_table
 
         if not db.exists():
             raise TcfError(f"{db}: no such result store")
-        rendered = format_pivot(pivot_from_store(Store(db), pivot, value=value, baseline=baseline,
-                                                 dataset=dataset, name_glob=name), format)
+        table = pivot_table(pivot_from_store(Store(db), pivot, metric=metric, baseline=baseline,
+                                             dataset=dataset, name_glob=name))
     else:
-        rows = Store(db).results(dataset=dataset, name_glob=name) if db.exists() else []
-        rendered = format_results(rows, format)
+        runs = load_runs(Store(db), dataset=dataset, name_glob=name) if db.exists() else []
+        table = results_table([run.row for run in runs])
+    if format == "table" and output is None:
+        out.print(_rich_table(table.grid))
+        return
+    text = _plain(_rich_table(table.grid)) if format == "table" else render(table, format)
     if output is not None:
-        write_output(output, to_text(rendered))
-    elif isinstance(rendered, str):
-        sys.stdout.write(rendered if rendered.endswith("\n") else rendered + "\n")
+        write_atomic(output, text)
     else:
-        out.print(rendered)
+        sys.stdout.write(text)
 
 
 @app.command()
 def plot(
-    out_path: Annotated[Path, typer.Option("--out", help="PNG file to write (atomically).")],
+    out_path: Annotated[Path, typer.Option(
+        "--out", help="Figure to write (atomically): .png, .svg or .pdf, by its extension.")],
     metric: Annotated[str | None, typer.Option("--metric", help="Metric on the y axis (default test_ndcg@10).")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Only this dataset (default: a panel each).")] = None,
     series: Annotated[str | None, typer.Option(
@@ -182,11 +235,12 @@ def plot(
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Scaling figure: a metric against text-encoder size (lm_params), one panel per dataset, ID runs as baseline."""
-    from tcf.report.pivot import parse_fields
     from tcf.report.plot import plot_scaling
+    from tcf.report.runs import parse_fields
     from tcf.store.db import Store
 
-    fields = parse_fields(series, "--series") if series is not None else None
+    _flags_given.update(metric="--metric", series="--series", out="--out")
+    fields = parse_fields(series, "series") if series is not None else None
     if not db.exists():
         raise TcfError(f"{db}: no such result store")
     panels = plot_scaling(Store(db), out_path, metric=metric, dataset=dataset, series=fields)

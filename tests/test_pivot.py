@@ -14,9 +14,19 @@ from pathlib import Path
 import pytest
 from conftest import tcf
 
-from tcf.errors import TcfError
-from tcf.report.pivot import build_pivot, finished_runs, format_pivot, human_count, pivot_from_store
+from tcf.errors import ConfigError, TcfError
+from tcf.report.pivot import Pivot, build_pivot, pivot_from_store, pivot_table
+from tcf.report.render import render
+from tcf.report.runs import human_count, load_runs
 from tcf.store.db import Store
+
+
+def format_pivot(p: Pivot, fmt: str) -> str:
+    return render(pivot_table(p), fmt)
+
+
+def finished_runs(store: Store):
+    return load_runs(store, finished=True)
 
 # dataset, item tower, text encoder path (None: ID tower), unfreeze, seed, test ndcg@10, lm_params
 RUNS = [
@@ -131,7 +141,7 @@ def test_baseline_matches_paths_by_base_name_or_full_path(db):
 
 
 def test_config_keys_and_view_columns_as_fields(db):
-    p = pivot_from_store(Store(db), "lm_params:seed", value="valid_hr@10", dataset="mind")
+    p = pivot_from_store(Store(db), "lm_params:seed", metric="valid_hr@10", dataset="mind")
     assert [k for (k,) in p.row_keys] == [125_239_616, 1_315_758_080, 12_853_770_240, None]
     assert p.col_keys == [(1,), (2,), (3,)]
     cell = p.cells[((1_315_758_080,), (2,))]  # frozen and fine-tuned 1.3B, seed 2
@@ -139,21 +149,23 @@ def test_config_keys_and_view_columns_as_fields(db):
     assert "1.3B" in format_pivot(p, "md") and human_count(12_853_770_240) == "13B"
 
 
-@pytest.mark.parametrize(("spec", "kwargs", "message"), [
-    ("item_tower", {}, "--pivot must be ROWS:COLS"),
-    ("item_tower:dataset:seed", {}, "--pivot must be ROWS:COLS"),
-    ("item_tower,:dataset", {}, "--pivot: empty field"),
-    ("item_tower:item_tower", {}, "both a row and a column"),
-    ("item_tower:text_encoder.modle", {}, "--pivot: unknown field 'text_encoder.modle'"),
-    ("item_tower:dataset", {"value": "test_ndcg@20"}, "--value: unknown metric 'test_ndcg@20'; available: "
-                                                      "test_hr@10, test_ndcg@10, valid_hr@10"),
-    ("item_tower:dataset", {"baseline": "tower=id"}, "--baseline: unknown field 'tower'"),
-    ("item_tower:dataset", {"baseline": "item_tower"}, "--baseline must be key=value"),
+@pytest.mark.parametrize(("spec", "kwargs", "param", "message"), [
+    ("item_tower", {}, "pivot", "must be ROWS:COLS"),
+    ("item_tower:dataset:seed", {}, "pivot", "must be ROWS:COLS"),
+    ("item_tower,:dataset", {}, "pivot", "empty field"),
+    ("item_tower:item_tower", {}, "pivot", "'item_tower' is both a row and a column"),
+    ("item_tower:text_encoder.modle", {}, "pivot", "unknown field 'text_encoder.modle'"),
+    ("item_tower:dataset", {"metric": "test_ndcg@20"}, "metric", "unknown metric 'test_ndcg@20'; available: "
+                                                                  "test_hr@10, test_ndcg@10, valid_hr@10"),
+    ("item_tower:dataset", {"baseline": "tower=id"}, "baseline", "unknown field 'tower'"),
+    ("item_tower:dataset", {"baseline": "item_tower"}, "baseline", "must be key=value"),
+    ("item_tower:dataset", {"baseline": "item_tower=bert"}, "baseline", "matches no finished run"),
 ])
-def test_bad_options_name_the_option(db, spec, kwargs, message):
-    with pytest.raises(TcfError) as e:
+def test_bad_options_name_the_parameter_not_a_flag(db, spec, kwargs, param, message):
+    with pytest.raises(ConfigError) as e:
         pivot_from_store(Store(db), spec, **kwargs)
-    assert message in str(e.value)
+    assert e.value.key == param and message in e.value.message
+    assert "--" not in str(e.value)  # the engine knows parameters; the CLI names the flag that was typed
 
 
 # -- through the CLI --------------------------------------------------------------------------
@@ -197,9 +209,17 @@ def test_cli_md_and_output_file(db, tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--pivot", "item_tower:datasett"], "error: --pivot: unknown field 'datasett'"),
+    (["--pivot", "item_tower"], "error: --pivot: must be ROWS:COLS"),
     (["--pivot", "item_tower:dataset", "--value", "ndcg"],
      "error: --value: unknown metric 'ndcg'; available: test_hr@10, test_ndcg@10, valid_hr@10"),
+    (["--pivot", "item_tower:dataset", "--metric", "ndcg"],
+     "error: --metric: unknown metric 'ndcg'; available: test_hr@10, test_ndcg@10, valid_hr@10"),
+    (["--pivot", "item_tower:dataset", "--metric", "test_hr@10", "--value", "test_hr@10"],
+     "error: --value is the old name of --metric: give one of them"),
+    (["--pivot", "item_tower:dataset", "--baseline", "tower=id"], "error: --baseline: unknown field 'tower'"),
     (["--baseline", "item_tower=id"], "error: --baseline only applies with --pivot"),
+    (["--metric", "test_hr@10"], "error: --metric only applies with --pivot"),
+    (["--pivot", "item_tower:dataset", "--dataset", "nope"], "error: "),
 ])
 def test_cli_bad_options_exit_2_with_one_error_line(db, tmp_path, args, message):
     r = tcf("results", *args, cwd=tmp_path)
@@ -207,6 +227,28 @@ def test_cli_bad_options_exit_2_with_one_error_line(db, tmp_path, args, message)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert lines[0].startswith(message)
+
+
+def test_cli_metric_and_its_old_name_value_give_the_same_pivot(db, tmp_path):
+    """--metric is the flag of `tcf results --pivot` and `tcf plot`; --value, its old name, still works."""
+    spec = ["results", "--pivot", "item_tower:dataset", "--format", "json"]
+    by_metric = tcf(*spec, "--metric", "test_hr@10", cwd=tmp_path)
+    by_value = tcf(*spec, "--value", "test_hr@10", cwd=tmp_path)
+    assert by_metric.returncode == 0 and by_value.returncode == 0, by_metric.stderr + by_value.stderr
+    assert by_metric.stdout == by_value.stdout
+    assert json.loads(by_metric.stdout)["value"] == "test_hr@10"
+    default = json.loads(tcf(*spec, cwd=tmp_path).stdout)
+    assert default["value"] == "test_ndcg@10" and default != json.loads(by_metric.stdout)
+    assert "--value" not in tcf("results", "--help", cwd=tmp_path).stdout  # hidden: one name per concept
+
+
+def test_cli_output_extension_picks_the_format(db, tmp_path):
+    r = tcf(*PIVOT, "--output", "table.tex", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    latex = tcf(*PIVOT, "--format", "latex", cwd=tmp_path).stdout
+    assert (tmp_path / "table.tex").read_text() == latex and r"\toprule" in latex
+    assert tcf(*PIVOT, "--format", "md", "--output", "t.tex", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "t.tex").read_text().startswith("| item_tower")  # --format wins over the extension
 
 
 def test_cli_latex(db, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import tcf
 
-from tcf.errors import TcfError
+from tcf.errors import ConfigError, TcfError
 from tcf.report.plot import DPI, PANEL_INCHES, draw_scaling, plot_scaling
 from tcf.store.db import Store
 
@@ -95,6 +95,23 @@ def test_without_text_runs_is_a_clear_error(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_the_extension_picks_the_figure_format_and_errors_name_parameters(tmp_path):
+    db = tmp_path / "experiments.db"
+    seed(db)
+    plot_scaling(Store(db), tmp_path / "scaling.svg", dataset="hm")
+    assert b"<svg" in (tmp_path / "scaling.svg").read_bytes()[:2000]
+    plot_scaling(Store(db), tmp_path / "scaling.pdf", dataset="hm")
+    assert (tmp_path / "scaling.pdf").read_bytes()[:5] == b"%PDF-"
+    plot_scaling(Store(db), tmp_path / "scaling", dataset="hm")  # no extension: PNG, as before
+    assert (tmp_path / "scaling").read_bytes()[:4] == b"\x89PNG"
+    for kwargs, param in (({"out": tmp_path / "x.jpg"}, "out"), ({"series": ["tower"]}, "series"),
+                          ({"metric": "test_mrr"}, "metric")):
+        with pytest.raises(ConfigError) as e:
+            plot_scaling(Store(db), **{"out": tmp_path / "x.png", **kwargs})
+        assert e.value.key == param and "--" not in str(e.value)
+    assert not (tmp_path / "x.jpg").exists() and not (tmp_path / "x.png").exists()
+
+
 def test_cli_plot(tmp_path):
     db = tmp_path / "experiments.db"
     seed(db)
@@ -105,3 +122,7 @@ def test_cli_plot(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --metric: unknown metric 'test_mrr'; available: test_hr@10, test_ndcg@10"]
     assert not (tmp_path / "fig2.png").exists()
+    r = tcf("plot", "--out", "fig.jpg", "--series", "tower", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: --out: unknown figure format '.jpg'")
+    r = tcf("plot", "--out", "fig.png", "--series", "tower", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: --series: unknown field 'tower'")

@@ -1,4 +1,4 @@
-"""tcf.report.results: every format renders rows of the real `results` view."""
+"""tcf.report.results: every format of tcf.report.render renders rows of the real `results` view."""
 
 from __future__ import annotations
 
@@ -9,11 +9,17 @@ import re
 
 import pytest
 from rich.console import Console
-from rich.table import Table
 
-from tcf.errors import TcfError
-from tcf.report.results import FORMATS, format_results, result_columns
+from tcf.cli import _rich_table
+from tcf.errors import ConfigError
+from tcf.report.render import TABLE_FORMATS, render
+from tcf.report.results import result_columns, results_table
+from tcf.report.runs import load_runs
 from tcf.store.db import Store
+
+
+def format_results(rows: list[dict], fmt: str) -> str:
+    return render(results_table(rows), fmt)
 
 
 @pytest.fixture()
@@ -24,10 +30,10 @@ def rows(tmp_path) -> list[dict]:
     store.log_final(a, "valid", {"hr@10": 0.1111}, best_epoch=4, stopped_epoch=9)
     store.log_final(a, "test", {"hr@10": 0.1234, "ndcg@10": 0.0567}, best_epoch=4, stopped_epoch=9)
     store.set_status(a, "finished")
-    b = store.create_run(name="pop|base", config={}, config_hash="h2", dataset="mind",
+    b = store.create_run(name="[pop]|base", config={}, config_hash="h2", dataset="mind",
                          architecture="pop", item_tower="none")
     store.log_final(b, "test", {"hr@10": 0.05}, best_epoch=None, stopped_epoch=None)
-    result = store.results()
+    result = [run.row for run in load_runs(store)]
     store.close()
     return result
 
@@ -48,14 +54,14 @@ def test_csv_parses_back_with_fractions(rows):
     assert list(parsed[0]) == EXPECTED_COLUMNS
     assert parsed[0]["name"] == "mind_sasrec 5%"
     assert float(parsed[0]["test_hr@10"]) == 0.1234
-    assert parsed[1]["valid_hr@10"] == "" and parsed[1]["name"] == "pop|base"
+    assert parsed[1]["valid_hr@10"] == "" and parsed[1]["name"] == "[pop]|base"
 
 
 def test_json_is_only_the_array_of_view_rows(rows):
     parsed = json.loads(format_results(rows, "json"))
     assert parsed == rows
     assert parsed[0]["test_ndcg@10"] == 0.0567  # fractions, all view keys kept
-    assert "created_at" in parsed[0]
+    assert "created_at" in parsed[0] and "config" not in parsed[0] and "tags" not in parsed[0]
 
 
 def test_latex_booktabs_escaped_percent(rows):
@@ -68,6 +74,7 @@ def test_latex_booktabs_escaped_percent(rows):
     assert r"mind\_sasrec 5\%" in text and r"opt\_125m" in text
     assert "12.34 & 5.67 & 11.11" in text  # x100, two decimals
     assert re.search(r"(?<!\\)_", text) is None  # no unescaped underscore anywhere
+    assert "\n2 & {}[pop]" in text  # a row that starts with [ is not read as an argument of the \\ above
 
 
 def test_markdown_header_separator_and_pipes(rows):
@@ -75,34 +82,50 @@ def test_markdown_header_separator_and_pipes(rows):
     assert lines[0] == "| " + " | ".join(EXPECTED_COLUMNS) + " |"
     assert lines[1] == "|---:|---|---|---|---|---|---:|---:|---:|---:|"
     assert len(lines) == 2 + len(rows)
-    assert r"pop\|base" in lines[3] and "| 5.00 |" in lines[3]
+    assert r"[pop]\|base" in lines[3] and "| 5.00 |" in lines[3]
     assert "| 12.34 | 5.67 | 11.11 |" in lines[2]
 
 
 def test_rich_table_shows_percentages(rows):
-    table = format_results(rows, "table")
-    assert isinstance(table, Table)
-    assert [c.header for c in table.columns] == EXPECTED_COLUMNS
+    table = _rich_table(results_table(rows).grid)  # the CLI draws the plain grid
+    assert [str(c.header) for c in table.columns] == EXPECTED_COLUMNS
     console = Console(width=250, record=True, file=io.StringIO())
     console.print(table)
     text = console.export_text()
     assert "12.34" in text and "0.1234" not in text
     assert "mind_sasrec 5%" in text
+    assert "[pop]|base" in text  # cells are text, never rich markup
+    assert "metrics x 100" in text
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", TABLE_FORMATS)
 def test_every_format_handles_no_rows(fmt):
+    if fmt == "table":
+        assert results_table([]).grid.rows == () and _rich_table(results_table([]).grid).row_count == 0
+        return
     out = format_results([], fmt)
     if fmt == "json":
         assert json.loads(out) == []
     elif fmt == "csv":
         assert next(csv.reader(io.StringIO(out))) == list(result_columns([]))
-    elif fmt == "table":
-        assert isinstance(out, Table) and out.row_count == 0
     else:
         assert ("run\\_id" if fmt == "latex" else "run_id") in out
 
 
-def test_unknown_format_is_a_user_error(rows):
-    with pytest.raises(TcfError, match="unknown results format 'xlsx'"):
+def test_unknown_format_is_a_user_error_about_the_format(rows):
+    with pytest.raises(ConfigError, match="must be one of md, csv, latex, json, got 'xlsx'") as e:
         format_results(rows, "xlsx")
+    assert e.value.key == "format"
+
+
+def test_one_metric_order_for_every_table():
+    """tcf.store.db.metric_key orders view columns, tables, the TUI and messages alike: test before valid,
+    then by name, then K as a number (hr@5 before hr@10, which a string sort gets wrong)."""
+    from tcf.store.db import metric_key
+
+    columns = ["valid_hr@10", "test_ndcg@10", "test_hr@10", "test_mrr", "test_hr@5", "valid_hr@5"]
+    assert sorted(columns, key=metric_key) == ["test_hr@5", "test_hr@10", "test_mrr", "test_ndcg@10",
+                                               "valid_hr@5", "valid_hr@10"]
+    assert sorted(["ndcg@10", "hr@20", "hr@5"], key=metric_key) == ["hr@5", "hr@20", "ndcg@10"]  # bare names too
+    rows = [{"run_id": 1, "name": "a", "test_hr@20": 0.2, "test_hr@5": 0.1, "valid_hr@5": 0.3}]
+    assert result_columns(rows) == ["run_id", "name", "test_hr@5", "test_hr@20", "valid_hr@5"]

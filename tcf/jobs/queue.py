@@ -454,15 +454,6 @@ def live_workers(store: Store, now: float | None = None) -> list[dict[str, Any]]
     return out
 
 
-def run_tags(store: Store) -> dict[int, tuple[str, ...]]:
-    """Tags of the job that produced each run: {run_id: tags} (runs started by `tcf run` have none)."""
-    tags: dict[int, tuple[str, ...]] = {}
-    for run_id, tags_json in store.db.execute(
-            "SELECT run_id, tags_json FROM jobs WHERE run_id IS NOT NULL ORDER BY id").fetchall():
-        tags[int(run_id)] = tuple(json.loads(tags_json))
-    return tags
-
-
 def match_jobs(jobs: list[Job], text: str) -> list[Job]:
     """Jobs whose name, tags, note, kind, state or id match ``text`` (a glob, or a substring)."""
     text = text.strip().lower()

@@ -4,11 +4,11 @@ x is ``lm_params`` (log scale, ticks labelled 125M, 1.3B, ...), y the metric x10
 default the item tower and how many top blocks were fine-tuned: "frozen", "top-2 fine-tuned") is a
 line of means over seeds with sample-std error bars, and the ID-based runs of the same architecture
 are a dashed horizontal baseline. matplotlib is imported only when drawing, so ``tcf --help`` stays
-fast.
-
-Usage::
+fast. The file's extension picks the format (png, svg or pdf; tcf.report.render's registry)::
 
     panels = plot_scaling(Store("experiments.db"), Path("scaling.png"), metric="test_ndcg@10")
+
+The Results screen draws the same panels in braille (tcf.tui.widgets.braille_plot).
 """
 
 from __future__ import annotations
@@ -20,22 +20,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcf.errors import TcfError
-from tcf.report.pivot import (
-    DEFAULT_VALUE,
+from tcf.errors import ConfigError, TcfError
+from tcf.report.render import FIGURE_FORMATS, format_for_path
+from tcf.report.runs import (
+    DEFAULT_METRIC,
+    RunRecord,
     check_fields,
     check_metric,
     display,
     field_value,
-    finished_runs,
     human_count,
     known_fields,
+    load_runs,
+    no_runs,
     sort_key,
-    view_columns,
 )
+from tcf.store.db import Store
 from tcf.util.atomic import atomic_file
 
-DEFAULT_SERIES = ("item_tower", "text_encoder.unfreeze")
 PANEL_INCHES = (4.8, 3.6)  # one dataset's subplot
 DPI = 100
 MAX_COLUMNS = 3
@@ -78,16 +80,17 @@ def _stats(values: Sequence[float]) -> tuple[float, float, int]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
 
 
-def _default_label(run: dict, several_architectures: bool) -> str:
+def _default_label(run: RunRecord, several_architectures: bool) -> str:
+    """The default series: the item tower and how many top blocks were fine-tuned ("frozen", "top-2 fine-tuned")."""
     unfreeze = field_value(run, "text_encoder.unfreeze")
-    parts = [str(run["architecture"])] if several_architectures else []
-    if run.get("item_tower") not in (None, "text"):
-        parts.append(str(run["item_tower"]))
+    parts = [str(run.architecture)] if several_architectures else []
+    if run.item_tower not in (None, "text"):
+        parts.append(str(run.item_tower))
     parts.append(f"top-{unfreeze} fine-tuned" if unfreeze else "frozen")
     return ", ".join(parts)
 
 
-def scaling_panels(runs: Sequence[dict], metric: str = DEFAULT_VALUE,
+def scaling_panels(runs: Sequence[RunRecord], metric: str = DEFAULT_METRIC,
                    series_fields: Sequence[str] | None = None) -> list[Panel]:
     """Group finished runs into panels (datasets) of series (lines) of points (model sizes).
 
@@ -96,14 +99,14 @@ def scaling_panels(runs: Sequence[dict], metric: str = DEFAULT_VALUE,
     is a pop). With the default series and several architectures, the architecture joins the
     series label, so that SASRec and DSSM never share a line.
     """
-    runs = [r for r in runs if r.get(metric) is not None]
-    text_runs = [r for r in runs if r.get("lm_params") is not None]
-    several = len({r["architecture"] for r in text_runs}) > 1
+    runs = [r for r in runs if metric in r.metrics]
+    text_runs = [r for r in runs if r.lm_params is not None]
+    several = len({r.architecture for r in text_runs}) > 1
 
-    def series_key(run: dict) -> tuple[tuple, str]:
+    def series_key(run: RunRecord) -> tuple[tuple, str]:
         if series_fields is None:
             label = _default_label(run, several)
-            key = (run["architecture"] if several else None, run.get("item_tower"),
+            key = (run.architecture if several else None, run.item_tower,
                    field_value(run, "text_encoder.unfreeze") or 0)
             return tuple(sort_key(v) for v in key), label
         values = [field_value(run, f) for f in series_fields]
@@ -111,26 +114,26 @@ def scaling_panels(runs: Sequence[dict], metric: str = DEFAULT_VALUE,
         return tuple(sort_key(v) for v in values), label
 
     panels = []
-    for dataset in sorted({r["dataset"] for r in text_runs}, key=sort_key):
+    for dataset in sorted({r.dataset for r in text_runs}, key=sort_key):
         lines: dict[tuple[tuple, str], dict[int, list[float]]] = {}
-        for run in (r for r in text_runs if r["dataset"] == dataset):
-            lines.setdefault(series_key(run), {}).setdefault(int(run["lm_params"]), []).append(float(run[metric]))
+        for run in (r for r in text_runs if r.dataset == dataset):
+            lines.setdefault(series_key(run), {}).setdefault(int(run.lm_params), []).append(run.metrics[metric])
         series = tuple(
             Series(label, tuple(Point(x, *_stats(by_x[x])) for x in sorted(by_x)))
             for (_, label), by_x in sorted(lines.items(), key=lambda kv: kv[0])
         )
-        architectures = sorted({r["architecture"] for r in text_runs if r["dataset"] == dataset})
+        architectures = sorted({r.architecture for r in text_runs if r.dataset == dataset})
         baselines = []
         for arch in architectures:
-            values = [float(r[metric]) for r in runs if r["dataset"] == dataset and r["architecture"] == arch
-                      and r.get("item_tower") == "id" and r.get("lm_params") is None]
+            values = [r.metrics[metric] for r in runs if r.dataset == dataset and r.architecture == arch
+                      and r.item_tower == "id" and r.lm_params is None]
             if values:
                 baselines.append(Baseline(f"ID {arch} (baseline)", *_stats(values)))
         panels.append(Panel(str(dataset), series, tuple(baselines)))
     return panels
 
 
-def draw_scaling(panels: Sequence[Panel], metric: str = DEFAULT_VALUE) -> Any:
+def draw_scaling(panels: Sequence[Panel], metric: str = DEFAULT_METRIC) -> Any:
     """A matplotlib Figure (Agg canvas, no pyplot state) with one subplot per panel."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -165,21 +168,26 @@ def draw_scaling(panels: Sequence[Panel], metric: str = DEFAULT_VALUE) -> Any:
     return fig
 
 
-def plot_scaling(store: Any, out: Path, metric: str | None = None, dataset: str | None = None,
+def plot_scaling(store: Store, out: Path, metric: str | None = None, dataset: str | None = None,
                  series: Sequence[str] | None = None) -> list[Panel]:
-    """Check the options, draw the figure of the store's finished runs and write it as a PNG to ``out``."""
-    metric = metric or DEFAULT_VALUE
-    runs = finished_runs(store, dataset=dataset)
+    """Check the options, draw the figure of the store's finished runs and write it to ``out`` (atomically),
+    as its extension asks (.png, .svg, .pdf; PNG without one)."""
+    out = Path(out)
+    fmt = format_for_path(out, "", FIGURE_FORMATS) if out.suffix else "png"
+    if not fmt:
+        raise ConfigError(None, "out", f"unknown figure format {out.suffix!r}; write .png, .svg or .pdf")
+    metric = metric or DEFAULT_METRIC
+    runs = load_runs(store, finished=True, dataset=dataset)
     if series is not None:
-        check_fields(series, known_fields(view_columns(store), runs), "--series")
+        check_fields(series, known_fields(store.result_columns(), runs), "series")
     if not runs:
-        raise TcfError(f"{store.path}: no finished runs" + (f" on dataset {dataset!r}" if dataset else ""))
-    check_metric(metric, runs, "--metric")
+        raise no_runs(store, dataset)
+    check_metric(metric, runs)
     panels = scaling_panels(runs, metric, series)
     if not panels:
         raise TcfError(f"{store.path}: no finished run with lm_params and {metric}: the scaling plot needs "
                        "text-tower runs (their text encoder's parameter count is the x axis)")
     fig = draw_scaling(panels, metric)
-    with atomic_file(Path(out)) as tmp:
-        fig.savefig(tmp, format="png")
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, format=fmt)
     return panels

@@ -13,7 +13,7 @@ Usage::
     store.set_status(run_id, "running")
     store.log_epoch(run_id, 1, train_loss=3.2, seconds=41.0, metrics={"hr@10": 0.051})
     store.log_final(run_id, "test", {"hr@10": 0.062}, best_epoch=1, stopped_epoch=1)
-    store.results(dataset="mind", name_glob="mind-*")   # rows of the `results` view
+    store.runs(dataset="mind", name_glob="mind-*")      # rows of the `results` view + config and tags
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ RESULT_FIXED_COLUMNS = (
 # Metric names become column names and string literals of the `results` view, so only names that
 # can never need quoting are accepted: "hr@10", "ndcg@10", "mrr".
 METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(@[0-9]+)?$")
+METRIC_COLUMN = re.compile(r"^(test|valid)_(.+)$")  # a `results` column: split, then metric name
 
 
 def _m001_initial(db: Database) -> None:
@@ -217,9 +218,19 @@ def _check_metric_names(metrics: dict[str, float]) -> None:
             raise ValueError(f"invalid metric name {name!r} (expected e.g. 'hr@10', 'ndcg@10')")
 
 
-def _metric_sort_key(name: str) -> tuple[str, int]:
-    base, _, k = name.partition("@")
-    return base, int(k) if k else -1
+def metric_key(name: str) -> tuple[int, str, int]:
+    """The one order of metrics everywhere (view columns, tables, messages): test before valid, then the
+    metric's name, then K as a number, so hr@5 < hr@10 < ndcg@5. Takes metric names ("hr@10", after
+    any split-prefixed ones) and `results` columns ("test_hr@10")."""
+    m = METRIC_COLUMN.match(name)
+    split, metric = (FINAL_SPLITS.index(m.group(1)), m.group(2)) if m else (len(FINAL_SPLITS), name)
+    base, _, k = metric.partition("@")
+    return split, base, int(k) if k.isdigit() else -1
+
+
+def is_metric_column(column: str) -> bool:
+    """Whether a `results` column holds a final metric ("test_hr@10", "valid_ndcg@10")."""
+    return METRIC_COLUMN.match(column) is not None
 
 
 def _sql_string(value: str) -> str:
@@ -321,7 +332,7 @@ class Store:
         pairs = self.db.execute(
             "SELECT DISTINCT split, name FROM metrics WHERE split IN (?, ?)", FINAL_SPLITS
         ).fetchall()
-        pairs = sorted(pairs, key=lambda p: (FINAL_SPLITS.index(p[0]), _metric_sort_key(p[1])))
+        pairs = sorted(pairs, key=lambda p: metric_key(f"{p[0]}_{p[1]}"))
         metric_columns = [f"{split}_{name}" for split, name in pairs]
         wanted = [*RESULT_FIXED_COLUMNS, *metric_columns]
         current = [row[1] for row in self.db.execute("PRAGMA table_info(results)").fetchall()]
@@ -457,7 +468,7 @@ class Store:
                 "SELECT split, name, value FROM metrics WHERE run_id = ? AND split IN ('valid', 'test')",
                 [run_id],
             ),
-            key=lambda r: (FINAL_SPLITS.index(r["split"]), _metric_sort_key(r["name"])),
+            key=lambda r: metric_key(f"{r['split']}_{r['name']}"),
         )
         run["metrics"] = {f"{r['split']}_{r['name']}": r["value"] for r in rows}
         return run
@@ -475,16 +486,36 @@ class Store:
             by_epoch.setdefault(m["epoch"], {})[m["name"]] = m["value"]
         for row in rows:
             row["metrics"] = dict(sorted(by_epoch[row["epoch"]].items(),
-                                         key=lambda kv: _metric_sort_key(kv[0])))
+                                         key=lambda kv: metric_key(kv[0])))
         return rows
 
-    def results(self, dataset: str | None = None, name_glob: str | None = None) -> list[dict]:
-        """Rows of the `results` view, oldest run first; name_glob is SQL GLOB (case-sensitive)."""
-        return list(self.db.query(
-            "SELECT * FROM results WHERE (:dataset IS NULL OR dataset = :dataset) "
-            "AND (:glob IS NULL OR name GLOB :glob) ORDER BY run_id",
-            {"dataset": dataset, "glob": name_glob},
+    def runs(self, dataset: str | None = None, name_glob: str | None = None,
+             finished: bool = False) -> list[dict[str, Any]]:
+        """Rows of the `results` view, oldest run first, each with its parsed ``config`` and the ``tags`` of
+        the job that made it (``()`` for a `tcf run`); name_glob is SQL GLOB (case-sensitive).
+
+        The one read of runs for every table, pivot, plot and screen. It is a single SELECT, so SQLite
+        answers it from one snapshot: metrics, configs and tags agree while workers write::
+
+            store.runs(dataset="mind", finished=True)[0]["test_ndcg@10"]
+        """
+        rows = list(self.db.query(  # a run's tags are those of the last job that made it (one pass over jobs)
+            "SELECT res.*, runs.config_json AS config_json, job.tags_json AS tags_json "
+            "FROM results AS res JOIN runs ON runs.id = res.run_id "
+            "LEFT JOIN (SELECT run_id, MAX(id) AS id FROM jobs WHERE run_id IS NOT NULL GROUP BY run_id) AS last "
+            "ON last.run_id = res.run_id LEFT JOIN jobs AS job ON job.id = last.id "
+            "WHERE (:finished = 0 OR res.status = 'finished') AND (:dataset IS NULL OR res.dataset = :dataset) "
+            "AND (:glob IS NULL OR res.name GLOB :glob) ORDER BY res.run_id",
+            {"dataset": dataset, "glob": name_glob, "finished": int(finished)},
         ))
+        for row in rows:
+            row["config"] = json.loads(row.pop("config_json") or "{}")
+            row["tags"] = tuple(json.loads(row.pop("tags_json") or "[]"))
+        return rows
+
+    def result_columns(self) -> list[str]:
+        """Columns of the `results` view, known even when no run matches a filter."""
+        return [row[1] for row in self.db.execute("PRAGMA table_info(results)").fetchall()]
 
     # -- artifacts -----------------------------------------------------------------------------
 

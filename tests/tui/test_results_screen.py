@@ -77,7 +77,8 @@ def results_db(tmp_path: Path) -> Path:
 
 
 class ResultsApp(App[None]):
-    """The smallest host of the screen: what the screen needs from an app is ``db_path`` and ``refresh_s``."""
+    """The smallest host of the screen: what it needs from an app is ``db_path`` and, as TcfApp gives every
+    data screen, a tick every ``refresh_s`` seconds (0: never) that asks the current screen to ``reload()``."""
 
     def __init__(self, db_path: Path, refresh_s: float = 0) -> None:
         super().__init__()
@@ -85,6 +86,12 @@ class ResultsApp(App[None]):
 
     def on_mount(self) -> None:
         self.push_screen(ResultsScreen())
+        if self.refresh_s > 0:
+            self.set_interval(self.refresh_s, self.tick)
+
+    def tick(self) -> None:
+        if isinstance(self.screen, ResultsScreen):
+            self.screen.reload()
 
 
 async def loaded(pilot, loads: int = 1) -> ResultsScreen:
@@ -351,3 +358,31 @@ async def test_a_missing_database_is_reported_not_created(tmp_path):
         await pilot.press("g", "b", "m", "d", "p", "e")  # nothing to act on: no crash, no dialog
         assert pilot.app.screen is screen
     assert not path.parent.exists()
+
+
+async def test_a_store_that_appears_later_replaces_the_error(tmp_path):
+    path = tmp_path / "experiments.db"
+    app = ResultsApp(path, refresh_s=0.1)
+    errors: list[str] = []
+    original = app.notify
+
+    def notify(message: str, *args, **kwargs) -> None:
+        if kwargs.get("severity") == "error":
+            errors.append(str(message))
+        original(message, *args, **kwargs)
+
+    app.notify = notify  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot, loads=3)  # three failed reads, one notification
+        status = screen.query_one("#results-status")
+        assert "no experiments.db here yet" in str(status.content)
+        assert len(errors) == 1 and "no experiments.db here yet" in errors[0]
+        store = Store(path)
+        add_run(store, 0, RUNS[0])
+        store.close()
+        for _ in range(200):
+            if screen.view is not None and screen.view.rows:
+                break
+            await pilot.pause(0.02)
+        assert column(screen, "id") == ["1"]
+        assert str(status.content).startswith("1 of 1 finished runs")  # the error is gone from the status line

@@ -1,15 +1,13 @@
 """The Results screen: compare runs by the test metrics of their best checkpoint, and export the table.
 
-Everything the table shows comes from tcf.report.compare (rows, groups over seeds, baseline deltas,
-exports), so what is on screen and what is written to a file cannot disagree. The screen only reads
-experiments.db, in worker threads, each with its own Store (a sqlite connection stays in the thread
-that opened it), and posts the runs back as a :class:`RunsLoaded` message.
+Everything the table shows comes from tcf.report.view (rows, groups over seeds, baseline deltas,
+exports through tcf.report.render's registry), so what is on screen and what is written to a file
+cannot disagree. Loading is :class:`DataScreen`'s: one read of the runs in a worker thread, posted
+back as :class:`RunsLoaded`.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from pathlib import Path
 
 from rich.text import Text
@@ -18,39 +16,39 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, Input, Label, RadioButton, RadioSet, Static
 from textual.widgets.data_table import CellDoesNotExist
 
 from tcf.errors import TcfError
-from tcf.report.compare import (
-    EXTENSIONS,
+from tcf.report.render import FORMATS, format_for_path
+from tcf.report.runs import RunRecord, load_runs
+from tcf.report.view import (
+    VIEW_FORMATS,
     Column,
     DiffLine,
     Row,
-    RunRecord,
     View,
     ViewState,
     build_view,
     cell_text,
     config_diff,
     export,
-    format_for_path,
-    load_runs,
     metric_label,
     next_sort,
     note,
     plot_metric,
-    render_plot,
+    plot_panels,
 )
-from tcf.report.results import write_output
 from tcf.store.db import Store
+from tcf.tui.screens.base import DataScreen, LoadFailed
+from tcf.tui.widgets.braille_plot import render_plot
 from tcf.tui.widgets.filter_box import FilterBox
 from tcf.tui.widgets.table import Table
 from tcf.tui.widgets.tabs import ScreenTabs
+from tcf.util.atomic import write_atomic
 
 DEFAULT_EXPORT = "results.tex"
-FORMAT_NAMES = {"latex": "LaTeX (.tex)", "md": "Markdown (.md)", "csv": "CSV (.csv)"}
 
 
 class RunsLoaded(Message):
@@ -59,14 +57,6 @@ class RunsLoaded(Message):
     def __init__(self, runs: list[RunRecord]) -> None:
         super().__init__()
         self.runs = runs
-
-
-class RunsLoadFailed(Message):
-    """experiments.db could not be read (missing, locked too long, newer schema)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
 
 
 def _styled(view: View, row: Row, column: Column, marked: bool) -> Text:
@@ -83,7 +73,7 @@ def _styled(view: View, row: Row, column: Column, marked: bool) -> Text:
     return text
 
 
-class ResultsScreen(Screen):
+class ResultsScreen(DataScreen):
     """One row per run (or per seed group) with its best-checkpoint test metrics; sort, filter, compare, export."""
 
     DEFAULT_CSS = """
@@ -116,12 +106,7 @@ class ResultsScreen(Screen):
         self.view: View | None = None
         self.marked: int | None = None  # run id marked with m for a diff
         self.export_path = DEFAULT_EXPORT
-        self.loads = 0  # finished loads (tests wait on it)
-        self.refresh_s = 1.0  # the app's refresh_s, read on mount (the app may call reload() before that)
-        self._loading = False
-        self._again = False
-        self._last_start = 0.0
-        self._last_error: str | None = None
+        self.loads = 0  # finished loads, failed ones too (tests wait on it)
         self._shown: tuple = ()
         self._cursor: tuple[str | None, str | None] = (None, None)  # (row key, column id), kept while no row shows
 
@@ -136,60 +121,11 @@ class ResultsScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one(DataTable).focus()
-        self.refresh_s = float(getattr(self.app, "refresh_s", 1.0) or 0)
-        self.reload(force=True)
-        self.show()  # runs that a reload before the mount already brought
-        if self.refresh_s > 0:
-            self.set_interval(self.refresh_s, self._tick)
 
-    def _tick(self) -> None:
-        if self.is_current:  # a screen in the background reads again when it is shown
-            self.reload()
+    # -- loading (DataScreen: on resume and on every app tick) -----------------------------------
 
-    def on_screen_resume(self) -> None:
-        if self.runs is not None:
-            self.reload(force=True)
-
-    # -- loading -------------------------------------------------------------------------------
-
-    def reload(self, force: bool = False) -> None:
-        """Read the runs again in a worker; a load still running, or one started moments ago, is enough.
-
-        The app may call this on its own tick as well as this screen's timer: a call within 0.9 of a
-        refresh period of the last load is dropped instead of reading the database twice per period.
-        """
-        if self._loading:
-            self._again = force or self._again
-            return
-        if not force and time.monotonic() - self._last_start < 0.9 * self.refresh_s:
-            return
-        self._loading, self._last_start = True, time.monotonic()
-        self.run_worker(self._load, thread=True, group="results-load", exit_on_error=False)
-
-    def _load(self) -> None:
-        path = Path(self.app.db_path)
-        try:
-            if not path.exists():  # reading must not create an empty store
-                raise TcfError(f"{path}: no experiments.db here yet")
-            store = Store(path)
-            try:
-                runs = load_runs(store)
-            finally:
-                store.close()
-        except (TcfError, sqlite3.Error, OSError) as e:
-            self.post_message(RunsLoadFailed(str(e)))
-            return
-        except Exception as e:  # a row this version cannot read: say so, and keep refreshing
-            self.post_message(RunsLoadFailed(f"{path}: cannot read the runs: {type(e).__name__}: {e}"))
-            return
-        self.post_message(RunsLoaded(runs))
-
-    def _loaded(self) -> None:
-        self._loading = False
-        self.loads += 1
-        if self._again:
-            self._again = False
-            self.reload(force=True)
+    def load(self, store: Store) -> RunsLoaded:
+        return RunsLoaded(load_runs(store))
 
     def on_runs_loaded(self, message: RunsLoaded) -> None:
         recovered, self._last_error = self._last_error is not None, None
@@ -197,14 +133,13 @@ class ResultsScreen(Screen):
         self.runs = message.runs
         if changed or recovered:  # recovered: the status line still shows the error
             self.show()
-        self._loaded()
+        self.loads += 1
 
-    def on_runs_load_failed(self, message: RunsLoadFailed) -> None:
+    def on_load_failed(self, message: LoadFailed) -> None:
+        """Also in the status line; DataScreen's handler (Textual calls it next) notifies once per error."""
         if message.text != self._last_error:
-            self.notify(message.text, title="experiments.db", severity="error")
             self.query_one("#results-status", Static).update(Text(message.text, style="red"))
-        self._last_error = message.text
-        self._loaded()
+        self.loads += 1
 
     # -- drawing -------------------------------------------------------------------------------
 
@@ -384,12 +319,12 @@ class ResultsScreen(Screen):
             path = Path(name).expanduser()
             path = path if path.is_absolute() else Path.cwd() / path
             try:
-                write_output(path, export(self.view, fmt))
+                write_atomic(path, export(self.view, fmt))
             except TcfError as e:
                 self.notify(str(e), title="export", severity="error")
                 return
             self.export_path = name
-            self.notify(f"wrote {path} ({FORMAT_NAMES[fmt]}, {len(self.view.rows)} rows)", title="export")
+            self.notify(f"wrote {path} ({FORMATS[fmt].title}, {len(self.view.rows)} rows)", title="export")
 
         self.app.push_screen(ExportDialog(self.export_path), write)
 
@@ -491,7 +426,7 @@ class PlotScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         width = max(40, self.app.size.width - 12)
-        self.text = render_plot(self.view, self.metric, width=width, height=12)
+        self.text = render_plot(plot_panels(self.view, self.metric), self.metric, width=width, height=12)
         self.query_one("#plot-body", Static).update(self.text)
 
     def action_close(self) -> None:
@@ -517,14 +452,14 @@ class ExportDialog(ModalScreen[tuple[str, str] | None]):
     def __init__(self, path: str = DEFAULT_EXPORT) -> None:
         super().__init__()
         self.path = path
-        self.fmt = format_for_path(path)
+        self.fmt = format_for_path(path, "latex", VIEW_FORMATS)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="export-dialog"):
             yield Label("Export the view as shown (rows, columns, groups, sort)", id="export-title")
             with RadioSet(id="export-format"):
-                for fmt, name in FORMAT_NAMES.items():
-                    yield RadioButton(name, value=fmt == self.fmt, id=f"format-{fmt}")
+                for fmt in VIEW_FORMATS:
+                    yield RadioButton(FORMATS[fmt].title, value=fmt == self.fmt, id=f"format-{fmt}")
             yield Input(self.path, placeholder="file name", id="export-path")
             with Horizontal(id="export-buttons"):
                 yield Button("Export", variant="primary", id="export-ok")
@@ -539,17 +474,18 @@ class ExportDialog(ModalScreen[tuple[str, str] | None]):
         self.fmt = str(event.pressed.id).removeprefix("format-")
         box = self.query_one("#export-path", Input)
         stem, dot, suffix = box.value.rpartition(".")
-        if dot and f".{suffix.lower()}" in EXTENSIONS.values():
-            box.value = stem + EXTENSIONS[self.fmt]
+        extension = FORMATS[self.fmt].extension
+        if dot and f".{suffix.lower()}" in {FORMATS[f].extension for f in VIEW_FORMATS}:
+            box.value = stem + extension
         elif box.value:
-            box.value += EXTENSIONS[self.fmt]
+            box.value += extension
 
     def _submit(self) -> None:
         path = self.query_one("#export-path", Input).value.strip()
         if not path:
             self.notify("give a file name", severity="warning")
             return
-        self.dismiss((format_for_path(path, self.fmt), path))
+        self.dismiss((format_for_path(path, self.fmt, VIEW_FORMATS), path))
 
     def action_submit(self) -> None:
         """Enter writes from any field (the format list would otherwise take it); on Cancel it cancels."""

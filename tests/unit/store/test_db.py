@@ -167,7 +167,7 @@ def test_epochs_in_order_and_relogging_replaces(tmp_path):
         {"epoch": 2, "train_loss": 1.4, "seconds": 12.0, "metrics": {"hr@10": 0.05}},
     ]
     # per-epoch metrics are not final results
-    assert "valid_hr@10" not in store.results()[0]
+    assert "valid_hr@10" not in store.runs()[0]
 
 
 def test_invalid_metric_name_is_rejected_before_writing(tmp_path):
@@ -203,7 +203,7 @@ def test_results_view_gains_columns_for_new_metrics(tmp_path):
     ]
     assert conn.execute('SELECT name, "test_hr@20" FROM results ORDER BY run_id').fetchall() == [
         ("a", None), ("b", 0.3)]
-    rows = store.results()
+    rows = store.runs()
     assert len(rows) == 2  # one row per run, however many metrics
     assert rows[0]["valid_hr@10"] == 0.1 and rows[0]["test_ndcg@10"] == 0.07
     # None keeps what the other call recorded
@@ -212,14 +212,14 @@ def test_results_view_gains_columns_for_new_metrics(tmp_path):
 
     # log_final replaces the split's earlier metrics; a metric no run has any more loses its column
     store.log_final(second, "test", {"hr@10": 0.5}, best_epoch=2, stopped_epoch=4)
-    row = store.results()[1]
+    row = store.runs()[1]
     assert row["test_hr@10"] == 0.5 and "test_hr@20" not in row and "test_hr@5" not in row
 
 
 def test_run_without_metrics_appears_in_results(tmp_path):
     store = Store(tmp_path / "e.db")
     run_id = _run(store)
-    rows = store.results()
+    rows = store.runs()
     assert [r["run_id"] for r in rows] == [run_id]
     assert rows[0]["status"] == "created"
 
@@ -230,12 +230,12 @@ def test_results_filters(tmp_path):
                           ("MIND-upper", "mind")]:
         _run(store, name=name, dataset=dataset)
     names = lambda rows: [r["name"] for r in rows]  # noqa: E731
-    assert names(store.results(dataset="mind")) == ["mind-sasrec", "mind-dssm", "MIND-upper"]
-    assert names(store.results(name_glob="*-sasrec")) == ["mind-sasrec", "hm-sasrec"]
-    assert names(store.results(name_glob="mind-*")) == ["mind-sasrec", "mind-dssm"]  # GLOB: case-sensitive
-    assert names(store.results(dataset="hm", name_glob="mind*")) == []
-    assert names(store.results(dataset="mind'; --")) == []
-    assert len(store.results()) == 4
+    assert names(store.runs(dataset="mind")) == ["mind-sasrec", "mind-dssm", "MIND-upper"]
+    assert names(store.runs(name_glob="*-sasrec")) == ["mind-sasrec", "hm-sasrec"]
+    assert names(store.runs(name_glob="mind-*")) == ["mind-sasrec", "mind-dssm"]  # GLOB: case-sensitive
+    assert names(store.runs(dataset="hm", name_glob="mind*")) == []
+    assert names(store.runs(dataset="mind'; --")) == []
+    assert len(store.runs()) == 4
 
 
 def _writer(path: str, worker: int, n_epochs: int, barrier) -> None:
@@ -246,7 +246,7 @@ def _writer(path: str, worker: int, n_epochs: int, barrier) -> None:
     store.set_status(run_id, "running")
     for epoch in range(1, n_epochs + 1):
         store.log_epoch(run_id, epoch, 1.0 / epoch, 0.01, {"hr@10": epoch / 1000, "ndcg@10": worker / 10})
-        store.results()  # readers interleave with writers
+        store.runs()  # readers interleave with writers
     store.log_final(run_id, "test", {f"hr@{10 + worker}": 0.5}, best_epoch=n_epochs, stopped_epoch=n_epochs)
     store.set_status(run_id, "finished")
     store.close()
@@ -265,7 +265,7 @@ def test_two_processes_write_concurrently(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]  # an exception ('database is locked') exits 1
 
     store = Store(path)
-    rows = {r["name"]: r for r in store.results()}
+    rows = {r["name"]: r for r in store.runs()}
     assert set(rows) == {"w1", "w2"}
     for worker in (1, 2):
         row = rows[f"w{worker}"]

@@ -1,4 +1,5 @@
-"""tcf.report.compare: best-checkpoint rows, seed groups (mean ± std), varying keys, baselines, diff, exports, plot."""
+"""tcf.report.view (the Results screen's table): best-checkpoint rows, seed groups (mean ± std), varying keys,
+baselines, diff, exports, the plot of the shown runs; and the one loader of runs it shares with every table."""
 
 from __future__ import annotations
 
@@ -14,24 +15,22 @@ import pytest
 
 from tcf.config import Config
 from tcf.jobs.queue import add_jobs
-from tcf.report.compare import (
+from tcf.report.render import format_for_path
+from tcf.report.runs import load_runs, matches, parse_query, record
+from tcf.report.view import (
     ABSENT,
+    VIEW_FORMATS,
     ViewState,
     build_view,
     cell_text,
     config_diff,
     export,
-    format_for_path,
-    load_runs,
-    matches,
     next_sort,
-    parse_query,
     plot_panels,
-    record,
-    render_plot,
     varying_keys,
 )
 from tcf.store.db import Store
+from tcf.tui.widgets.braille_plot import render_plot
 
 OPT_125M, OPT_13B = 125_239_616, 1_315_758_080
 # name, dataset, tower, encoder path, unfreeze, seed, lr, test ndcg@10, lm_params, tags, status
@@ -293,8 +292,12 @@ def test_latex_export_escapes_and_compiles(runs, tmp_path):
 
 
 def test_export_format_follows_the_file_name():
-    assert [format_for_path(p) for p in ("a.csv", "b.MD", "c.tex", "d.txt")] == ["csv", "md", "latex", "latex"]
-    assert format_for_path("d.txt", "csv") == "csv"
+    def fmt(path: str, default: str = "latex") -> str:
+        return format_for_path(path, default, VIEW_FORMATS)
+
+    assert [fmt(p) for p in ("a.csv", "b.MD", "c.tex", "d.txt", "e.json")] == ["csv", "md", "latex", "latex", "latex"]
+    assert fmt("d.txt", "csv") == "csv"
+    assert format_for_path("d.txt", "md") == "table" and format_for_path("e.json", "md") == "json"  # `tcf results`
     with pytest.raises(ValueError):
         export(build_view([], ViewState()), "json")
 
@@ -309,21 +312,39 @@ def test_plot_series_come_from_the_shown_runs(runs):
     m, s = mean_std(values(3, 4))
     assert (frozen[OPT_125M].mean, frozen[OPT_125M].std, frozen[OPT_125M].n) == (pytest.approx(m), pytest.approx(s), 2)
     assert frozen[OPT_13B].mean == pytest.approx(0.121)
-    text = render_plot(view, NDCG, width=80, height=10).plain
+    text = render_plot(panels, NDCG, width=80, height=10).plain
     assert "frozen: 125M 11.05 ± 0.21  1.3B 12.10" in text
     assert "top-2 fine-tuned: 1.3B 13.10 ± 0.28" in text
     assert f"ID sasrec (baseline): {mean_std(values(0, 1, 2))[0] * 100:.2f}" in text
     assert any(0x2800 < ord(ch) <= 0x28FF for ch in text)  # braille dots were drawn
     assert "125M" in text.split("└")[1] and "1.3B" in text.split("└")[1]  # x ticks on the axis
     only_id = build_view(runs, ViewState(query="tower:id"))
-    assert render_plot(only_id, NDCG).plain.startswith("Nothing to plot")
+    assert render_plot(plot_panels(only_id, NDCG), NDCG).plain.startswith("Nothing to plot")
 
 
-def test_record_reads_a_results_row_with_its_config():
+def test_record_reads_a_store_row_with_its_config_and_tags():
     row = {"run_id": 3, "name": "x", "status": "finished", "dataset": "mind", "architecture": "sasrec",
            "item_tower": "id", "lm_params": None, "test_hr@10": 0.5, "valid_hr@10": 0.9, "test_ndcg@10": None,
-           "config_json": json.dumps({"seed": 1, "text_encoder": {"model": "/m/opt", "unfreeze": 0}})}
-    rec = record(row, ("a",))
-    assert rec.metrics == {"test_hr@10": 0.5} and rec.tags == ("a",)
+           "config": {"seed": 1, "text_encoder": {"model": "/m/opt", "unfreeze": 0}}, "tags": ("a",)}
+    rec = record(row)
+    assert rec.metrics == {"test_hr@10": 0.5, "valid_hr@10": 0.9} and rec.tags == ("a",)
     assert rec.encoder is None and rec.config["text_encoder.model"] is None  # an ID run never used the encoder
     assert rec.raw_config["text_encoder"]["model"] == "/m/opt"  # the diff shows what is stored
+    assert "config" not in rec.row and "tags" not in rec.row and rec.row["test_hr@10"] == 0.5
+
+
+def test_one_read_gives_runs_with_tags_and_filters(tmp_path):
+    store = seed_store(tmp_path / "experiments.db")
+    try:
+        rows = store.runs()
+        assert [r["run_id"] for r in rows] == list(range(1, 11))
+        assert rows[0]["tags"] == ("base",) and rows[5]["tags"] == ("scaling", "opt") and rows[1]["tags"] == ()
+        assert rows[0]["config"]["seed"] == 1 and "config_json" not in rows[0]
+        finished = load_runs(store, finished=True)
+        assert [r.run_id for r in finished] == list(range(1, 10))  # the failed run 10 is left out
+        assert [r.run_id for r in load_runs(store, dataset="bili_50k")] == [9]
+        assert [r.run_id for r in load_runs(store, name_glob="*-top2")] == [6, 7, 10]
+        tag_run(store, 6, ("retagged",))  # a later job of the same run: its tags win
+        assert store.runs(name_glob="*-top2", finished=True)[0]["tags"] == ("retagged",)
+    finally:
+        store.close()
