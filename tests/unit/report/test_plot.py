@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import tcf
+from helpers import tcf
 
 from tcf.errors import ConfigError, TcfError
 from tcf.report.plot import DPI, PANEL_INCHES, draw_scaling, plot_scaling

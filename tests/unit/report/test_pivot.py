@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import tcf
+from helpers import tcf
 
 from tcf.errors import ConfigError, TcfError
 from tcf.report.pivot import Pivot, build_pivot, pivot_from_store, pivot_table
