@@ -34,6 +34,7 @@ from tcf.config import Config
 from tcf.errors import ConfigError, TcfError
 from tcf.jobs.process import hostname, is_alive
 from tcf.store.db import Store, now_iso
+from tcf.store.sql import connection as sql
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "lost")
 ENDED_BADLY = ("failed", "cancelled", "lost")
@@ -101,7 +102,7 @@ def display_state(row: dict[str, Any], dep_states: list[str], now: float | None 
 
 def _deps(store: Store) -> dict[int, list[tuple[int, str]]]:
     deps: dict[int, list[tuple[int, str]]] = {}
-    for r in store.db.execute(
+    for r in sql(store).execute(
         "SELECT d.job_id, d.dep_id, p.state FROM job_deps d JOIN jobs p ON p.id = d.dep_id ORDER BY d.dep_id"
     ).fetchall():
         deps.setdefault(r[0], []).append((r[1], r[2]))
@@ -126,7 +127,7 @@ def list_jobs(store: Store, states: tuple[str, ...] | None = None, now: float | 
     """
     now, host = time.time() if now is None else now, hostname()
     deps = _deps(store)
-    jobs = [_job(r, deps.get(r["id"], []), now, host) for r in store.db.query("SELECT * FROM jobs")]
+    jobs = [_job(r, deps.get(r["id"], []), now, host) for r in sql(store).query("SELECT * FROM jobs")]
 
     def order(j: Job) -> tuple[int, int, int]:
         if j.state == "running":
@@ -141,10 +142,10 @@ def list_jobs(store: Store, states: tuple[str, ...] | None = None, now: float | 
 
 def get_job(store: Store, job_id: int, now: float | None = None) -> Job:
     """One job; ``now`` (default: the clock) decides whether a silent running job shows as lost."""
-    row = next(store.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]), None)
+    row = next(sql(store).query("SELECT * FROM jobs WHERE id = ?", [job_id]), None)
     if row is None:
         raise TcfError(f"{store.path}: no job with id {job_id}")
-    deps = [(r[0], r[1]) for r in store.db.execute(
+    deps = [(r[0], r[1]) for r in sql(store).execute(
         "SELECT d.dep_id, p.state FROM job_deps d JOIN jobs p ON p.id = d.dep_id WHERE d.job_id = ? ORDER BY 1",
         [job_id]).fetchall()]
     return _job(row, deps, time.time() if now is None else now, hostname())
@@ -170,14 +171,14 @@ def _encoder_key(cfg: Config, keep: tuple[int, ...]) -> str:
 
 def _insert(store: Store, kind: str, name: str, cfg: Config, spec: dict[str, Any], key: str | None,
             priority: int, tags: list[str], note: str, gpus: int, mem_bytes: int | None, deps: list[int]) -> int:
-    cursor = store.db.execute(
+    cursor = sql(store).execute(
         "INSERT INTO jobs (kind, name, config_json, spec_json, key, state, priority, tags_json, note, gpus, "
         "mem_bytes, created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
         [kind, name, json.dumps(cfg.model_dump(mode="json"), sort_keys=True), json.dumps(spec), key, priority,
          json.dumps(tags), note, gpus, mem_bytes, now_iso()],
     )
     job_id = int(cursor.lastrowid)
-    store.db.conn.executemany("INSERT INTO job_deps (job_id, dep_id) VALUES (?, ?)", [(job_id, d) for d in deps])
+    sql(store).conn.executemany("INSERT INTO job_deps (job_id, dep_id) VALUES (?, ?)", [(job_id, d) for d in deps])
     return job_id
 
 
@@ -207,7 +208,7 @@ def add_jobs(store: Store, configs: list[Config], *, priority: int = 0, tags: li
             key = _encoder_key(cfg, keep)
             if key in infer_of:
                 continue
-            row = store.db.execute(
+            row = sql(store).execute(
                 "SELECT id FROM jobs WHERE kind = 'infer' AND key = ? AND state IN ('queued', 'running') "
                 "ORDER BY id LIMIT 1", [key]).fetchone()
             if row is not None:
@@ -271,11 +272,11 @@ def edit_job(store: Store, job_id: int, *, priority: int | None = None, tags: li
     with store.transaction():
         get_job(store, job_id)
         if priority is not None:
-            store.db.execute("UPDATE jobs SET priority = ? WHERE id = ?", [priority, job_id])
+            sql(store).execute("UPDATE jobs SET priority = ? WHERE id = ?", [priority, job_id])
         if tags is not None:
-            store.db.execute("UPDATE jobs SET tags_json = ? WHERE id = ?", [json.dumps(_check_tags(tags)), job_id])
+            sql(store).execute("UPDATE jobs SET tags_json = ? WHERE id = ?", [json.dumps(_check_tags(tags)), job_id])
         if note is not None:
-            store.db.execute("UPDATE jobs SET note = ? WHERE id = ?", [note, job_id])
+            sql(store).execute("UPDATE jobs SET note = ? WHERE id = ?", [note, job_id])
     return get_job(store, job_id)
 
 
@@ -288,11 +289,11 @@ def cancel_job(store: Store, job_id: int) -> str:
     with store.transaction():
         job = get_job(store, job_id)
         if job.state == "queued":
-            store.db.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?", [now_iso(), job_id])
+            sql(store).execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?", [now_iso(), job_id])
             return f"job {job_id} cancelled"
         if job.state != "running":
             raise TcfError(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
-        store.db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", [job_id])
+        sql(store).execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", [job_id])
     if job.host == hostname() and is_alive(job.pid, job.pid_start):
         try:
             os.killpg(job.pid, signal.SIGTERM)  # workers start each job in its own process group
@@ -315,7 +316,7 @@ def retry_jobs(store: Store, job_ids: list[int] | None = None, *, failed: bool =
                 raise TcfError(f"job {job.id} is {job.display}; only failed, lost or cancelled jobs can be retried")
             if job.host == hostname() and is_alive(job.pid, job.pid_start):
                 raise TcfError(f"job {job.id}: its process {job.pid} still runs; cancel it first")
-            store.db.execute(
+            sql(store).execute(
                 "UPDATE jobs SET state = 'queued', cancel_requested = 0, worker_id = NULL, pid = NULL, "
                 "pid_start = NULL, devices = NULL, heartbeat = NULL, started_at = NULL, finished_at = NULL, "
                 "exit_code = NULL, error = NULL WHERE id = ?", [job.id])
@@ -328,13 +329,13 @@ def remove_job(store: Store, job_id: int) -> None:
         job = get_job(store, job_id)
         if job.display in ("running",):
             raise TcfError(f"job {job_id} is running; cancel it first")
-        waiting = [r[0] for r in store.db.execute(
+        waiting = [r[0] for r in sql(store).execute(
             "SELECT j.id FROM job_deps d JOIN jobs j ON j.id = d.job_id WHERE d.dep_id = ? AND j.state = 'queued'",
             [job_id]).fetchall()]
         if waiting:
             raise TcfError(f"job {job_id}: queued job(s) {', '.join(map(str, waiting))} depend on it; "
                            "remove them first")
-        store.db.execute("DELETE FROM jobs WHERE id = ?", [job_id])
+        sql(store).execute("DELETE FROM jobs WHERE id = ?", [job_id])
 
 
 # -- workers and job processes -------------------------------------------------------------------
@@ -347,7 +348,7 @@ _PICK = ("SELECT j.id FROM jobs j WHERE j.state = 'queued' AND j.gpus <= :max_gp
 
 def next_ready(store: Store, max_gpus: int) -> Job | None:
     """The job a worker with ``max_gpus`` free devices would take next (highest priority, oldest)."""
-    row = store.db.execute(_PICK, {"max_gpus": max_gpus, "job": None}).fetchone()
+    row = sql(store).execute(_PICK, {"max_gpus": max_gpus, "job": None}).fetchone()
     return None if row is None else get_job(store, int(row[0]))
 
 
@@ -355,7 +356,7 @@ def busy_devices(store: Store) -> set[str]:
     """GPUs of this host that a running job holds: one whose process lives, or that was claimed and
     is being started (no PID yet). A dead worker's jobs keep running and keep their GPUs."""
     busy: set[str] = set()
-    for devices, pid, started in store.db.execute(
+    for devices, pid, started in sql(store).execute(
             "SELECT devices, pid, pid_start FROM jobs WHERE state = 'running' AND host = ? AND devices IS NOT NULL",
             [hostname()]).fetchall():
         if pid is None or is_alive(pid, started):
@@ -371,10 +372,10 @@ def claim(store: Store, worker_id: int, devices: str, max_gpus: int, job_id: int
     the same job or the same GPU.
     """
     with store.transaction():
-        row = store.db.execute(_PICK, {"max_gpus": max_gpus, "job": job_id}).fetchone()
+        row = sql(store).execute(_PICK, {"max_gpus": max_gpus, "job": job_id}).fetchone()
         if row is None or set(devices.split(",")) & busy_devices(store):
             return None
-        store.db.execute(
+        sql(store).execute(
             "UPDATE jobs SET state = 'running', worker_id = ?, host = ?, devices = ?, started_at = ?, heartbeat = ?, "
             "attempts = attempts + 1, cancel_requested = 0, pid = NULL, pid_start = NULL, exit_code = NULL, "
             "error = NULL, finished_at = NULL WHERE id = ? AND state = 'queued'",
@@ -384,14 +385,14 @@ def claim(store: Store, worker_id: int, devices: str, max_gpus: int, job_id: int
 
 def set_process(store: Store, job_id: int, pid: int, pid_start: int | None, log_path: str) -> None:
     with store.transaction():
-        store.db.execute("UPDATE jobs SET pid = ?, pid_start = ?, log_path = ?, heartbeat = ? WHERE id = ?",
+        sql(store).execute("UPDATE jobs SET pid = ?, pid_start = ?, log_path = ?, heartbeat = ? WHERE id = ?",
                          [pid, pid_start, log_path, time.time(), job_id])
 
 
 def heartbeat(store: Store, job_id: int, peak_mem_bytes: int | None = None) -> bool:
     """Record that the job lives (and its peak GPU memory); False once it is no longer running."""
     with store.transaction():
-        cur = store.db.execute(
+        cur = sql(store).execute(
             "UPDATE jobs SET heartbeat = ?, peak_mem_bytes = max(ifnull(peak_mem_bytes, 0), ifnull(?, 0)) "
             "WHERE id = ? AND state = 'running'", [time.time(), peak_mem_bytes, job_id])
         return cur.rowcount > 0
@@ -403,13 +404,13 @@ def finish_job(store: Store, job_id: int, state: str, *, error: str | None = Non
     if state not in TERMINAL:
         raise ValueError(f"not a terminal job state: {state!r}")
     with store.transaction():
-        cur = store.db.execute(
+        cur = sql(store).execute(
             "UPDATE jobs SET state = ?, error = ?, exit_code = ifnull(?, exit_code), "
             "artifact = ifnull(?, artifact), finished_at = ? WHERE id = ? AND state = 'running'",
             [state, error, exit_code, artifact, now_iso(), job_id])
         if cur.rowcount and state in ("lost", "cancelled"):
             # the run cannot say so itself any more: leave it resumable, not "running" forever
-            store.db.execute("UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? WHERE id = "
+            sql(store).execute("UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? WHERE id = "
                              "(SELECT run_id FROM jobs WHERE id = ?) AND status IN ('created', 'running')",
                              [error or f"job {state}", now_iso(), job_id])
         return cur.rowcount > 0
@@ -431,7 +432,7 @@ def reap_lost(store: Store, now: float | None = None, skip: Collection[int] = ()
 
 def register_worker(store: Store, pid: int, pid_start: int | None, devices: str) -> int:
     with store.transaction():
-        cur = store.db.execute(
+        cur = sql(store).execute(
             "INSERT INTO workers (host, pid, pid_start, devices, started_at, heartbeat) VALUES (?, ?, ?, ?, ?, ?)",
             [hostname(), pid, pid_start, devices, now_iso(), time.time()])
         return int(cur.lastrowid)
@@ -439,7 +440,7 @@ def register_worker(store: Store, pid: int, pid_start: int | None, devices: str)
 
 def worker_heartbeat(store: Store, worker_id: int, status: str, stopped: bool = False) -> None:
     with store.transaction():
-        store.db.execute("UPDATE workers SET heartbeat = ?, status = ?, stopped_at = ? WHERE id = ?",
+        sql(store).execute("UPDATE workers SET heartbeat = ?, status = ?, stopped_at = ? WHERE id = ?",
                          [time.time(), status, now_iso() if stopped else None, worker_id])
 
 
@@ -447,7 +448,7 @@ def live_workers(store: Store, now: float | None = None) -> list[dict[str, Any]]
     """Workers that are running: not stopped, heartbeat fresh, and (on this host) process alive."""
     now, host = time.time() if now is None else now, hostname()
     out = []
-    for w in store.db.query("SELECT * FROM workers WHERE stopped_at IS NULL ORDER BY id"):
+    for w in sql(store).query("SELECT * FROM workers WHERE stopped_at IS NULL ORDER BY id"):
         if now - w["heartbeat"] > LOST_AFTER_S or (w["host"] == host and not is_alive(w["pid"], w["pid_start"])):
             continue
         out.append(w)

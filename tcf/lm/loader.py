@@ -27,11 +27,10 @@ def load_config(model_dir: str | Path, attn_implementation: str = "sdpa") -> Pre
     """The model's transformers config, once :func:`~tcf.lm.checkpoint.read_config` has checked config.json."""
     read_config(model_dir)
     try:
-        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        return AutoConfig.from_pretrained(str(model_dir), local_files_only=True,
+                                          attn_implementation=attn_implementation)
     except (OSError, ValueError, KeyError) as exc:
         raise TcfError(f"{model_dir}/config.json: {exc}") from exc
-    config._attn_implementation = attn_implementation
-    return config
 
 
 def empty_stage(config: PretrainedConfig, start: int, stop: int, include_embedding: bool,

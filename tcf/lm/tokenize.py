@@ -26,7 +26,7 @@ import numpy as np
 
 from tcf.data.reader import RawDataset
 from tcf.errors import TcfError
-from tcf.store.artifacts import build_artifact, find_artifact, read_meta
+from tcf.util.artifacts import build_artifact, find_artifact, read_meta
 
 KIND = "tokens"
 # Bump when the packing, the tokenizer set-up in load_tokenizer or the file layout changes.

@@ -22,7 +22,7 @@ from tcf.data.reader import load_dataset
 from tcf.errors import ConfigError, TcfError
 from tcf.lm.checkpoint import checkpoint_tensors, model_size, read_config
 from tcf.preinfer.planner import BUDGET_KEY, BudgetTooSmall, Plan, plan_ranges, split_at
-from tcf.store.artifacts import META, artifact_path, read_meta
+from tcf.util.artifacts import META, artifact_path, read_meta
 from tcf.util.atomic import write_atomic
 from tcf.util.gpu import free_memory, get_provider
 from tcf.util.progress import Reporter, Tee

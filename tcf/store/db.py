@@ -49,6 +49,10 @@ RESULT_FIXED_COLUMNS = (
 )
 # Metric names become column names and string literals of the `results` view, so only names that
 # can never need quoting are accepted: "hr@10", "ndcg@10", "mrr".
+#: What reading the store may raise: a lock held past the busy timeout, a corrupt or unreadable file, a newer
+#: schema. A UI that polls shows the message and tries again.
+READ_ERRORS: tuple[type[BaseException], ...] = (TcfError, sqlite3.Error, OSError)
+
 METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(@[0-9]+)?$")
 METRIC_COLUMN = re.compile(r"^(test|valid)_(.+)$")  # a `results` column: split, then metric name
 
@@ -255,12 +259,12 @@ class Store:
         except (OSError, sqlite3.DatabaseError) as e:
             raise TcfError(f"{self.path}: cannot open the experiment store: {e}") from e
         try:
-            self.db = Database(conn)
-            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self.db.execute("PRAGMA foreign_keys = ON")
+            self._db = Database(conn)
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA foreign_keys = ON")
             self._enable_wal()
             # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits only.
-            self.db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
         except BaseException as e:
             conn.close()
@@ -269,7 +273,7 @@ class Store:
             raise
 
     def close(self) -> None:
-        self.db.close()
+        self._db.close()
 
     # -- transactions and schema -------------------------------------------------------------
 
@@ -283,7 +287,7 @@ class Store:
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         while True:
             try:
-                self.db.enable_wal()
+                self._db.enable_wal()
                 return
             except sqlite3.OperationalError as e:
                 code = getattr(e, "sqlite_errorcode", None)  # Python >= 3.11; extended code
@@ -295,7 +299,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction; IMMEDIATE so concurrent writers queue in the busy handler."""
-        conn = self.db.conn
+        conn = self._db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -306,7 +310,7 @@ class Store:
             conn.commit()
 
     def _user_version(self) -> int:
-        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
         latest = len(MIGRATIONS)
@@ -319,8 +323,8 @@ class Store:
         with self.transaction():
             version = self._user_version()  # another process may have migrated meanwhile
             for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                migration(self.db)
-                self.db.execute(f"PRAGMA user_version = {int(number)}")
+                migration(self._db)
+                self._db.execute(f"PRAGMA user_version = {int(number)}")
             self._sync_results_view(force=True)
 
     def _sync_results_view(self, force: bool = False) -> None:
@@ -329,13 +333,13 @@ class Store:
         Must run inside a write transaction: DDL in SQLite is transactional, so readers see either
         the old or the new view, never none.
         """
-        pairs = self.db.execute(
+        pairs = self._db.execute(
             "SELECT DISTINCT split, name FROM metrics WHERE split IN (?, ?)", FINAL_SPLITS
         ).fetchall()
         pairs = sorted(pairs, key=lambda p: metric_key(f"{p[0]}_{p[1]}"))
         metric_columns = [f"{split}_{name}" for split, name in pairs]
         wanted = [*RESULT_FIXED_COLUMNS, *metric_columns]
-        current = [row[1] for row in self.db.execute("PRAGMA table_info(results)").fetchall()]
+        current = [row[1] for row in self._db.execute("PRAGMA table_info(results)").fetchall()]
         if current == wanted and not force:
             return
         selects = [
@@ -356,11 +360,11 @@ class Store:
             "LEFT JOIN metrics AS m ON m.run_id = r.id AND m.split IN ('valid', 'test')\n"
             "GROUP BY r.id"
         )
-        self.db.execute("DROP VIEW IF EXISTS results")
-        self.db.create_view("results", select_sql)
+        self._db.execute("DROP VIEW IF EXISTS results")
+        self._db.create_view("results", select_sql)
 
     def _require_run(self, run_id: int) -> dict[str, Any]:
-        row = next(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]), None)
+        row = next(self._db.query("SELECT * FROM runs WHERE id = ?", [run_id]), None)
         if row is None:
             raise TcfError(f"{self.path}: no run with id {run_id}")
         return row
@@ -384,7 +388,7 @@ class Store:
             "lm_params": lm_params,
         }
         with self.transaction():
-            cursor = self.db.execute(
+            cursor = self._db.execute(
                 "INSERT INTO runs (name, config_json, config_hash, status, dataset, architecture, "
                 "item_tower, host, git_commit, created_at, lm_params) VALUES (:name, :config_json, :config_hash, "
                 ":status, :dataset, :architecture, :item_tower, :host, :git_commit, :created_at, :lm_params)",
@@ -392,7 +396,7 @@ class Store:
             )
             run_id = int(cursor.lastrowid)
             if self.job_id is not None:
-                self.db.execute("UPDATE jobs SET run_id = ? WHERE id = ? AND kind = 'train'", [run_id, self.job_id])
+                self._db.execute("UPDATE jobs SET run_id = ? WHERE id = ? AND kind = 'train'", [run_id, self.job_id])
             return run_id
 
     def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
@@ -403,18 +407,18 @@ class Store:
         with self.transaction():
             self._require_run(run_id)
             if status == "running":
-                self.db.execute(
+                self._db.execute(
                     "UPDATE runs SET status = ?, error = ?, started_at = ifnull(started_at, ?), "
                     "finished_at = NULL WHERE id = ?",
                     [status, error, now, run_id],
                 )
             elif status in TERMINAL_STATUSES:
-                self.db.execute(
+                self._db.execute(
                     "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
                     [status, error, now, run_id],
                 )
             else:
-                self.db.execute(
+                self._db.execute(
                     "UPDATE runs SET status = ?, error = ? WHERE id = ?", [status, error, run_id]
                 )
 
@@ -424,14 +428,14 @@ class Store:
         _check_metric_names(metrics)
         with self.transaction():
             self._require_run(run_id)
-            self.db.execute(
+            self._db.execute(
                 "INSERT OR REPLACE INTO epochs (run_id, epoch, train_loss, seconds) VALUES (?, ?, ?, ?)",
                 [run_id, epoch, train_loss, seconds],
             )
-            self.db.execute(
+            self._db.execute(
                 "DELETE FROM metrics WHERE run_id = ? AND split = 'epoch' AND epoch = ?", [run_id, epoch]
             )
-            self.db.conn.executemany(
+            self._db.conn.executemany(
                 "INSERT INTO metrics (run_id, split, epoch, name, value) VALUES (?, 'epoch', ?, ?, ?)",
                 [(run_id, epoch, name, float(value)) for name, value in metrics.items()],
             )
@@ -444,13 +448,13 @@ class Store:
         _check_metric_names(metrics)
         with self.transaction():
             self._require_run(run_id)
-            self.db.execute("DELETE FROM metrics WHERE run_id = ? AND split = ?", [run_id, split])
-            self.db.conn.executemany(
+            self._db.execute("DELETE FROM metrics WHERE run_id = ? AND split = ?", [run_id, split])
+            self._db.conn.executemany(
                 "INSERT INTO metrics (run_id, split, epoch, name, value) VALUES (?, ?, ?, ?, ?)",
                 [(run_id, split, best_epoch, name, float(value)) for name, value in metrics.items()],
             )
             # None means "not known by this caller", so it keeps what an earlier call recorded.
-            self.db.execute(
+            self._db.execute(
                 "UPDATE runs SET best_epoch = ifnull(?, best_epoch), "
                 "stopped_epoch = ifnull(?, stopped_epoch) WHERE id = ?",
                 [best_epoch, stopped_epoch, run_id],
@@ -464,7 +468,7 @@ class Store:
         run = self._require_run(run_id)
         run["config"] = json.loads(run["config_json"])
         rows = sorted(
-            self.db.query(
+            self._db.query(
                 "SELECT split, name, value FROM metrics WHERE run_id = ? AND split IN ('valid', 'test')",
                 [run_id],
             ),
@@ -476,11 +480,11 @@ class Store:
     def epochs(self, run_id: int) -> list[dict]:
         """Per-epoch rows in order: {"epoch", "train_loss", "seconds", "metrics": {"hr@10": ...}}."""
         self._require_run(run_id)
-        rows = list(self.db.query(
+        rows = list(self._db.query(
             "SELECT epoch, train_loss, seconds FROM epochs WHERE run_id = ? ORDER BY epoch", [run_id]
         ))
         by_epoch: dict[int, dict[str, float]] = {row["epoch"]: {} for row in rows}
-        for m in self.db.query(
+        for m in self._db.query(
             "SELECT epoch, name, value FROM metrics WHERE run_id = ? AND split = 'epoch'", [run_id]
         ):
             by_epoch.setdefault(m["epoch"], {})[m["name"]] = m["value"]
@@ -499,7 +503,7 @@ class Store:
 
             store.runs(dataset="mind", finished=True)[0]["test_ndcg@10"]
         """
-        rows = list(self.db.query(  # a run's tags are those of the last job that made it (one pass over jobs)
+        rows = list(self._db.query(  # a run's tags are those of the last job that made it (one pass over jobs)
             "SELECT res.*, runs.config_json AS config_json, job.tags_json AS tags_json "
             "FROM results AS res JOIN runs ON runs.id = res.run_id "
             "LEFT JOIN (SELECT run_id, MAX(id) AS id FROM jobs WHERE run_id IS NOT NULL GROUP BY run_id) AS last "
@@ -515,7 +519,7 @@ class Store:
 
     def result_columns(self) -> list[str]:
         """Columns of the `results` view, known even when no run matches a filter."""
-        return [row[1] for row in self.db.execute("PRAGMA table_info(results)").fetchall()]
+        return [row[1] for row in self._db.execute("PRAGMA table_info(results)").fetchall()]
 
     # -- artifacts -----------------------------------------------------------------------------
 
@@ -523,7 +527,7 @@ class Store:
                           run_id: int | None = None) -> None:
         """Record a complete artifact (idempotent: registering it again updates the row)."""
         with self.transaction():
-            self.db.execute(
+            self._db.execute(
                 "INSERT INTO artifacts (hash, kind, path, meta_json, run_id, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, hash) DO UPDATE SET path = excluded.path, "
                 "meta_json = excluded.meta_json, run_id = ifnull(excluded.run_id, artifacts.run_id)",
@@ -532,7 +536,7 @@ class Store:
 
     def artifacts(self, kind: str | None = None) -> list[dict]:
         """Registered artifacts, oldest first, with ``meta`` parsed."""
-        rows = self.db.query(
+        rows = self._db.query(
             "SELECT * FROM artifacts WHERE (:kind IS NULL OR kind = :kind) ORDER BY created_at, rowid",
             {"kind": kind},
         )
@@ -543,14 +547,14 @@ class Store:
     def log_event(self, source: str, kind: str, payload: dict[str, Any], run_id: int | None = None) -> None:
         """One progress event of a job (``source``, e.g. 'infer:<artifact hash>'); callers rate-limit."""
         with self.transaction():
-            self.db.execute(
+            self._db.execute(
                 "INSERT INTO events (source, run_id, job_id, time, kind, payload_json) VALUES (?, ?, ?, ?, ?, ?)",
                 [source, run_id, self.job_id, now_iso(), kind, json.dumps(payload, sort_keys=True, default=str)],
             )
 
     def events(self, source: str | None = None, after_id: int = 0, job_id: int | None = None) -> list[dict]:
         """Events after ``after_id`` (for tailing), oldest first, with ``payload`` parsed."""
-        rows = self.db.query(
+        rows = self._db.query(
             "SELECT * FROM events WHERE (:source IS NULL OR source = :source) "
             "AND (:job IS NULL OR job_id = :job) AND id > :after ORDER BY id",
             {"source": source, "after": after_id, "job": job_id},

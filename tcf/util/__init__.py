@@ -1,1 +1,2 @@
-"""Helpers every layer shares: atomic writes, byte sizes, NVML access, torch.distributed glue, signals."""
+"""Helpers every layer shares: atomic files and folders, content-addressed artifact folders, byte sizes and
+durations, NVML access, torch.distributed glue, the progress interface, signals."""

@@ -18,6 +18,7 @@ from helpers import ROOT, tcf
 from tcf.jobs import queue as q
 from tcf.jobs.worker import Worker, parse_gpus
 from tcf.store.db import Store
+from tcf.store.sql import connection as sql
 from tcf.util.gpu import FakeProvider
 
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -76,7 +77,7 @@ def test_three_workers_run_every_job_exactly_once(tmp_path, small_dataset):
 
 def _intervals(store: Store) -> list[tuple[str, float, float]]:
     out = []
-    for devices, start, end in store.db.execute("SELECT devices, started_at, finished_at FROM jobs").fetchall():
+    for devices, start, end in sql(store).execute("SELECT devices, started_at, finished_at FROM jobs").fetchall():
         out.append((devices, datetime.fromisoformat(start).timestamp(), datetime.fromisoformat(end).timestamp()))
     return out
 

@@ -20,6 +20,7 @@ from textual.widgets import DataTable
 
 from tcf.jobs.process import hostname
 from tcf.store.db import Store
+from tcf.store.sql import connection as sql
 from tcf.util.gpu import FakeProvider, GpuInfo
 
 FIXED = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc).timestamp()
@@ -45,19 +46,19 @@ def add_job(store: Store, job_id: int, kind: str, name: str, state: str, *, prio
             epochs: int = 10) -> None:
     config = {"dataset": {"path": "/data/mind"}, "train": {"epochs": epochs}}
     with store.transaction():
-        store.db.execute(
+        sql(store).execute(
             "INSERT INTO jobs (id, kind, name, config_json, spec_json, state, priority, tags_json, note, gpus, "
             "created_at, started_at, finished_at, attempts, host, pid, devices, heartbeat, run_id, error, log_path, "
             "peak_mem_bytes) VALUES (?, ?, ?, ?, '{}', ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [job_id, kind, name, json.dumps(config), state, priority, json.dumps(list(tags)), note, iso(9),
              started, finished, 1 if started else 0, host, pid, devices, heartbeat, run_id, error, log_path, peak])
         for dep in deps:
-            store.db.execute("INSERT INTO job_deps (job_id, dep_id) VALUES (?, ?)", [job_id, dep])
+            sql(store).execute("INSERT INTO job_deps (job_id, dep_id) VALUES (?, ?)", [job_id, dep])
 
 
 def add_event(store: Store, job_id: int, kind: str, payload: dict[str, Any], run_id: int | None = None) -> None:
     with store.transaction():
-        store.db.execute(
+        sql(store).execute(
             "INSERT INTO events (source, run_id, job_id, time, kind, payload_json) VALUES (?, ?, ?, ?, ?, ?)",
             [f"job:{job_id}", run_id, job_id, iso(11, 59), kind, json.dumps(payload)])
 

@@ -11,6 +11,7 @@ from textual.widgets import DataTable
 
 from tcf.jobs.queue import get_job
 from tcf.store.db import Store
+from tcf.store.sql import connection as sql
 from tcf.tui.app import TcfApp
 from tcf.tui.screens.queue import NO_WORKER, QueueScreen
 
@@ -93,7 +94,7 @@ async def test_running_job_with_a_dead_process_shows_lost_at_once(db, provider):
 async def test_workers_line_counts_live_workers(db, provider):
     store = Store(db)
     with store.transaction():
-        store.db.execute("INSERT INTO workers (host, pid, devices, started_at, heartbeat) VALUES "
+        sql(store).execute("INSERT INTO workers (host, pid, devices, started_at, heartbeat) VALUES "
                          "('gpu-node-1', 77, '0,1,2,3', '2025-01-01T11:00:00+00:00', ?), "
                          "('gpu-node-2', 78, '0', '2025-01-01T10:00:00+00:00', ?)", [FIXED, FIXED - 3600])
     store.close()

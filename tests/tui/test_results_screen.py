@@ -14,6 +14,7 @@ from textual.app import App
 from textual.widgets import DataTable, Input
 
 from tcf.store.db import Store
+from tcf.store.sql import connection as sql
 from tcf.tui.screens.results import DiffScreen, ExportDialog, PlotScreen, ResultsScreen
 
 pytestmark = pytest.mark.anyio
@@ -57,10 +58,10 @@ def add_run(store: Store, i: int, spec: tuple) -> int:
         store.log_final(run, "test", {"hr@10": 2 * ndcg, "ndcg@10": ndcg}, best_epoch=2, stopped_epoch=3)
     store.set_status(run, status)
     with store.transaction():  # fixed times and host: nothing depends on when or where the test runs
-        store.db.execute("UPDATE runs SET created_at = ?, started_at = ?, finished_at = ?, host = 'gpu-node-1', "
-                         "git_commit = NULL WHERE id = ?", [FIXED_TIME, FIXED_TIME, FIXED_TIME, run])
+        sql(store).execute("UPDATE runs SET created_at = ?, started_at = ?, finished_at = ?, host = 'gpu-node-1', "
+                           "git_commit = NULL WHERE id = ?", [FIXED_TIME, FIXED_TIME, FIXED_TIME, run])
         if tags:
-            store.db.execute(
+            sql(store).execute(
                 "INSERT INTO jobs (kind, name, config_json, spec_json, state, tags_json, created_at, run_id) "
                 "VALUES ('train', ?, '{}', '{}', 'finished', ?, ?, ?)", [name, json.dumps(list(tags)), FIXED_TIME, run])
     return run

@@ -7,7 +7,6 @@ while a writer holds the lock for the 30 s busy timeout.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +16,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from tcf.errors import TcfError
-from tcf.store.db import Store
+from tcf.store.db import READ_ERRORS, Store
 
 
 @contextmanager
@@ -81,7 +79,7 @@ class DataScreen(Screen):
             else:
                 with open_store(self.app.db_path) as store:
                     message = self.load(store)
-        except (TcfError, sqlite3.Error, OSError) as e:
+        except READ_ERRORS as e:
             message = LoadFailed(str(e))
         except Exception as e:  # e.g. an event this version cannot fold: say so rather than go stale silently
             message = LoadFailed(f"{type(e).__name__}: {e}")

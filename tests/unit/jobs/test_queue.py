@@ -16,6 +16,7 @@ from tcf.errors import TcfError
 from tcf.jobs import queue as q
 from tcf.jobs.process import is_alive, start_time
 from tcf.store.db import Store
+from tcf.store.sql import connection as sql
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def test_concurrent_claims_take_every_job_exactly_once(tmp_path, store, small_da
     for p in procs:
         p.join(timeout=60)
     assert sorted(claimed) == sorted(ids)
-    rows = store.db.execute("SELECT attempts, state FROM jobs").fetchall()
+    rows = sql(store).execute("SELECT attempts, state FROM jobs").fetchall()
     assert all(r == (1, "running") for r in rows)
 
 

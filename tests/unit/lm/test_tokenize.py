@@ -13,7 +13,7 @@ from tcf.data.reader import load_dataset
 from tcf.data.synth import synth_dataset
 from tcf.errors import TcfError
 from tcf.lm.tiny import train_tokenizer
-from tcf.store.artifacts import read_meta
+from tcf.util.artifacts import read_meta
 
 
 def make_tokenizer_dir(model_dir: Path, texts: list[str], vocab_size: int = 400, pad: bool = True,

@@ -30,6 +30,7 @@ from tcf.report.view import (
     varying_keys,
 )
 from tcf.store.db import Store
+from tcf.store.sql import connection as sql
 from tcf.tui.widgets.braille_plot import render_plot
 
 OPT_125M, OPT_13B = 125_239_616, 1_315_758_080
@@ -64,7 +65,7 @@ def config_of(dataset: str, tower: str, encoder: str | None, unfreeze: int, seed
 def tag_run(store: Store, run_id: int, tags: tuple[str, ...]) -> None:
     """A finished queue job that produced the run (what `tcf queue add --tag` leaves behind)."""
     with store.transaction():
-        store.db.execute(
+        sql(store).execute(
             "INSERT INTO jobs (kind, name, config_json, spec_json, state, tags_json, created_at, run_id) "
             "VALUES ('train', 'job', '{}', '{}', 'finished', ?, '2025-01-01T00:00:00+00:00', ?)",
             [json.dumps(list(tags)), run_id])

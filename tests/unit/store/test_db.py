@@ -14,6 +14,7 @@ from helpers import ROOT
 import tcf.store.db as store_mod
 from tcf.errors import TcfError
 from tcf.store.db import Store
+from tcf.store.sql import connection as sql
 
 
 def _run(store: Store, name: str = "run", dataset: str = "mind", **kw) -> int:
@@ -46,7 +47,7 @@ def test_schema_created_and_reopening_is_idempotent(tmp_path):
 
 def test_busy_timeout_is_30_seconds(tmp_path):
     store = Store(tmp_path / "e.db")
-    assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    assert sql(store).execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
 
 
 def test_pending_migrations_apply_once_in_order(tmp_path, monkeypatch):
@@ -151,7 +152,7 @@ def test_unknown_run_id_raises_tcf_error(tmp_path):
         store.log_epoch(42, 1, 0.5, 1.0, {"hr@10": 0.1})
     with pytest.raises(TcfError):
         store.log_final(42, "test", {"hr@10": 0.1}, 1, 1)
-    assert store.db.execute("SELECT count(*) FROM metrics").fetchone()[0] == 0
+    assert sql(store).execute("SELECT count(*) FROM metrics").fetchone()[0] == 0
 
 
 def test_epochs_in_order_and_relogging_replaces(tmp_path):
@@ -178,7 +179,7 @@ def test_invalid_metric_name_is_rejected_before_writing(tmp_path):
             store.log_final(run_id, "test", {"hr@10": 0.1, bad: 0.2}, 1, 1)
         with pytest.raises(ValueError, match="metric name"):
             store.log_epoch(run_id, 1, 0.1, 1.0, {bad: 0.2})
-    assert store.db.execute("SELECT count(*) FROM metrics").fetchone()[0] == 0
+    assert sql(store).execute("SELECT count(*) FROM metrics").fetchone()[0] == 0
     assert store.epochs(run_id) == []
     with pytest.raises(ValueError, match="split"):
         store.log_final(run_id, "epoch", {"hr@10": 0.1}, 1, 1)
@@ -274,7 +275,7 @@ def test_two_processes_write_concurrently(tmp_path):
         epochs = store.epochs(row["run_id"])
         assert [e["epoch"] for e in epochs] == list(range(1, n_epochs + 1))
         assert all(e["metrics"] == {"hr@10": e["epoch"] / 1000, "ndcg@10": worker / 10} for e in epochs)
-    n_metrics = store.db.execute("SELECT count(*) FROM metrics WHERE split = 'epoch'").fetchone()[0]
+    n_metrics = sql(store).execute("SELECT count(*) FROM metrics WHERE split = 'epoch'").fetchone()[0]
     assert n_metrics == 2 * 2 * n_epochs
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from tcf.errors import TcfError
-from tcf.store.artifacts import artifact_hash, build_artifact, find_artifact, read_meta
+from tcf.util.artifacts import artifact_hash, build_artifact, find_artifact, read_meta
 
 KEY = {"dataset": "abc", "tokenizer": "opt", "max_tokens": 30}
 
