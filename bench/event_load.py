@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tcf.store.db import Store  # noqa: E402
+from tcf.store.sql import connection  # noqa: E402
 
 
 def writer(db: str, index: int, hz: float, seconds: float, start_at: float, out: mp.Queue) -> None:
@@ -82,7 +83,7 @@ def run(db: Path, processes: int, hz: float, seconds: float, readers: int = 1) -
     writers = [r for r in reports if "writer" in r]
     store = Store(db)
     found: dict[tuple[int, int], int] = {}
-    for row in store.db.execute("SELECT payload_json FROM events WHERE source GLOB 'bench:*'"):
+    for row in connection(store).execute("SELECT payload_json FROM events WHERE source GLOB 'bench:*'"):
         p = json.loads(row[0])
         found[(p["writer"], p["seq"])] = found.get((p["writer"], p["seq"]), 0) + 1
     written = sum(r["written"] for r in writers)
