@@ -66,10 +66,13 @@ class BlockStack(nn.Module):
         raise NotImplementedError
 
     def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Token ids to the first block's input (most families: their token embedding alone)."""
+        return self.embed_tokens(ids)
 
-    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
-        """Blocks [start, stop) on ``hidden``; ``mask`` None: no row is padded."""
+    def run(self, hidden: torch.Tensor, mask: torch.Tensor | None, blocks: list[nn.Module],
+            start: int) -> torch.Tensor:
+        """``blocks`` (at least one, the first being block ``start``) on ``hidden``; ``mask`` None: no row is
+        padded."""
         raise NotImplementedError
 
     def final(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -91,6 +94,11 @@ class BlockStack(nn.Module):
     def _blocks(self, start: int, stop: int) -> list[nn.Module]:
         self._check_range(start, stop)
         return [self.layers[str(i)] for i in range(start, stop)]
+
+    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+        """Blocks [start, stop) on ``hidden`` (none: ``hidden`` itself); ``mask`` None: no row is padded."""
+        blocks = self._blocks(start, stop)
+        return self.run(hidden, mask, blocks, start) if blocks else hidden
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, padded: bool = True) -> torch.Tensor:
         """``padded=False`` is the caller's promise that ``mask`` is all ones (it knows its token lengths):

@@ -37,10 +37,8 @@ class BertStack(BlockStack):
     def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.embeddings(input_ids=ids)
 
-    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
-        blocks = self._blocks(start, stop)
-        if not blocks:
-            return hidden
+    def run(self, hidden: torch.Tensor, mask: torch.Tensor | None, blocks: list[nn.Module],
+            start: int) -> torch.Tensor:
         attn_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden, attention_mask=mask,
             **self.mask_options(create_bidirectional_mask, "allow_is_bidirectional_skip", mask))

@@ -64,19 +64,14 @@ class LlamaStack(BlockStack):
             return "sliding_attention"
         return "full_attention"
 
-    def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(ids)
-
-    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
-        blocks = self._blocks(start, stop)
-        if not blocks:
-            return hidden
+    def run(self, hidden: torch.Tensor, mask: torch.Tensor | None, blocks: list[nn.Module],
+            start: int) -> torch.Tensor:
         position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         # config, embeds, mask and (no) cache positionally: transformers 5.x renamed the cache argument
         args = (self.config, hidden, mask, None)
         masks: dict[str, torch.Tensor | None] = {}
         position_embeddings = self.rotary_emb(hidden, position_ids)
-        for index, block in zip(range(start, stop), blocks, strict=True):
+        for index, block in enumerate(blocks, start=start):
             kind = self._layer_type(index)
             if kind not in masks:
                 make = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask

@@ -50,10 +50,8 @@ class OPTStack(BlockStack):
             hidden = self.project_in(hidden)
         return hidden + self.embed_positions(mask, position_ids=positions)
 
-    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
-        blocks = self._blocks(start, stop)
-        if not blocks:
-            return hidden
+    def run(self, hidden: torch.Tensor, mask: torch.Tensor | None, blocks: list[nn.Module],
+            start: int) -> torch.Tensor:
         # positional: transformers 5.x renamed the 4th (cache) argument between minor releases
         attn_mask = create_causal_mask(self.config, hidden, mask, None,
                                        **self.mask_options(create_causal_mask, "allow_is_causal_skip", mask))

@@ -53,13 +53,8 @@ class T5EncoderStack(BlockStack):
             local_name = "block." + local_name.removeprefix("layers.")
         return [f"encoder.{local_name}"]
 
-    def embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(ids)
-
-    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
-        blocks = self._blocks(start, stop)
-        if not blocks:
-            return hidden
+    def run(self, hidden: torch.Tensor, mask: torch.Tensor | None, blocks: list[nn.Module],
+            start: int) -> torch.Tensor:
         length = hidden.shape[1]
         position_bias = self.relative_bias.compute_bias(length, length, device=hidden.device).to(hidden.dtype)
         attn_mask = create_bidirectional_mask(
