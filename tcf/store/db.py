@@ -534,14 +534,6 @@ class Store:
                 [hash, kind, str(path), json.dumps(meta, sort_keys=True, default=str), run_id, now_iso()],
             )
 
-    def artifacts(self, kind: str | None = None) -> list[dict]:
-        """Registered artifacts, oldest first, with ``meta`` parsed."""
-        rows = self._db.query(
-            "SELECT * FROM artifacts WHERE (:kind IS NULL OR kind = :kind) ORDER BY created_at, rowid",
-            {"kind": kind},
-        )
-        return [{**row, "meta": json.loads(row["meta_json"])} for row in rows]
-
     # -- progress events -----------------------------------------------------------------------
 
     def log_event(self, source: str, kind: str, payload: dict[str, Any], run_id: int | None = None) -> None:

@@ -43,6 +43,7 @@ def test_kind_cannot_escape_the_root(tmp_path, kind):
 
 def test_store_registers_artifacts_once(tmp_path):
     from tcf.store.db import Store
+    from tcf.store.sql import connection as sql
 
     store = Store(tmp_path / "e.db")
     run = store.create_run(name="r", config={}, config_hash="h", dataset="d", architecture="sasrec",
@@ -52,6 +53,6 @@ def test_store_registers_artifacts_once(tmp_path):
     path = find_artifact(tmp_path / "artifacts", "tokens", KEY)
     store.register_artifact("tokens", artifact_hash(KEY), path, read_meta(path), run_id=run)
     store.register_artifact("tokens", artifact_hash(KEY), path, read_meta(path))  # reuse: same row
-    (row,) = store.artifacts("tokens")
-    assert row["run_id"] == run and row["path"] == str(path) and row["meta"]["key"] == KEY
-    assert store.artifacts("latents") == []
+    rows = list(sql(store).query("SELECT kind, run_id, path, meta_json FROM artifacts"))
+    assert [(r["kind"], r["run_id"], r["path"]) for r in rows] == [("tokens", run, str(path))]
+    assert json.loads(rows[0]["meta_json"])["key"] == KEY
