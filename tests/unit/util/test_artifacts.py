@@ -1,3 +1,7 @@
+"""Content-addressed artifact folders: found by key, built whole, registered in the store once."""
+
+import json
+
 import pytest
 
 from tcf.errors import TcfError
