@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from tcf.report.render import Grid
 
 app = typer.Typer(help="Text-based collaborative filtering experiments.", rich_markup_mode="rich",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Check, convert, filter and synthesize datasets.", no_args_is_help=True)
 import_app = typer.Typer(help="Convert public datasets into the TCF layout.", no_args_is_help=True)
 queue_app = typer.Typer(help="Queue experiments for `tcf worker`: add, list, cancel, retry, edit, remove.",
@@ -572,6 +571,21 @@ def _in_flag_terms(e: TcfError) -> str:
     return str(e)
 
 
+def _usage_exit(e: Exception) -> int | None:
+    """The exit code of a usage error, ``--help`` or an Exit from click, or from the copy of click that newer
+    typer releases carry (its classes are not click's); None for anything else. A usage error prints
+    usage and one line (``e.show()``), never a traceback."""
+    if type(e).__name__ == "Abort":
+        print("interrupted", file=sys.stderr)
+        return 130
+    code = getattr(e, "exit_code", None)
+    if not isinstance(code, int):
+        return None
+    if hasattr(e, "show"):
+        e.show()
+    return code
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line and exit code 2, never a traceback."""
     _flags_given.clear()
@@ -580,14 +594,14 @@ def main(argv: list[str] | None = None) -> None:
     except TcfError as e:
         print(f"error: {_in_flag_terms(e)}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        code = _usage_exit(e)
+        if code is None:
+            raise
+        sys.exit(code)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
