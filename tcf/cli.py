@@ -114,7 +114,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _print_comparison(results: list) -> None:
-    from tcf.store.db import metric_key
+    from tcf.store.schema import metric_key
 
     table = Table(title="test metrics (full ranking, x100)")
     table.add_column("run")

@@ -204,6 +204,15 @@ class Config(_Section):
             return f"{base}-{self.model.item_tower}"
         return f"{base}-{Path(te.model).name}" + (f"-top{te.unfreeze}" if te.unfreeze else "-frozen")
 
+    def resolved(self) -> Config:
+        """A copy with the dataset and text-encoder paths made absolute (against the current folder): what a
+        run or a job stores, so that it reads the same files wherever it resumes."""
+        cfg = self.model_copy(deep=True)
+        cfg.dataset.path = str(Path(cfg.dataset.path).resolve())
+        if cfg.text_encoder is not None:
+            cfg.text_encoder.model = str(Path(cfg.text_encoder.model).resolve())
+        return cfg
+
     def hash(self) -> str:
         """Hash of everything that determines the result (the name does not)."""
         data = self.model_dump(mode="json", exclude={"name"})

@@ -32,9 +32,9 @@ from typing import Any
 
 from tcf.config import Config
 from tcf.errors import ConfigError, TcfError
-from tcf.jobs.process import hostname, is_alive
 from tcf.store.db import Store, now_iso
 from tcf.store.sql import connection as sql
+from tcf.util.process import hostname, is_alive
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "lost")
 ENDED_BADLY = ("failed", "cancelled", "lost")
@@ -153,15 +153,6 @@ def get_job(store: Store, job_id: int, now: float | None = None) -> Job:
 
 # -- adding --------------------------------------------------------------------------------------
 
-def _absolute(cfg: Config) -> Config:
-    """Paths resolved against the caller's working directory: a worker may run anywhere."""
-    cfg = cfg.model_copy(deep=True)
-    cfg.dataset.path = str(Path(cfg.dataset.path).resolve())
-    if cfg.text_encoder is not None:
-        cfg.text_encoder.model = str(Path(cfg.text_encoder.model).resolve())
-    return cfg
-
-
 def _encoder_key(cfg: Config, keep: tuple[int, ...]) -> str:
     from tcf.preinfer.encode import encoder_identity
 
@@ -197,7 +188,7 @@ def add_jobs(store: Store, configs: list[Config], *, priority: int = 0, tags: li
     if gpus < 1:
         raise ConfigError(None, "gpus", "must be at least 1")
     tags = _check_tags(tags)
-    configs = [_absolute(c) for c in configs]
+    configs = [c.resolved() for c in configs]
     depths = sweep_depths(configs)
     added: list[int] = []
     with store.transaction():

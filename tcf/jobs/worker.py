@@ -26,9 +26,9 @@ from typing import Any, TextIO
 
 from tcf.errors import ConfigError
 from tcf.jobs import queue as q
-from tcf.jobs.process import hostname, start_time
 from tcf.store.db import JOB_ENV, Store
 from tcf.util.gpu import GpuProvider, get_provider
+from tcf.util.process import hostname, start_time
 from tcf.util.units import format_bytes
 
 CPU = "cpu"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from tcf.data.reader import load_dataset
 from tcf.errors import ConfigError, TcfError
 from tcf.lm.checkpoint import checkpoint_tensors, model_size, read_config
 from tcf.preinfer.planner import BUDGET_KEY, BudgetTooSmall, Plan, plan_ranges, split_at
-from tcf.util.artifacts import META, artifact_path, read_meta
+from tcf.util.artifacts import META, artifact_hash, artifact_path, read_meta
 from tcf.util.atomic import write_atomic
 from tcf.util.gpu import free_memory, get_provider
+from tcf.util.lock import file_lock
 from tcf.util.progress import Reporter, Tee
 
 KEY_FORMAT = 3  # of the latents key below: a new format never matches an artifact of an old one
@@ -168,9 +170,12 @@ def finish_artifact(work: Path, final: Path, meta: dict[str, Any]) -> None:
 
 
 def _look_up_or_plan(cfg: Config, db_path: Path, keep: list[int], compute: str, device: torch.device,
-                     store: Any) -> dict[str, Any]:
+                     store: Any, hold: ExitStack, ui: Reporter | None) -> dict[str, Any]:
     """Rank 0's share: tokenize (once), register the tokens, and find a finished artifact that serves
-    ``keep`` or plan the ranges (with a boundary at each kept depth) of a new one."""
+    ``keep`` or plan the ranges (with a boundary at each kept depth) of a new one.
+
+    Before planning it takes the lock of these latents (held in ``hold`` until the artifact is in place):
+    a second run that needs them at the same time waits for the first, then reuses what it made."""
     from tcf.lm.tokenize import token_table
 
     te = cfg.text_encoder
@@ -181,11 +186,22 @@ def _look_up_or_plan(cfg: Config, db_path: Path, keep: list[int], compute: str, 
     key = latents_key(cfg, tokens_path.name, compute)
     store.register_artifact("tokens", tokens_path.name, tokens_path, read_meta(tokens_path))
     found = find_latents(root, key, set(keep))
+    if found is None:
+        waiting = (lambda: ui.stage("waiting for another process encoding these items")) if ui else None
+        hold.enter_context(file_lock(lock_path(root, key), what="pre-inference of these items", wait=True,
+                                     on_wait=waiting))
+        found = find_latents(root, key, set(keep))
     if found is not None:
         store.register_artifact("latents", found.name, found, read_meta(found))
         return {"tokens": str(tokens_path), "key": key, "found": str(found)}
     plan = split_at(make_plan(cfg, len(table.item_keys), device), keep)
     return {"tokens": str(tokens_path), "key": key, "found": None, "plan": plan}
+
+
+def lock_path(root: Path, key: dict[str, Any]) -> Path:
+    """The lock one pre-inference of ``key`` (whatever depths it keeps) holds while it runs: an empty file
+    that stays (removing it could let a third process lock a new file while a second holds the old one)."""
+    return root / "latents" / ".locks" / artifact_hash(key)
 
 
 def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | None = None,
@@ -216,25 +232,26 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | No
     device = device or (ctx.device if ctx.distributed else default_device(gpu))
     compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
     store = Store(db_path) if ctx.is_main else None
-    job = broadcast_object(_look_up_or_plan(cfg, db_path, keep, compute, device, store) if store is not None else {},
-                           ctx)
-    if job["found"]:
-        return Path(job["found"]), True
-    table = load_token_table(job["tokens"])
-    final = artifact_path(db_path.resolve().parent / "artifacts", "latents", {**job["key"], "depths": keep})
-    work = final.parent / f".work-{final.name}"
-    work.parent.mkdir(parents=True, exist_ok=True)
-    reporter = Tee(EventWriter(store, f"infer:{final.name}"), ui) if store is not None else None
-    run_preinference(model_dir, table.ids, table.lengths, table.item_keys, job["plan"], work,
-                     dtype=DTYPES[compute], latent_dtype=DTYPES[te.latent_dtype], device=device,
-                     keep_depths=tuple(keep), reporter=reporter, ctx=ctx)
-    if store is not None:
-        meta = {"kind": "latents", "hash": final.name, "key": job["key"], "model": str(model_dir),
-                "n_items": len(table.item_keys), "n_blocks": n_blocks, "max_tokens": te.max_tokens,
-                "latent_dtype": te.latent_dtype, "depths": sorted(keep), "poolings": list(POOLINGS),
-                "tokens": job["tokens"], "ranges": [(r.start, r.stop) for r in job["plan"].ranges],
-                "ranks": ctx.world_size}
-        finish_artifact(work, final, meta)
-        store.register_artifact("latents", final.name, final, meta)
+    with ExitStack() as hold:
+        job = broadcast_object(_look_up_or_plan(cfg, db_path, keep, compute, device, store, hold, ui)
+                               if store is not None else {}, ctx)
+        if job["found"]:
+            return Path(job["found"]), True
+        table = load_token_table(job["tokens"])
+        final = artifact_path(db_path.resolve().parent / "artifacts", "latents", {**job["key"], "depths": keep})
+        work = final.parent / f".work-{final.name}"
+        work.parent.mkdir(parents=True, exist_ok=True)
+        reporter = Tee(EventWriter(store, f"infer:{final.name}"), ui) if store is not None else None
+        run_preinference(model_dir, table.ids, table.lengths, table.item_keys, job["plan"], work,
+                         dtype=DTYPES[compute], latent_dtype=DTYPES[te.latent_dtype], device=device,
+                         keep_depths=tuple(keep), reporter=reporter, ctx=ctx)
+        if store is not None:
+            meta = {"kind": "latents", "hash": final.name, "key": job["key"], "model": str(model_dir),
+                    "n_items": len(table.item_keys), "n_blocks": n_blocks, "max_tokens": te.max_tokens,
+                    "latent_dtype": te.latent_dtype, "depths": sorted(keep), "poolings": list(POOLINGS),
+                    "tokens": job["tokens"], "ranges": [(r.start, r.stop) for r in job["plan"].ranges],
+                    "ranks": ctx.world_size}
+            finish_artifact(work, final, meta)
+            store.register_artifact("latents", final.name, final, meta)
     barrier(ctx)
     return final, False

@@ -17,13 +17,11 @@ other inputs, dtypes or another model is an error, not something to overwrite si
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +38,7 @@ from tcf.preinfer.latents import DTYPES, ArrayFile, Key, LatentStore, dtype_name
 from tcf.preinfer.pinned import PinnedRing, Spec, slot_bytes
 from tcf.preinfer.planner import Plan, RangePlan
 from tcf.util.dist import DistContext, barrier, gather_objects
+from tcf.util.lock import file_lock
 from tcf.util.progress import Reporter
 
 STATE_FORMAT = 2  # of a work folder's state.json: a folder of another format is not resumed
@@ -118,7 +117,8 @@ def run_preinference(
     _check_inputs(ids, lengths, item_keys)
     job = _Job(Path(model_dir), ids, lengths, plan, LatentStore(out_dir), dtype, dtype_name(latent_dtype or dtype),
                device, reporter or Reporter(), progress_every, ctx or DistContext(0, 1, device))
-    with _exclusive(Path(out_dir)) if job.ctx.is_main else contextlib.nullcontext():
+    with (file_lock(Path(out_dir) / ".lock", what="pre-inference in this folder") if job.ctx.is_main
+          else contextlib.nullcontext()):
         job.open_folder(item_keys, keep_depths)
         job.run()
     return Path(out_dir)
@@ -491,18 +491,3 @@ def _resume_index(ranges: list[RangePlan], committed: list[int]) -> int:
         if ranges[i].start in committed:
             return i
     return 0
-
-
-@contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
-    """One process per folder: a second run fails at once instead of corrupting the first one's files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TcfError(f"{folder}: another process is running pre-inference here") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

@@ -128,9 +128,14 @@ class _Session:
 
 
 class Trainer:
+    """Trains one run. ``identity`` (the run's uuid, config hash and input fingerprints) goes into every
+    checkpoint it writes, and a checkpoint it reads must carry the same: it never continues another run."""
+
     def __init__(self, cfg: Config, data: Prepared, ctx: DistContext, ckpt_dir: Path,
-                 reporter: Reporter | None = None, text: TextSource | None = None):
+                 reporter: Reporter | None = None, text: TextSource | None = None,
+                 identity: dict[str, Any] | None = None):
         self.cfg, self.data, self.ctx, self.ckpt_dir = cfg, data, ctx, ckpt_dir
+        self.identity = identity or {}
         self.reporter = reporter or Reporter()
         self.model = build_model(cfg, data, text)
         self.ks = cfg.eval.ks
@@ -206,8 +211,18 @@ class Trainer:
         torch.manual_seed(self.cfg.seed + 7919 * (self.ctx.rank + 1))  # dropout streams differ per rank
         return FitState()
 
+    def _load(self, name: str) -> dict[str, Any]:
+        """A checkpoint of this run (TcfError for one of another run, or of another config or inputs)."""
+        path = self.ckpt_dir / name
+        ck = checkpoint.load(path, self.ctx.device)
+        if ck.get("identity") != self.identity:
+            theirs = (ck.get("identity") or {}).get("run", "no run identity")
+            raise TcfError(f"{path}: a checkpoint of another run ({theirs}), not of {self.identity.get('run')}; "
+                           "refusing to continue from it")
+        return ck
+
     def _restore(self, s: _Session) -> FitState:
-        ck = checkpoint.load(self.ckpt_dir / "last.pt", self.ctx.device)
+        ck = self._load("last.pt")
         s.model.load_state_dict(ck["model"])
         s.optimizer.load_state_dict(ck["optimizer"])
         s.scaler.load_state_dict(ck["scaler"])
@@ -272,14 +287,15 @@ class Trainer:
         if metrics[SELECT_METRIC] > state.best_hr:
             state.best_hr, state.best_epoch, state.bad, state.best_valid = metrics[SELECT_METRIC], epoch, 0, metrics
             if self.ctx.is_main:
-                checkpoint.save_atomic({"model": s.model.state_dict(), "epoch": epoch}, self.ckpt_dir / "best.pt")
+                checkpoint.save_atomic({"model": s.model.state_dict(), "epoch": epoch, "identity": self.identity},
+                                       self.ckpt_dir / "best.pt")
         else:
             state.bad += 1
         return metrics
 
     def _test_best(self, state: FitState, stopped: int) -> TrainResult:
         barrier(self.ctx)  # best.pt is complete before any rank reads it
-        best = checkpoint.load(self.ckpt_dir / "best.pt", self.ctx.device)
+        best = self._load("best.pt")
         self.model.load_state_dict(best["model"])
         test = self._evaluate("test")
         return TrainResult(state.best_epoch, stopped, state.best_valid, test, state.epoch_seconds, state.eval_seconds)
@@ -293,6 +309,7 @@ class Trainer:
             gathered = [rng]
         if self.ctx.is_main:
             checkpoint.save_atomic({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-                                    "scaler": s.scaler.state_dict(), "rng": gathered, "state": asdict(state)},
+                                    "scaler": s.scaler.state_dict(), "rng": gathered, "state": asdict(state),
+                                    "identity": self.identity},
                                    self.ckpt_dir / "last.pt")
         barrier(self.ctx)

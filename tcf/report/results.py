@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from tcf.report.render import Grid, GridColumn, Shown, Table, label, pct
-from tcf.store.db import is_metric_column, metric_key
+from tcf.store.schema import is_metric_column, metric_key
 
 LEADING_COLUMNS = ("run_id", "name", "status", "dataset", "architecture", "item_tower", "best_epoch")
 

@@ -25,7 +25,8 @@ from pathlib import PurePath
 from typing import Any, get_args
 
 from tcf.errors import ConfigError, TcfError
-from tcf.store.db import Store, is_metric_column, metric_key
+from tcf.store.db import Store
+from tcf.store.schema import is_metric_column, metric_key
 
 MISSING = "-"  # how a run without the field (an ID run's text_encoder.model) prints
 DEFAULT_METRIC = "test_ndcg@10"

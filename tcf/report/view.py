@@ -24,7 +24,7 @@ from typing import Any
 from tcf.report.plot import Panel, scaling_panels
 from tcf.report.render import Cell, Grid, GridColumn, Shown, Table, latex_escape, metric_text, render
 from tcf.report.runs import DEFAULT_METRIC, RunRecord, display, flatten, matches, parse_query, sort_key
-from tcf.store.db import metric_key
+from tcf.store.schema import metric_key
 
 VIEW_FORMATS = ("latex", "md", "csv")  # what the screen exports (tcf.report.render's registry)
 METRIC_PREFIX = "test_"

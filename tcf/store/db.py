@@ -21,12 +21,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
-import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -37,163 +36,25 @@ from sqlite_utils import Database
 from sqlite_utils.db import quote_identifier
 
 from tcf.errors import TcfError
+from tcf.store.schema import (
+    APPLICATION_ID,
+    FINAL_SPLITS,
+    METRIC_NAME,
+    MIGRATIONS,
+    READABLE_FROM,
+    metric_key,
+    sync_results_view,
+)
+from tcf.util.process import hostname, is_alive, start_time
 
 BUSY_TIMEOUT_MS = 30_000
 JOB_ENV = "TCF_JOB_ID"  # set by a worker for the job process it starts (tcf.jobs)
 STATUSES = ("created", "running", "finished", "failed", "interrupted")
 TERMINAL_STATUSES = ("finished", "failed", "interrupted")
-FINAL_SPLITS = ("test", "valid")  # order of the metric columns in the `results` view
-RESULT_FIXED_COLUMNS = (
-    "run_id", "name", "status", "dataset", "architecture", "item_tower",
-    "best_epoch", "stopped_epoch", "created_at", "finished_at", "lm_params",
-)
-# Metric names become column names and string literals of the `results` view, so only names that
-# can never need quoting are accepted: "hr@10", "ndcg@10", "mrr".
 #: What reading the store may raise: a lock held past the busy timeout, a corrupt or unreadable file, a newer
 #: schema. A UI that polls shows the message and tries again.
 READ_ERRORS: tuple[type[BaseException], ...] = (TcfError, sqlite3.Error, OSError)
 
-METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*(@[0-9]+)?$")
-METRIC_COLUMN = re.compile(r"^(test|valid)_(.+)$")  # a `results` column: split, then metric name
-
-
-def _m001_initial(db: Database) -> None:
-    """Runs, per-epoch training figures and metrics in long format (one row per value)."""
-    statements = [
-        """CREATE TABLE runs (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL,
-            config_json TEXT NOT NULL,
-            config_hash TEXT NOT NULL,
-            status TEXT NOT NULL,
-            dataset TEXT,
-            architecture TEXT,
-            item_tower TEXT,
-            host TEXT,
-            git_commit TEXT,
-            created_at TEXT NOT NULL,
-            started_at TEXT,
-            finished_at TEXT,
-            best_epoch INTEGER,
-            stopped_epoch INTEGER,
-            error TEXT
-        )""",
-        "CREATE INDEX runs_dataset ON runs(dataset)",
-        "CREATE INDEX runs_config_hash ON runs(config_hash)",
-        """CREATE TABLE epochs (
-            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-            epoch INTEGER NOT NULL,
-            train_loss REAL,
-            seconds REAL,
-            PRIMARY KEY (run_id, epoch)
-        )""",
-        """CREATE TABLE metrics (
-            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-            split TEXT NOT NULL CHECK (split IN ('epoch', 'valid', 'test')),
-            epoch INTEGER,
-            name TEXT NOT NULL,
-            value REAL
-        )""",
-        # epoch is NULL for a final split without a best epoch; ifnull keeps such rows unique too.
-        "CREATE UNIQUE INDEX metrics_key ON metrics(run_id, split, ifnull(epoch, -1), name)",
-    ]
-    for sql in statements:
-        db.execute(sql)
-
-
-def _m002_artifacts(db: Database) -> None:
-    """Registry of content-addressed artifacts (token ids, latents, ...) and the run that made them."""
-    db.execute("""CREATE TABLE artifacts (
-        hash TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        path TEXT NOT NULL,
-        meta_json TEXT NOT NULL,
-        run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
-        created_at TEXT NOT NULL,
-        PRIMARY KEY (kind, hash)
-    )""")
-
-
-def _m003_events(db: Database) -> None:
-    """Structured progress events (stage, block range, items done/total, items/s, GPU memory) of any job."""
-    db.execute("""CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        source TEXT NOT NULL,
-        run_id INTEGER REFERENCES runs(id) ON DELETE CASCADE,
-        time TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        payload_json TEXT NOT NULL
-    )""")
-    db.execute("CREATE INDEX events_source ON events(source, id)")
-
-
-def _m004_lm_params(db: Database) -> None:
-    """Parameter count of a run's text encoder: the x axis of the scaling plots (NULL for ID towers)."""
-    db.execute("ALTER TABLE runs ADD COLUMN lm_params INTEGER")
-
-
-def _m005_jobs(db: Database) -> None:
-    """The job queue (tcf.jobs): jobs, their dependencies, the workers that run them; events name their job."""
-    statements = [
-        """CREATE TABLE jobs (
-            id INTEGER PRIMARY KEY,
-            kind TEXT NOT NULL CHECK (kind IN ('infer', 'train')),
-            name TEXT NOT NULL,
-            config_json TEXT NOT NULL,
-            spec_json TEXT NOT NULL,
-            key TEXT,
-            state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'finished', 'failed', 'cancelled', 'lost')),
-            priority INTEGER NOT NULL DEFAULT 0,
-            tags_json TEXT NOT NULL DEFAULT '[]',
-            note TEXT NOT NULL DEFAULT '',
-            gpus INTEGER NOT NULL DEFAULT 1,
-            mem_bytes INTEGER,
-            created_at TEXT NOT NULL,
-            started_at TEXT,
-            finished_at TEXT,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            worker_id INTEGER,
-            host TEXT,
-            pid INTEGER,
-            pid_start INTEGER,
-            devices TEXT,
-            heartbeat REAL,
-            peak_mem_bytes INTEGER,
-            cancel_requested INTEGER NOT NULL DEFAULT 0,
-            run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
-            artifact TEXT,
-            exit_code INTEGER,
-            error TEXT,
-            log_path TEXT
-        )""",
-        "CREATE INDEX jobs_state ON jobs(state, priority, id)",
-        """CREATE TABLE job_deps (
-            job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-            dep_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-            PRIMARY KEY (job_id, dep_id)
-        )""",
-        "CREATE INDEX job_deps_dep ON job_deps(dep_id)",
-        """CREATE TABLE workers (
-            id INTEGER PRIMARY KEY,
-            host TEXT NOT NULL,
-            pid INTEGER NOT NULL,
-            pid_start INTEGER,
-            devices TEXT NOT NULL,
-            started_at TEXT NOT NULL,
-            heartbeat REAL NOT NULL,
-            stopped_at TEXT,
-            status TEXT NOT NULL DEFAULT ''
-        )""",
-        "ALTER TABLE events ADD COLUMN job_id INTEGER",
-        "CREATE INDEX events_job ON events(job_id, id)",
-    ]
-    for sql in statements:
-        db.execute(sql)
-
-
-# Append only: never edit or reorder an applied migration; user_version = len(applied).
-MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events, _m004_lm_params,
-                                                _m005_jobs]
 
 
 def now_iso() -> str:
@@ -222,25 +83,6 @@ def _check_metric_names(metrics: dict[str, float]) -> None:
             raise ValueError(f"invalid metric name {name!r} (expected e.g. 'hr@10', 'ndcg@10')")
 
 
-def metric_key(name: str) -> tuple[int, str, int]:
-    """The one order of metrics everywhere (view columns, tables, messages): test before valid, then the
-    metric's name, then K as a number, so hr@5 < hr@10 < ndcg@5. Takes metric names ("hr@10", after
-    any split-prefixed ones) and `results` columns ("test_hr@10")."""
-    m = METRIC_COLUMN.match(name)
-    split, metric = (FINAL_SPLITS.index(m.group(1)), m.group(2)) if m else (len(FINAL_SPLITS), name)
-    base, _, k = metric.partition("@")
-    return split, base, int(k) if k.isdigit() else -1
-
-
-def is_metric_column(column: str) -> bool:
-    """Whether a `results` column holds a final metric ("test_hr@10", "valid_ndcg@10")."""
-    return METRIC_COLUMN.match(column) is not None
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 class Store:
     """experiments.db through sqlite-utils: WAL, busy_timeout 30 s, migrations by PRAGMA user_version.
 
@@ -249,28 +91,53 @@ class Store:
     is linked to the job, so that the queue and the TUI can follow the job without parsing logs.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, readonly: bool = False):
+        """Open (a writer: create and migrate) the store at ``path``. ``readonly`` opens an existing store
+        without changing a byte of it (no WAL switch, no migration): what commands that only read use.
+        A file that is not a tcf store is refused before anything touches it."""
         self.path = Path(path).expanduser().resolve()
+        self.readonly = readonly
         job = os.environ.get(JOB_ENV, "")
         self.job_id: int | None = int(job) if job.isdigit() else None
+        if readonly and not self.path.is_file():
+            raise TcfError(f"{self.path}: no such result store")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000)
+            if not readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            target = f"{self.path.as_uri()}?mode=ro" if readonly else str(self.path)
+            conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, uri=readonly)
         except (OSError, sqlite3.DatabaseError) as e:
             raise TcfError(f"{self.path}: cannot open the experiment store: {e}") from e
         try:
             self._db = Database(conn)
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA foreign_keys = ON")
-            self._enable_wal()
-            # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits only.
-            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._check_ours()
+            if not readonly:
+                self._enable_wal()
+                # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits only.
+                self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
         except BaseException as e:
             conn.close()
             if isinstance(e, sqlite3.DatabaseError):
                 raise TcfError(f"{self.path}: cannot open the experiment store: {e}") from e
             raise
+
+    def _check_ours(self) -> None:
+        """A tcf store carries the application id; one written before it did is told by its tables; a new
+        or empty file becomes one (writers only). Anything else is another program's file."""
+        app = int(self._db.execute("PRAGMA application_id").fetchone()[0])
+        version = self._user_version()
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if app == APPLICATION_ID or (app == 0 and version >= 1 and {"runs", "metrics"} <= tables):
+            return
+        if app == 0 and version == 0 and not tables:
+            if self.readonly:
+                raise TcfError(f"{self.path}: an empty file, not a tcf result store")
+            return
+        raise TcfError(f"{self.path}: not a tcf result store (application id {app:#x}, schema version "
+                       f"{version}, tables: {', '.join(sorted(tables)) or 'none'}); tcf leaves it as it is")
 
     def close(self) -> None:
         self._db.close()
@@ -318,50 +185,25 @@ class Store:
         if version > latest:
             raise TcfError(f"{self.path}: schema version {version} is newer than this tcf "
                            f"understands ({latest}); upgrade tcf")
+        if self.readonly:
+            if version < READABLE_FROM:
+                raise TcfError(f"{self.path}: schema version {version} is too old to read; a command that "
+                               "writes (tcf run, tcf queue add, tcf worker) brings it up to date")
+            return
         if version == latest:
             return
         with self.transaction():
             version = self._user_version()  # another process may have migrated meanwhile
+            if version == 0:
+                self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
                 migration(self._db)
                 self._db.execute(f"PRAGMA user_version = {int(number)}")
-            self._sync_results_view(force=True)
+            sync_results_view(self._db, self.path, force=True)
 
-    def _sync_results_view(self, force: bool = False) -> None:
-        """(Re)create the `results` view so that every (split, metric) present has a column.
-
-        Must run inside a write transaction: DDL in SQLite is transactional, so readers see either
-        the old or the new view, never none.
-        """
-        pairs = self._db.execute(
-            "SELECT DISTINCT split, name FROM metrics WHERE split IN (?, ?)", FINAL_SPLITS
-        ).fetchall()
-        pairs = sorted(pairs, key=lambda p: metric_key(f"{p[0]}_{p[1]}"))
-        metric_columns = [f"{split}_{name}" for split, name in pairs]
-        wanted = [*RESULT_FIXED_COLUMNS, *metric_columns]
-        current = [row[1] for row in self._db.execute("PRAGMA table_info(results)").fetchall()]
-        if current == wanted and not force:
-            return
-        selects = [
-            "r.id AS run_id", "r.name AS name", "r.status AS status", "r.dataset AS dataset",
-            "r.architecture AS architecture", "r.item_tower AS item_tower",
-            "r.best_epoch AS best_epoch", "r.stopped_epoch AS stopped_epoch",
-            "r.created_at AS created_at", "r.finished_at AS finished_at", "r.lm_params AS lm_params",
-        ]
-        for (split, name), column in zip(pairs, metric_columns, strict=True):
-            if not METRIC_NAME.match(name):  # rows written by something other than this class
-                raise TcfError(f"{self.path}: invalid metric name {name!r} in table metrics")
-            selects.append(
-                f"MAX(CASE WHEN m.split = {_sql_string(split)} AND m.name = {_sql_string(name)} "
-                f"THEN m.value END) AS {quote_identifier(column)}"
-            )
-        select_sql = (
-            "SELECT " + ",\n  ".join(selects) + "\nFROM runs AS r\n"
-            "LEFT JOIN metrics AS m ON m.run_id = r.id AND m.split IN ('valid', 'test')\n"
-            "GROUP BY r.id"
-        )
-        self._db.execute("DROP VIEW IF EXISTS results")
-        self._db.create_view("results", select_sql)
+    def has_column(self, table: str, column: str) -> bool:
+        """Whether the schema has ``table.column`` (a reader of an older schema finds newer ones absent)."""
+        return any(r[1] == column for r in self._db.execute(f"PRAGMA table_info({quote_identifier(table)})"))
 
     def _require_run(self, run_id: int) -> dict[str, Any]:
         row = next(self._db.query("SELECT * FROM runs WHERE id = ?", [run_id]), None)
@@ -371,33 +213,52 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def create_run(self, *, name: str, config: dict, config_hash: str, dataset: str,
-                   architecture: str, item_tower: str, lm_params: int | None = None) -> int:
-        """Record a new run (status 'created') with the host and git commit that will produce it."""
+    def create_run(self, *, name: str, config: dict, config_hash: str, dataset: str, architecture: str,
+                   item_tower: str, lm_params: int | None = None, inputs: dict[str, Any] | None = None) -> int:
+        """Record a new run (status 'created') with a fresh uuid, the fingerprints of its ``inputs``, and the
+        host and git commit that will produce it."""
         row = {
             "name": name,
+            "uuid": uuid.uuid4().hex,
             "config_json": json.dumps(config, sort_keys=True, default=str),
             "config_hash": config_hash,
             "status": "created",
             "dataset": dataset,
             "architecture": architecture,
             "item_tower": item_tower,
-            "host": socket.gethostname(),
+            "host": hostname(),
             "git_commit": _git_commit(),
             "created_at": now_iso(),
             "lm_params": lm_params,
+            "inputs_json": json.dumps(inputs or {}, sort_keys=True),
         }
         with self.transaction():
             cursor = self._db.execute(
-                "INSERT INTO runs (name, config_json, config_hash, status, dataset, architecture, "
-                "item_tower, host, git_commit, created_at, lm_params) VALUES (:name, :config_json, :config_hash, "
-                ":status, :dataset, :architecture, :item_tower, :host, :git_commit, :created_at, :lm_params)",
-                row,
-            )
+                "INSERT INTO runs (name, uuid, config_json, config_hash, status, dataset, architecture, item_tower, "
+                "host, git_commit, created_at, lm_params, inputs_json) VALUES (:name, :uuid, :config_json, "
+                ":config_hash, :status, :dataset, :architecture, :item_tower, :host, :git_commit, :created_at, "
+                ":lm_params, :inputs_json)", row)
             run_id = int(cursor.lastrowid)
             if self.job_id is not None:
                 self._db.execute("UPDATE jobs SET run_id = ? WHERE id = ? AND kind = 'train'", [run_id, self.job_id])
             return run_id
+
+    def add_inputs(self, run_id: int, inputs: dict[str, Any]) -> None:
+        """Fingerprints of inputs known only later (the latents a pre-inference made), merged into the run's."""
+        with self.transaction():
+            known = json.loads(self._require_run(run_id)["inputs_json"] or "{}")
+            self._db.execute("UPDATE runs SET inputs_json = ? WHERE id = ?",
+                             [json.dumps({**known, **inputs}, sort_keys=True), run_id])
+
+    def claim_run(self, run_id: int) -> None:
+        """This process owns the run now (status 'running'): readers tell a run whose owner is gone from one
+        that is training (the caller holds the run's lock, so no live process owns it already)."""
+        with self.transaction():
+            self._require_run(run_id)
+            self._db.execute(
+                "UPDATE runs SET status = 'running', error = NULL, started_at = ifnull(started_at, ?), "
+                "finished_at = NULL, owner_host = ?, owner_pid = ?, owner_pid_start = ? WHERE id = ?",
+                [now_iso(), hostname(), os.getpid(), start_time(os.getpid()), run_id])
 
     def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
         """'running' stamps started_at the first time; a terminal status stamps finished_at."""
@@ -459,7 +320,7 @@ class Store:
                 "stopped_epoch = ifnull(?, stopped_epoch) WHERE id = ?",
                 [best_epoch, stopped_epoch, run_id],
             )
-            self._sync_results_view()
+            sync_results_view(self._db, self.path)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -467,6 +328,7 @@ class Store:
         """The `runs` row plus `config` (parsed) and `metrics` ({"test_hr@10": ..., "valid_...": ...})."""
         run = self._require_run(run_id)
         run["config"] = json.loads(run["config_json"])
+        run["inputs"] = json.loads(run.get("inputs_json") or "{}")
         rows = sorted(
             self._db.query(
                 "SELECT split, name, value FROM metrics WHERE run_id = ? AND split IN ('valid', 'test')",
@@ -512,10 +374,21 @@ class Store:
             "AND (:glob IS NULL OR res.name GLOB :glob) ORDER BY res.run_id",
             {"dataset": dataset, "glob": name_glob, "finished": int(finished)},
         ))
+        owners = self._owners() if any(r["status"] == "running" for r in rows) else {}
         for row in rows:
             row["config"] = json.loads(row.pop("config_json") or "{}")
             row["tags"] = tuple(json.loads(row.pop("tags_json") or "[]"))
+            if row["status"] == "running" and row["run_id"] in owners and not owners[row["run_id"]]:
+                row["status"] = "interrupted"  # its process is gone: it cannot be training
         return rows
+
+    def _owners(self) -> dict[int, bool]:
+        """Running runs of this host: whether the process that owns each still lives (PID and start time)."""
+        if not self.has_column("runs", "owner_pid"):
+            return {}
+        rows = self._db.execute("SELECT id, owner_pid, owner_pid_start FROM runs WHERE status = 'running' "
+                                "AND owner_host = ? AND owner_pid IS NOT NULL", [hostname()]).fetchall()
+        return {run_id: is_alive(pid, started) for run_id, pid, started in rows}
 
     def result_columns(self) -> list[str]:
         """Columns of the `results` view, known even when no run matches a filter."""

@@ -17,15 +17,16 @@ class RichReporter(Reporter):
         self.task = None
 
     def __enter__(self) -> RichReporter:
-        self.progress.start()
-        return self
+        return self  # the display starts with the first stage: an error before it prints one line, no bar
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.task is not None:
+            self.progress.stop()
 
     def stage(self, name: str, total: int | None = None, epoch: int | None = None) -> None:
         desc = f"{self.run_name}: {stage_label(name, epoch)}"
         if self.task is None:
+            self.progress.start()
             self.task = self.progress.add_task(desc, total=total)
         else:
             self.progress.reset(self.task, total=total, description=desc)

@@ -91,7 +91,7 @@ def _no_complete_latents(root: Path) -> None:
     """No latents artifact exists, and no work folder holds committed item embeddings."""
     latents = root / "artifacts" / "latents"
     if latents.is_dir():
-        assert [p.name for p in latents.iterdir() if not p.name.startswith(".work-")] == []
+        assert [p.name for p in latents.iterdir() if p.name != ".locks" and not p.name.startswith(".work-")] == []
         for work in latents.glob(".work-*"):
             assert not list(work.glob("pooled-*.npy")) and not list(work.glob("boundary-*.npy"))
 

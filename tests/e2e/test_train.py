@@ -63,7 +63,9 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, small_dataset):
     done = _epochs_done(db)
     assert 3 <= done < 6
     (killed,) = _results(db)
-    assert killed["status"] == "running"  # SIGKILL leaves no chance to record anything
+    with sqlite3.connect(db) as c:  # SIGKILL leaves no chance to record anything ...
+        assert c.execute("SELECT status FROM runs").fetchone()[0] == "running"
+    assert killed["status"] == "interrupted"  # ... but its owner is gone, so readers say what it is
 
     r = tcf("run", "--resume", str(killed["run_id"]), "--db", str(db), cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -18,10 +18,10 @@ from rich.text import Text
 from textual.content import Content
 from textual.widgets import DataTable
 
-from tcf.jobs.process import hostname
 from tcf.store.db import Store
 from tcf.store.sql import connection as sql
 from tcf.util.gpu import FakeProvider, GpuInfo
+from tcf.util.process import hostname
 
 FIXED = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc).timestamp()
 GiB = 1 << 30

@@ -14,9 +14,9 @@ import pytest
 from tcf.config import load_config
 from tcf.errors import TcfError
 from tcf.jobs import queue as q
-from tcf.jobs.process import is_alive, start_time
 from tcf.store.db import Store
 from tcf.store.sql import connection as sql
+from tcf.util.process import is_alive, start_time
 
 
 @pytest.fixture

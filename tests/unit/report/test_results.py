@@ -121,7 +121,7 @@ def test_unknown_format_is_a_user_error_about_the_format(rows):
 def test_one_metric_order_for_every_table():
     """tcf.store.db.metric_key orders view columns, tables, the TUI and messages alike: test before valid,
     then by name, then K as a number (hr@5 before hr@10, which a string sort gets wrong)."""
-    from tcf.store.db import metric_key
+    from tcf.store.schema import metric_key
 
     columns = ["valid_hr@10", "test_ndcg@10", "test_hr@10", "test_mrr", "test_hr@5", "valid_hr@5"]
     assert sorted(columns, key=metric_key) == ["test_hr@5", "test_hr@10", "test_mrr", "test_ndcg@10",
