@@ -191,7 +191,7 @@ def results(
     from tcf.report.results import results_table
     from tcf.report.runs import load_runs
     from tcf.store.db import Store
-    from tcf.util.atomic import write_atomic
+    from tcf.util.atomic import write_user_file
 
     metric = _one_metric(metric, value)
     _flags_given.update(pivot="--pivot", baseline="--baseline", format="--format")
@@ -217,7 +217,7 @@ def results(
         return
     text = _plain(_rich_table(table.grid)) if format == "table" else render(table, format)
     if output is not None:
-        write_atomic(output, text)
+        write_user_file(output, text)
     else:
         sys.stdout.write(text)
 

@@ -30,7 +30,7 @@ def dataset_folder(out: str | Path) -> Iterator[Path]:
     >>> with dataset_folder("data/synth") as tmp:         # doctest: +SKIP
     ...     (tmp / "behaviors.tsv").write_text("user_id\\titems\\n")
     """
-    out = Path(out)
+    out = Path(out).resolve()  # a link is followed: the data goes where it points, the link stays
     check_output_folder(out)
     try:
         with atomic_folder(out) as tmp:

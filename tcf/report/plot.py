@@ -13,6 +13,7 @@ The Results screen draws the same panels in braille (tcf.tui.widgets.braille_plo
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ from tcf.report.runs import (
     sort_key,
 )
 from tcf.store.db import Store
-from tcf.util.atomic import atomic_file
+from tcf.util.atomic import write_user_file
 
 PANEL_INCHES = (4.8, 3.6)  # one dataset's subplot
 DPI = 100
@@ -188,6 +189,7 @@ def plot_scaling(store: Store, out: Path, metric: str | None = None, dataset: st
         raise TcfError(f"{store.path}: no finished run with lm_params and {metric}: the scaling plot needs "
                        "text-tower runs (their text encoder's parameter count is the x axis)")
     fig = draw_scaling(panels, metric)
-    with atomic_file(out) as tmp:
-        fig.savefig(tmp, format=fmt)
+    image = io.BytesIO()
+    fig.savefig(image, format=fmt)
+    write_user_file(out, image.getvalue())
     return panels

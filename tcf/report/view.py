@@ -8,7 +8,7 @@ on one layout::
 
     runs = load_runs(Store("experiments.db"))
     view = build_view(runs, ViewState(grouped=True, sort=("test_ndcg@10", True), query="dataset:mind"))
-    write_atomic(Path("table.tex"), export(view, "latex"))
+    write_user_file(Path("table.tex"), export(view, "latex"))
 
 Cells print through tcf.report.render's one cell formatter; csv keeps fractions at full precision.
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,3 +93,37 @@ def atomic_folder(out: str | Path, *, replace: bool | Callable[[Path], bool] = F
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_user_file(path: str | Path, data: bytes | str) -> None:
+    """Write a file the user named (``--output``, ``--out``, an export) without clobbering what it is.
+
+    A symbolic link is followed: its target gets the data, the link stays a link. A regular file (or a new
+    path in an existing folder) is written whole (:func:`atomic_file`) and keeps its permission bits; a FIFO
+    or a character device (``/dev/stdout``, ``/dev/null``) is written into, never replaced; anything else
+    (a folder, a socket, a block device) is refused with a TcfError naming ``path``.
+    """
+    path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    target = path.resolve()
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise TcfError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    if st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        try:
+            with open(target, "wb") as f:
+                f.write(raw)
+        except OSError as exc:
+            raise TcfError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        return
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise TcfError(f"{path}: not a regular file; tcf writes only files, it will not replace this")
+    if not target.parent.is_dir():
+        raise TcfError(f"{path}: the folder {target.parent} does not exist")
+    with atomic_file(target) as tmp:
+        tmp.write_bytes(raw)
+        if st is not None:
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))

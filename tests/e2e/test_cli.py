@@ -161,3 +161,20 @@ def test_embedded_demo_synthesizes_data_and_compares_models(tmp_path):
     assert again.returncode == 0 and "synthesized" not in again.stderr and "built" not in again.stderr
     with sqlite3.connect(tmp_path / "experiments.db") as c:  # the rerun ran no encoder forward pass
         assert c.execute(starts).fetchone()[0] == encoded
+
+
+def test_results_output_follows_links_and_streams_into_pipes(tmp_path, small_dataset):
+    """Reported (issue 17, item 5): `--output` replaced a symlink, a FIFO and, as root, /dev/null by a file."""
+    assert tcf_here("run", _config(tmp_path, small_dataset), cwd=tmp_path).returncode == 0
+    target = tmp_path / "paper" / "table.md"
+    target.parent.mkdir()
+    link = tmp_path / "table.md"
+    link.symlink_to(target)
+    r = tcf_here("results", "--format", "md", "--output", str(link), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and target.read_text().startswith("|") and "pop" in target.read_text()
+    r = tcf_here("results", "--format", "csv", "--output", "/dev/null", cwd=tmp_path)
+    assert r.returncode == 0 and Path("/dev/null").is_char_device()
+    (tmp_path / "out.md").mkdir()
+    r = tcf_here("results", "--format", "md", "--output", str(tmp_path / "out.md"), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {tmp_path / 'out.md'}: not a regular file")

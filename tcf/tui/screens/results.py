@@ -46,7 +46,7 @@ from tcf.tui.widgets.braille_plot import render_plot
 from tcf.tui.widgets.filter_box import FilterBox
 from tcf.tui.widgets.table import Table
 from tcf.tui.widgets.tabs import ScreenTabs
-from tcf.util.atomic import write_atomic
+from tcf.util.atomic import write_user_file
 
 DEFAULT_EXPORT = "results.tex"
 
@@ -319,7 +319,7 @@ class ResultsScreen(DataScreen):
             path = Path(name).expanduser()
             path = path if path.is_absolute() else Path.cwd() / path
             try:
-                write_atomic(path, export(self.view, fmt))
+                write_user_file(path, export(self.view, fmt))
             except TcfError as e:
                 self.notify(str(e), title="export", severity="error")
                 return

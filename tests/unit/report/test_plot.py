@@ -126,3 +126,19 @@ def test_cli_plot(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: --out: unknown figure format '.jpg'")
     r = tcf("plot", "--out", "fig.png", "--series", "tower", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: --series: unknown field 'tower'")
+
+
+def test_the_figure_follows_a_link_and_never_replaces_a_folder(tmp_path):
+    """Sibling of `--output` (issue 17, item 5): `tcf plot --out` goes through the same writer."""
+    db = tmp_path / "e.db"
+    seed(db)
+    target = tmp_path / "figures" / "scaling.png"
+    target.parent.mkdir()
+    link = tmp_path / "latest.png"
+    link.symlink_to(target)
+    plot_scaling(Store(db), link)
+    assert link.is_symlink() and target.read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(TcfError, match="not a regular file"):
+        plot_scaling(Store(db), tmp_path / "folder.png")
+    assert (tmp_path / "folder.png").is_dir()
