@@ -207,10 +207,10 @@ def results(
 
         if not db.exists():
             raise TcfError(f"{db}: no such result store")
-        table = pivot_table(pivot_from_store(Store(db), pivot, metric=metric, baseline=baseline,
+        table = pivot_table(pivot_from_store(Store(db, readonly=True), pivot, metric=metric, baseline=baseline,
                                              dataset=dataset, name_glob=name))
     else:
-        runs = load_runs(Store(db), dataset=dataset, name_glob=name) if db.exists() else []
+        runs = load_runs(Store(db, readonly=True), dataset=dataset, name_glob=name) if db.exists() else []
         table = results_table([run.row for run in runs])
     if format == "table" and output is None:
         out.print(_rich_table(table.grid))
@@ -242,7 +242,7 @@ def plot(
     fields = parse_fields(series, "series") if series is not None else None
     if not db.exists():
         raise TcfError(f"{db}: no such result store")
-    panels = plot_scaling(Store(db), out_path, metric=metric, dataset=dataset, series=fields)
+    panels = plot_scaling(Store(db, readonly=True), out_path, metric=metric, dataset=dataset, series=fields)
     points = sum(len(s.points) for p in panels for s in p.series)
     err.print(f"wrote {out_path}: {len(panels)} dataset(s), {points} point(s)")
 
@@ -381,7 +381,7 @@ def queue_ls(
     for s in states or ():
         if s not in (*STATES, "blocked"):
             raise TcfError(f"--state: unknown state {s!r}; one of {', '.join((*STATES, 'blocked'))}")
-    store = Store(db) if db.exists() else None
+    store = Store(db, readonly=True) if db.exists() else None
     jobs = list_jobs(store, states) if store is not None else []
     progress = {j.id: progress_summary(live_view(store, j)) for j in jobs if j.state in ("running", "finished")}
     if as_json:

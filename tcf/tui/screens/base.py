@@ -20,8 +20,10 @@ from tcf.store.db import READ_ERRORS, Store
 
 
 @contextmanager
-def open_store(path: Any) -> Iterator[Store]:
-    store = Store(path)
+def open_store(path: Any, readonly: bool = True) -> Iterator[Store]:
+    """This thread's own Store: read-only for the screens' loads (watching never changes a byte of the file),
+    writable for the queue actions the user asks for."""
+    store = Store(path, readonly=readonly)
     try:
         yield store
     finally:
@@ -99,7 +101,7 @@ class DataScreen(Screen):
 
         def work() -> None:
             try:
-                with open_store(self.app.db_path) as store:
+                with open_store(self.app.db_path, readonly=False) as store:
                     done = ActionDone(fn(store))
             except Exception as e:  # any failure of a user action is reported, never a crash
                 done = ActionDone(str(e) or type(e).__name__, error=True)
