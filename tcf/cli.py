@@ -372,15 +372,15 @@ def queue_ls(
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """The jobs: running, then queued by priority, then ended (newest first)."""
-    from tcf.jobs.queue import STATES, list_jobs
+    from tcf.jobs.queue import SHOWN, list_jobs
     from tcf.store.db import Store
     from tcf.store.events import live_view, progress_summary
     from tcf.tui.styles import STATE_STYLE
 
     states = tuple(s.strip() for s in state.split(",")) if state else None
     for s in states or ():
-        if s not in (*STATES, "blocked"):
-            raise TcfError(f"--state: unknown state {s!r}; one of {', '.join((*STATES, 'blocked'))}")
+        if s not in SHOWN:
+            raise TcfError(f"--state: unknown state {s!r}; one of {', '.join(SHOWN)}")
     store = Store(db, readonly=True) if db.exists() else None
     jobs = list_jobs(store, states) if store is not None else []
     progress = {j.id: progress_summary(live_view(store, j)) for j in jobs if j.state in ("running", "finished")}

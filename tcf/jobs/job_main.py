@@ -56,7 +56,7 @@ class LogReporter(Reporter):
         _say(f"range {i} committed in {seconds:.1f} s")
 
 
-def _heartbeats(db: Path, job_id: int, stop: threading.Event) -> None:
+def _heartbeats(db: Path, job_id: int, attempt: int, stop: threading.Event) -> None:
     from tcf.jobs.queue import HEARTBEAT_S, heartbeat
     from tcf.store.db import Store
 
@@ -64,7 +64,7 @@ def _heartbeats(db: Path, job_id: int, stop: threading.Event) -> None:
     try:
         while not stop.wait(HEARTBEAT_S):
             try:
-                heartbeat(store, job_id, process_gpu_memory().get("gpu_reserved_peak_bytes"))
+                heartbeat(store, job_id, process_gpu_memory().get("gpu_reserved_peak_bytes"), attempt)
             except Exception as e:  # noqa: BLE001 - a missed beat must not kill the job; the next one retries
                 _say(f"heartbeat failed: {e}")
     finally:
@@ -72,6 +72,10 @@ def _heartbeats(db: Path, job_id: int, stop: threading.Event) -> None:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    """The first SIGTERM/SIGINT stops the job; later ones (a cancel and the worker forwarding it both send
+    one) are ignored, so the job records its end in peace: its worker SIGKILLs it if that takes too long."""
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -84,14 +88,9 @@ def _physical_gpu() -> int:
 
 def run_job(db: Path, job_id: int) -> int:
     """Run job ``job_id`` of ``db`` in this process; returns the exit code."""
-    import torch
-
-    from tcf.config import Config
-    from tcf.experiment import run_experiment
     from tcf.jobs.queue import get_job
-    from tcf.preinfer.encode import run_infer_job
     from tcf.store.db import Store
-    from tcf.util.dist import init_distributed, shutdown
+    from tcf.util.dist import shutdown
 
     os.environ[JOB_ENV] = str(job_id)  # every Store opened below tags its events with the job
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -101,34 +100,14 @@ def run_job(db: Path, job_id: int) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     stop = threading.Event()
     if main_rank:
-        threading.Thread(target=_heartbeats, args=(db, job_id, stop), daemon=True, name="heartbeat").start()
+        threading.Thread(target=_heartbeats, args=(db, job_id, job.attempts, stop), daemon=True,
+                         name="heartbeat").start()
     _say(f"job {job_id} ({job.kind}) {job.name}: attempt {job.attempts}, devices {job.devices}")
     state, error, code, artifact = "finished", None, 0, None
     try:
-        cfg = Config.model_validate(job.config)
-        keep = tuple(job.spec.get("keep_depths", ()))
-        if job.kind == "infer":
-            ctx = init_distributed("auto")
-            device = ctx.device if ctx.distributed else (
-                torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
-            path, reused = run_infer_job(cfg, db, device=device, gpu=_physical_gpu(), keep_depths=keep,
-                                         ui=LogReporter() if main_rank else None)
-            artifact = str(path)
-            _say(("reused " if reused else "wrote ") + artifact)
-        else:
-            resume = None
-            if job.run_id is not None:
-                status = store.get_run(job.run_id)["status"]
-                if status == "finished":
-                    _say(f"run {job.run_id} already finished")
-                    return _end(store, job_id, main_rank, "finished", None, 0, None)
-                resume = job.run_id
-                _say(f"resuming run {resume} from its last checkpoint")
-            ctx = init_distributed(cfg.train.device)
-            result = run_experiment(cfg, db, reporter=LogReporter(), resume_run_id=resume, ctx=ctx,
-                                    keep_depths=keep)
-            _say(f"run {result.run_id} finished: " + "  ".join(
-                f"{k} {100 * v:.2f}" for k, v in result.metrics.items() if k.startswith("test_")))
+        if get_job(store, job_id).cancel_requested:  # cancelled while its process started
+            raise KeyboardInterrupt("before it started")
+        artifact = _work(job, db, store, main_rank)
     except KeyboardInterrupt as e:
         state, error, code = "cancelled", f"cancelled ({e or 'SIGINT'})", 130
     except TcfError as e:
@@ -139,17 +118,45 @@ def run_job(db: Path, job_id: int) -> int:
     finally:
         stop.set()
         shutdown()
-    return _end(store, job_id, main_rank, state, error, code, artifact)
-
-
-def _end(store: Any, job_id: int, main_rank: bool, state: str, error: str | None, code: int,
-         artifact: str | None) -> int:
-    from tcf.jobs.queue import finish_job
-
     if main_rank:
-        finish_job(store, job_id, state, error=error, exit_code=code, artifact=artifact)
+        from tcf.jobs.queue import finish_job
+
+        finish_job(store, job_id, state, error=error, exit_code=code, artifact=artifact, attempt=job.attempts)
     _say(f"job {job_id} {state}" + (f": {error}" if error else ""))
     return code
+
+
+def _work(job: Any, db: Path, store: Any, main_rank: bool) -> str | None:
+    """The job's work: a pre-inference (returns its artifact) or a training run (resumed on a retry)."""
+    import torch
+
+    from tcf.config import Config
+    from tcf.experiment import run_experiment
+    from tcf.preinfer.encode import run_infer_job
+    from tcf.util.dist import init_distributed
+
+    cfg = Config.model_validate(job.config)
+    keep = tuple(job.spec.get("keep_depths", ()))
+    if job.kind == "infer":
+        ctx = init_distributed("auto")
+        device = ctx.device if ctx.distributed else (
+            torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+        path, reused = run_infer_job(cfg, db, device=device, gpu=_physical_gpu(), keep_depths=keep,
+                                     ui=LogReporter() if main_rank else None)
+        _say(("reused " if reused else "wrote ") + str(path))
+        return str(path)
+    resume = None
+    if job.run_id is not None:
+        if store.get_run(job.run_id)["status"] == "finished":
+            _say(f"run {job.run_id} already finished")
+            return None
+        resume = job.run_id
+        _say(f"resuming run {resume} from its last checkpoint")
+    result = run_experiment(cfg, db, reporter=LogReporter(), resume_run_id=resume,
+                            ctx=init_distributed(cfg.train.device), keep_depths=keep)
+    _say(f"run {result.run_id} finished: " + "  ".join(
+        f"{k} {100 * v:.2f}" for k, v in result.metrics.items() if k.startswith("test_")))
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

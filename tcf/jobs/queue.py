@@ -5,11 +5,14 @@ sweep needs), ``train`` runs one experiment config. A text-tower ``train`` job d
 ``infer`` job of its encoder, so the GPU-heavy pre-inference runs once and first.
 
 States: ``queued`` -> ``running`` -> ``finished`` | ``failed`` | ``cancelled`` | ``lost``. ``lost`` is a
-failure the job could not report itself: its process died (SIGKILL, OOM killer, power cut) or stopped
-sending heartbeats. Readers show a ``running`` job whose process is gone as ``lost`` at once
-(:func:`display_state`); a worker records it (:func:`reap_lost`). A queued job waiting on a dependency
-that ended badly shows as ``blocked``. ``retry`` puts failed, lost and cancelled jobs back: a
-pre-inference job resumes from its last committed block range, a training job from its last checkpoint.
+failure the job could not report itself: its process died (SIGKILL, OOM killer, power cut). Liveness is
+decided from the process first (PID and start time, on its own host) and the heartbeat second: a job
+whose process lives but is silent (paused, swapping, busy importing) shows as ``stale``, never ``lost``;
+a job of another host is lost only after a long silence. Readers show a job whose process is gone as
+``lost`` at once (:func:`display_state`); a worker records it (:func:`reap_lost`); a job that ends after
+all records its true end. A queued job waiting on a dependency that ended badly shows as ``blocked``.
+``retry`` puts failed, lost and cancelled jobs back: a pre-inference job resumes from its last committed
+block range, a training job from its last checkpoint.
 
 Claiming is a single ``UPDATE ... RETURNING`` inside ``BEGIN IMMEDIATE``, so two workers never take
 the same job::
@@ -37,10 +40,12 @@ from tcf.store.sql import connection as sql
 from tcf.util.process import hostname, is_alive
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "lost")
+SHOWN = (*STATES, "stale", "blocked")  # what a reader may see: a stored state, or one of two readings
 ENDED_BADLY = ("failed", "cancelled", "lost")
 TERMINAL = ("finished", *ENDED_BADLY)
 HEARTBEAT_S = 5.0  # a job process writes its heartbeat this often
-LOST_AFTER_S = 20.0  # a running job without a heartbeat for this long is lost, whatever its host
+STALE_AFTER_S = 20.0  # a running job silent this long shows as stale (its process is alive but quiet)
+HOST_LOST_AFTER_S = 600.0  # a job of another host (whose process we cannot see) silent this long is lost
 
 
 
@@ -85,19 +90,37 @@ class Job:
 
 
 def display_state(row: dict[str, Any], dep_states: list[str], now: float | None = None,
-                  host: str | None = None) -> str:
-    """``lost`` for a running job whose process is gone (same host) or silent too long; ``blocked`` for
-    a queued job whose dependency ended badly; else the stored state."""
+                  host: str | None = None, workers: dict[int, dict[str, Any]] | None = None) -> str:
+    """What a person should see: a running job's liveness (:func:`liveness`); ``blocked`` for a queued job
+    whose dependency ended badly; else the stored state."""
     state = row["state"]
     if state == "running":
-        now = time.time() if now is None else now
-        if row["heartbeat"] is not None and now - row["heartbeat"] > LOST_AFTER_S:
-            return "lost"
-        if row["pid"] and row["host"] == (host or hostname()) and not is_alive(row["pid"], row["pid_start"]):
-            return "lost"
+        return liveness(row, time.time() if now is None else now, host or hostname(), workers or {})[0]
     if state == "queued" and any(s in ENDED_BADLY for s in dep_states):
         return "blocked"
     return state
+
+
+def liveness(row: dict[str, Any], now: float, host: str, workers: dict[int, dict[str, Any]]) -> tuple[str, str]:
+    """('running' | 'stale' | 'lost', why) of a running job: on its own host its process decides (its
+    worker's, before it has one), the heartbeat only tells running from stale; elsewhere a long silence."""
+    silent = row["heartbeat"] is not None and now - row["heartbeat"] > STALE_AFTER_S
+    quiet = ("stale", f"no heartbeat for {now - (row['heartbeat'] or now):.0f} s") if silent else ("running", "")
+    if row["host"] == host:
+        if row["pid"]:
+            return quiet if is_alive(row["pid"], row["pid_start"]) else ("lost", f"process {row['pid']} on "
+                                                                             f"{row['host']} is gone")
+        worker = workers.get(row["worker_id"])  # claimed, not started yet: its worker starts it
+        if worker is not None and not is_alive(worker["pid"], worker["pid_start"]):
+            return "lost", f"worker {row['worker_id']} died before starting it"
+        return quiet
+    if row["heartbeat"] is not None and now - row["heartbeat"] > HOST_LOST_AFTER_S:
+        return "lost", f"no heartbeat from {row['host']} for {HOST_LOST_AFTER_S:.0f} s"
+    return quiet
+
+
+def _workers(store: Store) -> dict[int, dict[str, Any]]:
+    return {w["id"]: w for w in sql(store).query("SELECT id, host, pid, pid_start FROM workers")}
 
 
 def _deps(store: Store) -> dict[int, list[tuple[int, str]]]:
@@ -109,14 +132,15 @@ def _deps(store: Store) -> dict[int, list[tuple[int, str]]]:
     return deps
 
 
-def _job(row: dict[str, Any], deps: list[tuple[int, str]], now: float, host: str) -> Job:
+def _job(row: dict[str, Any], deps: list[tuple[int, str]], now: float, host: str,
+         workers: dict[int, dict[str, Any]]) -> Job:
     row = dict(row)
     config = json.loads(row.pop("config_json"))
     spec = json.loads(row.pop("spec_json"))
     tags = tuple(json.loads(row.pop("tags_json")))
     row.pop("key", None)
     row["cancel_requested"] = bool(row["cancel_requested"])
-    return Job(**row, display=display_state(row, [s for _, s in deps], now, host), tags=tags,
+    return Job(**row, display=display_state(row, [s for _, s in deps], now, host, workers), tags=tags,
                deps=tuple(d for d, _ in deps), config=config, spec=spec)
 
 
@@ -127,7 +151,8 @@ def list_jobs(store: Store, states: tuple[str, ...] | None = None, now: float | 
     """
     now, host = time.time() if now is None else now, hostname()
     deps = _deps(store)
-    jobs = [_job(r, deps.get(r["id"], []), now, host) for r in sql(store).query("SELECT * FROM jobs")]
+    workers = _workers(store)
+    jobs = [_job(r, deps.get(r["id"], []), now, host, workers) for r in sql(store).query("SELECT * FROM jobs")]
 
     def order(j: Job) -> tuple[int, int, int]:
         if j.state == "running":
@@ -148,7 +173,7 @@ def get_job(store: Store, job_id: int, now: float | None = None) -> Job:
     deps = [(r[0], r[1]) for r in sql(store).execute(
         "SELECT d.dep_id, p.state FROM job_deps d JOIN jobs p ON p.id = d.dep_id WHERE d.job_id = ? ORDER BY 1",
         [job_id]).fetchall()]
-    return _job(row, deps, time.time() if now is None else now, hostname())
+    return _job(row, deps, time.time() if now is None else now, hostname(), _workers(store))
 
 
 # -- adding --------------------------------------------------------------------------------------
@@ -347,10 +372,10 @@ def busy_devices(store: Store) -> set[str]:
     """GPUs of this host that a running job holds: one whose process lives, or that was claimed and
     is being started (no PID yet). A dead worker's jobs keep running and keep their GPUs."""
     busy: set[str] = set()
-    for devices, pid, started in sql(store).execute(
-            "SELECT devices, pid, pid_start FROM jobs WHERE state = 'running' AND host = ? AND devices IS NOT NULL",
-            [hostname()]).fetchall():
-        if pid is None or is_alive(pid, started):
+    for devices, pid, started, state in sql(store).execute(
+            "SELECT devices, pid, pid_start, state FROM jobs WHERE state IN ('running', 'lost') AND host = ? "
+            "AND devices IS NOT NULL", [hostname()]).fetchall():
+        if is_alive(pid, started) or (pid is None and state == "running"):
             busy.update(d for d in devices.split(",") if d.isdigit())
     return busy
 
@@ -380,45 +405,52 @@ def set_process(store: Store, job_id: int, pid: int, pid_start: int | None, log_
                          [pid, pid_start, log_path, time.time(), job_id])
 
 
-def heartbeat(store: Store, job_id: int, peak_mem_bytes: int | None = None) -> bool:
-    """Record that the job lives (and its peak GPU memory); False once it is no longer running."""
+def heartbeat(store: Store, job_id: int, peak_mem_bytes: int | None = None, attempt: int | None = None) -> bool:
+    """Record that the job lives (and its peak GPU memory); False once it has ended. A job marked lost while
+    its process lived (another host's long silence) is running again: ``attempt`` proves it is that process
+    (and a retry's new attempt is never touched by the old one)."""
     with store.transaction():
         cur = sql(store).execute(
-            "UPDATE jobs SET heartbeat = ?, peak_mem_bytes = max(ifnull(peak_mem_bytes, 0), ifnull(?, 0)) "
-            "WHERE id = ? AND state = 'running'", [time.time(), peak_mem_bytes, job_id])
+            "UPDATE jobs SET heartbeat = ?, peak_mem_bytes = max(ifnull(peak_mem_bytes, 0), ifnull(?, 0)), "
+            "state = 'running', error = NULL, finished_at = NULL WHERE id = ? AND (CASE WHEN ? IS NULL THEN "
+            "state = 'running' ELSE state IN ('running', 'lost') AND attempts = ? END)",
+            [time.time(), peak_mem_bytes, job_id, attempt, attempt])
         return cur.rowcount > 0
 
 
 def finish_job(store: Store, job_id: int, state: str, *, error: str | None = None, exit_code: int | None = None,
-               artifact: str | None = None) -> bool:
-    """Record how a running job ended; a job that is no longer running keeps its state (returns False)."""
+               artifact: str | None = None, attempt: int | None = None) -> bool:
+    """Record how a running job ended (returns False if it had ended already). The job process passes its
+    ``attempt``: a job recorded lost meanwhile then gets its true end, and a retried one is left alone."""
     if state not in TERMINAL:
         raise ValueError(f"not a terminal job state: {state!r}")
     with store.transaction():
         cur = sql(store).execute(
             "UPDATE jobs SET state = ?, error = ?, exit_code = ifnull(?, exit_code), "
-            "artifact = ifnull(?, artifact), finished_at = ? WHERE id = ? AND state = 'running'",
-            [state, error, exit_code, artifact, now_iso(), job_id])
+            "artifact = ifnull(?, artifact), finished_at = ? WHERE id = ? AND (CASE WHEN ? IS NULL THEN "
+            "state = 'running' ELSE state IN ('running', 'lost') AND attempts = ? END)",
+            [state, error, exit_code, artifact, now_iso(), job_id, attempt, attempt])
         if cur.rowcount and state in ("lost", "cancelled"):
             # the run cannot say so itself any more: leave it resumable, not "running" forever
             sql(store).execute("UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? WHERE id = "
-                             "(SELECT run_id FROM jobs WHERE id = ?) AND status IN ('created', 'running')",
-                             [error or f"job {state}", now_iso(), job_id])
+                               "(SELECT run_id FROM jobs WHERE id = ?) AND status IN ('created', 'running')",
+                               [error or f"job {state}", now_iso(), job_id])
         return cur.rowcount > 0
 
 
 def reap_lost(store: Store, now: float | None = None, skip: Collection[int] = ()) -> list[int]:
-    """Record every running job whose process is gone (this host) or silent too long (any host) as lost.
+    """Record every running job whose process is gone (this host) or long silent (another host) as lost;
+    a paused or busy job is only stale and stays running.
 
     ``skip``: the calling worker's own children, which it waits for itself to record how they ended (a
     SIGKILLed child is gone, a zombie, before the worker collects its exit status)."""
-    lost = [j for j in list_jobs(store, states=("lost",), now=now) if j.state == "running" and j.id not in skip]
-    for job in lost:
-        silent = job.heartbeat is not None and (now or time.time()) - job.heartbeat > LOST_AFTER_S
-        why = (f"no heartbeat for {LOST_AFTER_S:.0f} s" if silent
-               else f"process {job.pid} on {job.host} is gone")
-        finish_job(store, job.id, "lost", error=f"lost: {why}")
-    return [j.id for j in lost]
+    now, host, workers = time.time() if now is None else now, hostname(), _workers(store)
+    lost = []
+    for row in sql(store).query("SELECT * FROM jobs WHERE state = 'running'"):
+        state, why = liveness(row, now, host, workers)
+        if state == "lost" and row["id"] not in skip and finish_job(store, row["id"], "lost", error=f"lost: {why}"):
+            lost.append(row["id"])
+    return lost
 
 
 def register_worker(store: Store, pid: int, pid_start: int | None, devices: str) -> int:
@@ -436,14 +468,10 @@ def worker_heartbeat(store: Store, worker_id: int, status: str, stopped: bool = 
 
 
 def live_workers(store: Store, now: float | None = None) -> list[dict[str, Any]]:
-    """Workers that are running: not stopped, heartbeat fresh, and (on this host) process alive."""
+    """Workers that are running: not stopped, and on this host their process alive (elsewhere: a fresh heartbeat)."""
     now, host = time.time() if now is None else now, hostname()
-    out = []
-    for w in sql(store).query("SELECT * FROM workers WHERE stopped_at IS NULL ORDER BY id"):
-        if now - w["heartbeat"] > LOST_AFTER_S or (w["host"] == host and not is_alive(w["pid"], w["pid_start"])):
-            continue
-        out.append(w)
-    return out
+    return [w for w in sql(store).query("SELECT * FROM workers WHERE stopped_at IS NULL ORDER BY id")
+            if (is_alive(w["pid"], w["pid_start"]) if w["host"] == host else now - w["heartbeat"] <= STALE_AFTER_S)]
 
 
 def match_jobs(jobs: list[Job], text: str) -> list[Job]:

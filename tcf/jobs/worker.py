@@ -219,9 +219,13 @@ class Worker:
             r.log.close()
             del self.running[job_id]
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            if q.finish_job(self.store, job_id, "lost", error=f"lost: the job process ended ({how}) "
-                            "without recording its end", exit_code=code):
-                self.say(f"job {job_id} lost ({how})")
+            if r.term_sent is not None or q.get_job(self.store, job_id).cancel_requested:
+                # stopped as asked (a SIGTERM before its handlers were set ends a starting job at once)
+                state, error = "cancelled", f"cancelled ({how})"
+            else:
+                state, error = "lost", f"lost: the job process ended ({how}) without recording its end"
+            if q.finish_job(self.store, job_id, state, error=error, exit_code=code, attempt=r.job.attempts):
+                self.say(f"job {job_id} {state} ({how})")
             else:
                 self.say(f"job {job_id} {q.get_job(self.store, job_id).state} ({how})")
 

@@ -241,3 +241,42 @@ def test_sigkilled_preinference_job_resumes_from_its_last_committed_range(tmp_pa
     job = _job(db, infer_id)
     assert (job.state, job.attempts) == ("finished", 2) and Path(job.artifact).is_dir()
     assert range_starts() == [0, 1, 1, 2]  # range 0:1 was committed: the retry starts at blocks 1:2
+
+
+def test_a_paused_job_is_stale_never_lost_and_finishes(tmp_path, small_dataset):
+    """Reported (issue 17, item 7): a job SIGSTOPped for 60 s was recorded lost by another worker after
+    ~25 s, then finished and stayed lost. Its process lives: another worker sees it stale, never lost."""
+    cfg = _config(tmp_path, small_dataset, "model:\n  architecture: sasrec\n")
+    db = tmp_path / "experiments.db"
+    (job_id,) = map(int, tcf("queue", "add", str(cfg), *SASREC, "--db", str(db), cwd=tmp_path).stdout.split())
+    owner = _worker(db, "--max-jobs", "1")
+    _wait(lambda: db.exists() and len(_epochs(db)) >= 1, what="an epoch")
+    other = _worker(db)  # idle, reaping every few seconds
+    job = _job(db, job_id)
+    os.killpg(job.pid, signal.SIGSTOP)
+    try:
+        paused_at, seen = time.time(), set()
+        while time.time() - paused_at < 60:
+            seen.add(_job(db, job_id).display)
+            time.sleep(1)
+        assert seen == {"running", "stale"} and _job(db, job_id).state == "running"
+    finally:
+        os.killpg(job.pid, signal.SIGCONT)
+    assert owner.wait(timeout=120) == 0
+    other.send_signal(signal.SIGINT)
+    assert other.wait(timeout=60) == 0
+    job = _job(db, job_id)
+    assert (job.state, job.error) == ("finished", None) and _epochs(db) == list(range(1, 7))
+
+
+def test_a_job_cancelled_while_it_starts_ends_cancelled(tmp_path, small_dataset):
+    """Sibling: a cancel that lands before the job process set its signal handlers ended it `lost`."""
+    cfg = _config(tmp_path, small_dataset)
+    db = tmp_path / "experiments.db"
+    (job_id,) = map(int, tcf("queue", "add", str(cfg), "--db", str(db), cwd=tmp_path).stdout.split())
+    worker = _worker(db, "--max-jobs", "1")
+    _wait(lambda: db.exists() and _job(db, job_id).pid is not None, timeout=60, what="the job's process")
+    assert "SIGTERM" in q.cancel_job(Store(db), job_id)  # while it is still importing torch
+    assert worker.wait(timeout=120) == 0
+    job = _job(db, job_id)
+    assert job.state == "cancelled" and "lost" not in (job.error or "")

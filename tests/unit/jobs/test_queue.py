@@ -155,7 +155,9 @@ def test_running_job_with_dead_process_shows_lost_and_is_reaped(tmp_path, store,
     assert q.retry_jobs(store, failed=True) == [job_id]
 
 
-def test_pid_reuse_and_silent_heartbeat_count_as_lost(tmp_path, store, small_dataset):
+def test_pid_reuse_counts_as_lost_but_a_silent_live_process_is_only_stale(tmp_path, store, small_dataset):
+    """Reported (issue 17, item 7): a SIGSTOPped job was recorded lost by another worker after ~25 s. Its
+    process lives: it is stale, never lost, however long it is silent."""
     a, b = (q.add_jobs(store, _configs(tmp_path, small_dataset))[0] for _ in range(2))
     q.claim(store, 1, "cpu", 1)
     q.claim(store, 1, "cpu", 1)
@@ -165,9 +167,55 @@ def test_pid_reuse_and_silent_heartbeat_count_as_lost(tmp_path, store, small_dat
     assert q.get_job(store, a).display == "lost"
     assert q.get_job(store, b).display == "running"
     assert q.heartbeat(store, b, peak_mem_bytes=123)
-    later = time.time() + q.LOST_AFTER_S + 1
-    assert [j.id for j in q.list_jobs(store, states=("lost",), now=later)] == [a, b]
-    assert q.get_job(store, b).peak_mem_bytes == 123
+    for silent in (q.STALE_AFTER_S + 1, q.HOST_LOST_AFTER_S * 10):
+        assert {j.id: j.display for j in q.list_jobs(store, now=time.time() + silent)} == {a: "lost", b: "stale"}
+        assert q.reap_lost(store, now=time.time() + silent) in ([a], [])
+    assert q.get_job(store, b).state == "running" and q.get_job(store, b).peak_mem_bytes == 123
+
+
+def test_a_job_of_another_host_is_lost_only_after_a_long_silence(tmp_path, store, small_dataset):
+    (job_id,) = q.add_jobs(store, _configs(tmp_path, small_dataset))
+    q.claim(store, 1, "cpu", 1)
+    with store.transaction():
+        sql(store).execute("UPDATE jobs SET host = 'elsewhere', pid = 1 WHERE id = ?", [job_id])
+    start = q.get_job(store, job_id).heartbeat
+    assert q.get_job(store, job_id, now=start + q.STALE_AFTER_S + 1).display == "stale"
+    assert q.reap_lost(store, now=start + q.HOST_LOST_AFTER_S - 1) == []
+    assert q.reap_lost(store, now=start + q.HOST_LOST_AFTER_S + 1) == [job_id]
+    assert "no heartbeat from elsewhere" in q.get_job(store, job_id).error
+
+
+def test_a_job_that_ends_after_being_marked_lost_records_its_true_end(tmp_path, store, small_dataset):
+    (job_id,) = q.add_jobs(store, _configs(tmp_path, small_dataset))
+    job = q.claim(store, 1, "cpu", 1)
+    assert q.finish_job(store, job_id, "lost", error="lost: no heartbeat from elsewhere for 600 s")
+    assert q.heartbeat(store, job_id, attempt=job.attempts)  # alive after all: running again
+    assert q.get_job(store, job_id).state == "running" and q.get_job(store, job_id).error is None
+    assert q.finish_job(store, job_id, "lost", error="lost: again")
+    assert q.finish_job(store, job_id, "finished", exit_code=0, attempt=job.attempts)
+    assert q.get_job(store, job_id).state == "finished"
+    # a retried job's old process must not write over the new attempt
+    (other,) = q.add_jobs(store, _configs(tmp_path, small_dataset))
+    first = q.claim(store, 1, "cpu", 1, job_id=other)
+    q.finish_job(store, other, "lost", error="lost")
+    q.retry_jobs(store, [other])
+    q.claim(store, 1, "cpu", 1, job_id=other)
+    assert not q.finish_job(store, other, "failed", error="old attempt", attempt=first.attempts)
+    assert not q.heartbeat(store, other, attempt=first.attempts) or q.get_job(store, other).state == "running"
+    assert q.get_job(store, other).error is None
+
+
+def test_a_claimed_job_is_alive_while_its_worker_is(tmp_path, store, small_dataset):
+    """Start-up counts too: between the claim and its process's first heartbeat, its worker vouches for it."""
+    (job_id,) = q.add_jobs(store, _configs(tmp_path, small_dataset))
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    wid = q.register_worker(store, worker.pid, start_time(worker.pid), "cpu")
+    q.claim(store, wid, "cpu", 1)
+    assert q.get_job(store, job_id, now=time.time() + q.STALE_AFTER_S - 1).display == "running"
+    worker.kill()
+    worker.wait()
+    assert q.get_job(store, job_id).display == "lost"
+    assert q.reap_lost(store) == [job_id] and "died before starting it" in q.get_job(store, job_id).error
 
 
 def test_dependency_that_failed_blocks_until_retried(tmp_path, store, small_dataset, encoder):
