@@ -587,13 +587,21 @@ def _usage_exit(e: Exception) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line and exit code 2, never a traceback."""
+    """Entry point: user errors become one line and exit code 2, never a traceback; so do failures of the
+    machine underneath (a full disk, a folder without permission: one line naming the file, exit 1)."""
     _flags_given.clear()
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show '±' gets an escape, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         rv = app(args=argv, prog_name="tcf", standalone_mode=False)
     except TcfError as e:
         print(f"error: {_in_flag_terms(e)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -53,7 +53,7 @@ STATUSES = ("created", "running", "finished", "failed", "interrupted")
 TERMINAL_STATUSES = ("finished", "failed", "interrupted")
 #: What reading the store may raise: a lock held past the busy timeout, a corrupt or unreadable file, a newer
 #: schema. A UI that polls shows the message and tries again.
-READ_ERRORS: tuple[type[BaseException], ...] = (TcfError, sqlite3.Error, OSError)
+READ_ERRORS: tuple[type[BaseException], ...] = (TcfError, OSError)
 
 
 
@@ -83,6 +83,36 @@ def _check_metric_names(metrics: dict[str, float]) -> None:
             raise ValueError(f"invalid metric name {name!r} (expected e.g. 'hr@10', 'ndcg@10')")
 
 
+class StoreError(TcfError):
+    """SQLite failed on the store after it opened (a lock held past the busy timeout, a full disk, a
+    read-only or corrupt file): one line naming the file, never a traceback."""
+
+    def __init__(self, path: Path, cause: sqlite3.Error):
+        self.cause = cause
+        hint = " (another process held it for longer than the 30 s busy timeout)" if "locked" in str(cause) else ""
+        super().__init__(f"{path}: {cause}{hint}")
+
+
+class _NamedDatabase(Database):
+    """sqlite-utils' Database whose errors name the store's file (every SQL of tcf goes through these)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        super().__init__(conn)
+        self.path = path
+
+    def execute(self, sql: str, parameters: Any = None) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.Error as e:
+            raise StoreError(self.path, e) from e
+
+    def query(self, sql: str, params: Any = None) -> Iterator[dict]:
+        try:
+            yield from super().query(sql, params)
+        except sqlite3.Error as e:
+            raise StoreError(self.path, e) from e
+
+
 class Store:
     """experiments.db through sqlite-utils: WAL, busy_timeout 30 s, migrations by PRAGMA user_version.
 
@@ -109,7 +139,7 @@ class Store:
         except (OSError, sqlite3.DatabaseError) as e:
             raise TcfError(f"{self.path}: cannot open the experiment store: {e}") from e
         try:
-            self._db = Database(conn)
+            self._db = _NamedDatabase(conn, self.path)
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._check_ours()
@@ -120,8 +150,9 @@ class Store:
             self._migrate()
         except BaseException as e:
             conn.close()
-            if isinstance(e, sqlite3.DatabaseError):
-                raise TcfError(f"{self.path}: cannot open the experiment store: {e}") from e
+            cause = e.cause if isinstance(e, StoreError) else e
+            if isinstance(cause, sqlite3.DatabaseError):
+                raise TcfError(f"{self.path}: cannot open the experiment store: {cause}") from e
             raise
 
     def _check_ours(self) -> None:
@@ -156,25 +187,35 @@ class Store:
             try:
                 self._db.enable_wal()
                 return
-            except sqlite3.OperationalError as e:
-                code = getattr(e, "sqlite_errorcode", None)  # Python >= 3.11; extended code
-                busy = (code & 0xFF) == sqlite3.SQLITE_BUSY if code is not None else "locked" in str(e)
+            except StoreError as e:
+                code = getattr(e.cause, "sqlite_errorcode", None)  # Python >= 3.11; extended code
+                busy = (code & 0xFF) == sqlite3.SQLITE_BUSY if code is not None else "locked" in str(e.cause)
                 if not busy or time.monotonic() > deadline:
                     raise
                 time.sleep(random.uniform(0.01, 0.05))
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One write transaction; IMMEDIATE so concurrent writers queue in the busy handler."""
+        """One write transaction; IMMEDIATE so concurrent writers queue in the busy handler. SQLite's errors
+        inside it become a StoreError naming the file (a read-only store refuses at the BEGIN)."""
         conn = self._db.conn
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StoreError(self.path, e) from e
         try:
             yield
+        except sqlite3.Error as e:
+            conn.rollback()
+            raise StoreError(self.path, e) from e
         except BaseException:
             conn.rollback()
             raise
         else:
-            conn.commit()
+            try:
+                conn.commit()
+            except sqlite3.Error as e:
+                raise StoreError(self.path, e) from e
 
     def _user_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
