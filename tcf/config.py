@@ -11,6 +11,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -65,8 +67,16 @@ def format_block_ranges(spans: tuple[tuple[int, int], ...]) -> str:
     return ",".join(f"{s}:{e}" for s, e in spans)
 
 
+def _plausible_bytes(n: int) -> int:
+    if n > MAX_BYTES:
+        raise ValueError(f"{n:,} bytes is more memory than any machine has (at most 64 TiB)")
+    return n
+
+
+MAX_BYTES = 64 << 40
+MAX_RUNS = 10_000  # runs one config may expand to: more is a typo in a sweep, not an experiment
 #: A byte count written as people write one ('8GiB', '6.5GB', 1024), an int of bytes once loaded.
-ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
+ByteSize = Annotated[int, BeforeValidator(parse_bytes), AfterValidator(_plausible_bytes)]
 #: Block ranges written as '0:6,6:16', a tuple of (start, stop) once loaded; stored as the string.
 BlockRanges = Annotated[tuple[tuple[int, int], ...], BeforeValidator(parse_block_ranges),
                         PlainSerializer(format_block_ranges, return_type=str, when_used="json")]
@@ -79,8 +89,8 @@ class _Section(BaseModel):
 class DatasetConfig(_Section):
     path: str = Field(description="Dataset folder: behaviors.tsv plus news.tsv, items.tsv or videos.tsv.")
     item_file: str | None = Field(None, description="Item file name inside the folder; detected if unset.")
-    min_seq_len: int = Field(5, ge=3, description="Users with fewer interactions are dropped.")
-    max_seq_len: int = Field(20, ge=1, description="SASRec window L; each user keeps the last L+3 items.")
+    min_seq_len: int = Field(5, ge=3, le=1000, description="Users with fewer interactions are dropped.")
+    max_seq_len: int = Field(20, ge=1, le=4096, description="SASRec window L; each user keeps the last L+3 items.")
     lenient: bool = Field(False, description="Skip bad lines (and count them) instead of failing.")
 
     @field_validator("item_file")
@@ -96,11 +106,11 @@ class ModelConfig(_Section):
     item_tower: Literal["id", "text"] = Field(
         "id", description="id: a learned vector per item; text: the text_encoder's view of the item text."
     )
-    embedding_dim: int = Field(64, ge=1, description="Width d of user and item vectors.")
-    num_blocks: int = Field(2, ge=1, description="SASRec transformer blocks.")
-    num_heads: int = Field(2, ge=1, description="SASRec attention heads (must divide embedding_dim).")
+    embedding_dim: int = Field(64, ge=1, le=16384, description="Width d of user and item vectors.")
+    num_blocks: int = Field(2, ge=1, le=64, description="SASRec transformer blocks.")
+    num_heads: int = Field(2, ge=1, le=256, description="SASRec attention heads (must divide embedding_dim).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout in SASRec and the MLPs.")
-    n_mlp_layers: int = Field(0, ge=0, description="DSSM: MLP layers on the user and item towers.")
+    n_mlp_layers: int = Field(0, ge=0, le=32, description="DSSM: MLP layers on the user and item towers.")
     init: Literal["xavier", "normal"] = Field(
         "xavier", description="Weight init of the recommender's own layers: xavier (the method) or N(0, 0.02)."
     )
@@ -118,23 +128,30 @@ class TrainConfig(_Section):
     loss: Literal["ibce", "ce", "bce"] = Field(
         "ibce", description="ibce: in-batch softmax with logQ; ce: full softmax over all items; bce."
     )
-    batch_size: int = Field(64, ge=2, description="Global batch (users for SASRec, pairs for DSSM).")
-    epochs: int = Field(50, ge=1, description="Maximum epochs.")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
-    patience: int = Field(5, ge=0, description="Stop after patience+1 evaluations without a better HR@10.")
-    eval_every: int = Field(1, ge=1, description="Validate every N epochs.")
+    batch_size: int = Field(64, ge=2, le=1 << 20, description="Global batch (users for SASRec, pairs for DSSM).")
+    epochs: int = Field(50, ge=1, le=100_000, description="Maximum epochs.")
+    lr: float = Field(1e-3, gt=0, le=10, description="AdamW learning rate.")
+    weight_decay: float = Field(0.1, ge=0, le=100, description="AdamW decoupled weight decay.")
+    patience: int = Field(5, ge=0, le=100_000, description="Stop after patience+1 evaluations without a better HR@10.")
+    eval_every: int = Field(1, ge=1, le=100_000, description="Validate every N epochs.")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="Mixed precision: auto = bf16 on CUDA, off on CPU."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (torchrun sets one per rank).")
     text_lr: float = Field(
-        5e-5, gt=0, description="AdamW learning rate of the text item tower (LM blocks and projection)."
+        5e-5, gt=0, le=10, description="AdamW learning rate of the text item tower (LM blocks and projection)."
     )
-    text_weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the text item tower.")
+    text_weight_decay: float = Field(0.01, ge=0, le=100, description="AdamW weight decay of the text item tower.")
     clip_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip the text tower's gradient norm to this (after unscaling); null = off."
     )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", v):
+            raise ValueError(f"unknown device {v!r}: auto, cpu, cuda or cuda:N")
+        return v
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -144,19 +161,19 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     ks: list[int] = Field(default_factory=lambda: [10], description="Cut-offs for HR@K and NDCG@K.")
-    batch_size: int = Field(1024, ge=1, description="Users scored per full-ranking batch.")
+    batch_size: int = Field(1024, ge=1, le=1 << 24, description="Users scored per full-ranking batch.")
 
     @field_validator("ks")
     @classmethod
     def _sorted_with_10(cls, v: list[int]) -> list[int]:
-        if any(k < 1 for k in v):
-            raise ValueError("every K must be >= 1")
+        if any(k < 1 or k > 100_000 for k in v):
+            raise ValueError("every K must be in 1..100000")
         return sorted(set(v) | {10})  # HR@10 drives model selection, so it is always computed
 
 
 class TextEncoderConfig(_Section):
     model: str = Field(description="Local Hugging Face model directory (config.json + safetensors).")
-    max_tokens: int = Field(30, ge=1, description="Tokens per item text (longer texts are truncated).")
+    max_tokens: int = Field(30, ge=1, le=32768, description="Tokens per item text (longer texts are truncated).")
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Compute dtype of pre-inference.")
     latent_dtype: Literal["bf16", "fp16", "fp32"] = Field(
         "bf16", description="Dtype of the latents stored between block ranges."
@@ -165,17 +182,21 @@ class TextEncoderConfig(_Section):
         None, description="GPU memory for pre-inference, e.g. 8GiB; unset = the GPU's free memory."
     )
     ranges: BlockRanges | None = Field(None, description="Pinned block ranges, e.g. 0:6,6:16,16:24; unset = planned.")
-    batch_size: int | None = Field(None, ge=1, description="Pinned pre-inference batch; unset = planned.")
-    unfreeze: int = Field(0, ge=0, description="Top blocks to fine-tune; pre-inference keeps the latents below them.")
+    batch_size: int | None = Field(None, ge=1, le=1 << 20, description="Pinned pre-inference batch; unset = planned.")
+    unfreeze: int = Field(
+        0, ge=0, le=1024, description="Top blocks to fine-tune; pre-inference keeps the latents below them."
+    )
     pooling: Literal["auto", "mean", "first", "last"] = Field(
         "auto", description="Item vector from token states: auto = first token for BERT/RoBERTa, else masked mean."
     )
-    projection_layers: int = Field(1, ge=1, description="Layers of the projection MLP from LM width to embedding_dim.")
+    projection_layers: int = Field(
+        1, ge=1, le=16, description="Layers of the projection MLP from LM width to embedding_dim."
+    )
 
 
 class Config(_Section):
     name: str | None = Field(None, description="Run name; defaults to dataset-architecture-tower.")
-    seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
+    seed: int = Field(42, ge=0, lt=1 << 31, description="Seed for initialisation, shuffling and dropout.")
     dataset: DatasetConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -300,6 +321,9 @@ def _expand(data: dict, source: str) -> list[tuple[dict, dict[str, Any]]]:
     for k in keys:
         if not isinstance(sweep[k], list) or not sweep[k]:
             raise ConfigError(source, f"sweep.{k}", "must be a non-empty list of values")
+    total = len(runs) * math.prod(len(sweep[k]) for k in keys)
+    if total > MAX_RUNS:
+        raise ConfigError(source, "sweep", f"expands to {total:,} runs; one config holds at most {MAX_RUNS:,}")
     out = []
     for variant in runs:
         for values in itertools.product(*(sweep[k] for k in keys)):

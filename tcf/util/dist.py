@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
+from tcf.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -30,11 +32,20 @@ class DistContext:
 
 
 def _pick_device(pref: str, local_rank: int) -> torch.device:
+    """``train.device`` on this machine: a CUDA device that is not there is one error naming the key."""
     if pref == "auto":
         pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref == "cuda" and torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(pref)
+    device = torch.device(pref)
+    if device.type != "cuda":
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(None, "train.device", f"{pref}, but torch sees no CUDA GPU here")
+    if device.index is None:
+        return torch.device("cuda", local_rank % count)
+    if device.index >= count:
+        raise ConfigError(None, "train.device", f"{pref}, but torch sees {count} CUDA GPU(s)")
+    return device
 
 
 def init_distributed(device_pref: str = "auto") -> DistContext:

@@ -7,6 +7,7 @@ The sweep walks the command tree itself, so a command added later is swept too. 
 from __future__ import annotations
 
 import pytest
+import torch
 import typer
 from helpers import tcf, tcf_here
 
@@ -73,3 +74,12 @@ def test_the_installed_command_too(tmp_path):
     assert bare.returncode == 2 and "Usage: tcf" in bare.stdout and "Traceback" not in bare.stderr
     bogus = tcf("queue", "--bogus", cwd=tmp_path)
     assert bogus.returncode == 2 and "No such option: --bogus" in bogus.stderr and "Traceback" not in bogus.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is there")
+def test_a_device_this_machine_lacks_is_one_line_before_anything_is_written(tmp_path, small_dataset):
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"dataset:\n  path: {small_dataset}\n")
+    r = tcf_here("run", str(config), "-S", "train.device=cuda:1", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "error: train.device: cuda:1, but torch sees no CUDA GPU here"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]

@@ -110,3 +110,31 @@ def test_bare_off_means_off(tmp_path):
     assert cfg.train.amp == "off"
     (cfg,) = load_config(write(tmp_path, "dataset:\n  path: d\n"), ["train.amp=off"])
     assert cfg.train.amp == "off"
+
+
+@pytest.mark.parametrize("override,key,says", [
+    ("model.embedding_dim=1000000000", "model.embedding_dim", "less than or equal to 16384"),
+    ("train.batch_size=1000000000000", "train.batch_size", "less than or equal to 1048576"),
+    ("text_encoder.max_tokens=10000000", "text_encoder.max_tokens", "less than or equal to 32768"),
+    ("text_encoder.gpu_memory_budget=999999TiB", "text_encoder.gpu_memory_budget", "more memory than any machine"),
+    ("eval.ks=[10,1000000000]", "eval.ks", "every K must be in 1..100000"),
+    ("seed=-1", "seed", "greater than or equal to 0"),
+    ("train.device=tpu", "train.device", "unknown device 'tpu'"),
+    ("train.device=cuda:x", "train.device", "unknown device 'cuda:x'"),
+])
+def test_values_that_validate_as_types_but_cannot_work_are_refused_at_load(tmp_path, override, key, says):
+    """Issue 17, item 8: absurd sizes and unknown devices are refused when the config is read, naming the key."""
+    p = tmp_path / "c.yaml"
+    p.write_text("dataset:\n  path: d\ntext_encoder:\n  model: m\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p, [override])
+    assert info.value.key == key and says in info.value.message
+
+
+def test_a_sweep_of_a_million_runs_is_refused_before_it_is_expanded(tmp_path):
+    p = tmp_path / "c.yaml"
+    values = list(range(1000))
+    p.write_text(f"dataset:\n  path: d\nsweep:\n  seed: {values}\n  train.lr: {[0.001] * 1000}\n")
+    with pytest.raises(ConfigError, match="expands to 1,000,000 runs; one config holds at most 10,000") as info:
+        load_config(p)
+    assert info.value.key == "sweep"
