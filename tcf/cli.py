@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tcf import __version__
 from tcf.errors import ConfigError, TcfError
+from tcf.util.text import printable
 
 if TYPE_CHECKING:
     from tcf.report.render import Grid
@@ -124,7 +126,7 @@ def _print_comparison(results: list) -> None:
         table.add_column(k.removeprefix("test_").upper(), justify="right")
     table.add_column("best epoch", justify="right")
     for r in results:
-        table.add_row(str(r.run_id), r.name, *(f"{100 * r.metrics[k]:.2f}" for k in keys),
+        table.add_row(str(r.run_id), Text(printable(r.name)), *(f"{100 * r.metrics[k]:.2f}" for k in keys),
                       str(r.best_epoch or "-"))
     out.print(table)
 
@@ -133,7 +135,6 @@ def _print_comparison(results: list) -> None:
 def _rich_table(grid: Grid) -> Table:
     """The ``table`` format: tcf.report's plain grid drawn by rich. Every cell is a Text, so a ``[`` in a run
     name is printed, never read as markup; columns that must stay whole get at least their widest cell."""
-    from rich.text import Text
 
     caption = grid.note if grid.caption is None else grid.caption
     table = Table(title=Text(grid.title) if grid.title else None, caption=Text(caption) if caption else None)
@@ -395,9 +396,9 @@ def queue_ls(
     for col in ("id", "state", "kind", "name", "devices", "progress", "prio", "tags", "note / error"):
         table.add_column(col, overflow="fold")
     for j in jobs:
-        state_text = f"[{STATE_STYLE[j.display]}]{j.display}[/]" if j.display in STATE_STYLE else j.display
-        table.add_row(str(j.id), state_text, j.kind, j.name, j.devices or "", progress.get(j.id, ""),
-                      str(j.priority), ",".join(j.tags), j.error or j.note)
+        table.add_row(str(j.id), Text(j.display, style=STATE_STYLE.get(j.display, "")), j.kind,
+                      *(Text(printable(t)) for t in (j.name, j.devices or "", progress.get(j.id, ""))),
+                      str(j.priority), *(Text(printable(t)) for t in (",".join(j.tags), j.error or j.note)))
     out.print(table)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from tcf.errors import ConfigError
 from tcf.report.runs import MISSING
+from tcf.util.text import printable
 
 _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -110,7 +111,9 @@ class Shown:
 
 
 def label(text: str) -> Shown:
-    """A text cell: shown as typed, escaped for LaTeX."""
+    """A text cell: shown as typed (control characters escaped: :func:`tcf.util.text.printable`), escaped
+    for LaTeX."""
+    text = printable(text)
     return Shown(text, latex_escape(text))
 
 
@@ -224,7 +227,7 @@ def csv_value(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
+    return repr(value) if isinstance(value, float) else printable(str(value))
 
 
 def csv_text(table: Table) -> str:

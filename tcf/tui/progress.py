@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tcf.util.progress import Reporter, stage_label
+from tcf.util.text import printable
 
 
 class RichReporter(Reporter):
@@ -24,7 +26,7 @@ class RichReporter(Reporter):
             self.progress.stop()
 
     def stage(self, name: str, total: int | None = None, epoch: int | None = None) -> None:
-        desc = f"{self.run_name}: {stage_label(name, epoch)}"
+        desc = f"{escape(printable(self.run_name))}: {stage_label(name, epoch)}"
         if self.task is None:
             self.progress.start()
             self.task = self.progress.add_task(desc, total=total)
@@ -37,7 +39,8 @@ class RichReporter(Reporter):
 
     def epoch_end(self, epoch: int, loss: float, seconds: float, metrics: dict[str, float]) -> None:
         shown = "  ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items() if k.endswith("@10"))
-        self.console.print(f"[dim]{self.run_name}[/] epoch {epoch:3d}  loss {loss:.4f}  {seconds:5.2f}s  {shown}")
+        name = escape(printable(self.run_name))
+        self.console.print(f"[dim]{name}[/] epoch {epoch:3d}  loss {loss:.4f}  {seconds:5.2f}s  {shown}")
 
 
 class InferProgress(Reporter):

@@ -178,3 +178,27 @@ def test_results_output_follows_links_and_streams_into_pipes(tmp_path, small_dat
     (tmp_path / "out.md").mkdir()
     r = tcf_here("results", "--format", "md", "--output", str(tmp_path / "out.md"), cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith(f"error: {tmp_path / 'out.md'}: not a regular file")
+
+
+def test_names_with_control_characters_are_shown_escaped(tmp_path, small_dataset):
+    """A run name holding a terminal escape, a carriage return or rich markup is shown as text in every
+    table and export (issue 17, item 8)."""
+    evil = "pop\x1b[2J\r[bold red]x[/]"
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"dataset:\n  path: {small_dataset}\nmodel:\n  architecture: pop\nname: {json.dumps(evil)}\n")
+    shown = []
+    r = tcf_here("run", str(config), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    shown.append(r.stdout + r.stderr)
+    table = tcf_here("results", cwd=tmp_path)  # (at 80 columns the name may be cut: only nothing raw)
+    assert table.returncode == 0 and "\x1b" not in table.stdout and "\r" not in table.stdout
+    for fmt in ("md", "csv", "latex"):
+        r = tcf_here("results", "--format", fmt, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        shown.append(r.stdout)
+    for text in shown:
+        assert "\x1b" not in text and "\r" not in text
+        assert "\\x1b[2J\\x0d" in text or "\\textbackslash{}x1b" in text
+    assert "[bold red]x[/]" in shown[0] and "[bold red]x[/]" in shown[1]  # markup shown, not applied
+    rows = json.loads(tcf_here("results", "--format", "json", cwd=tmp_path).stdout)
+    assert rows[0]["name"] == evil  # the data itself is kept as typed

@@ -23,6 +23,7 @@ from tcf.tui.widgets.footer import KeyFooter
 from tcf.tui.widgets.gpu_panel import GpuPanel
 from tcf.tui.widgets.progress_bars import ProgressRow, column_widths, epoch_cells, range_cells
 from tcf.tui.widgets.tabs import ScreenTabs
+from tcf.util.text import printable
 from tcf.util.units import duration
 
 LOG_LINES = 10
@@ -41,7 +42,7 @@ def title_line(view: LiveView) -> Text:
     """'#3 train mind-sasrec  running  GPU 0,1  elapsed 12m04s  ETA 3m10s  epoch 3'."""
     job = view.job
     text = Text(f"#{job.id} {job.kind} ", style="bold")
-    text.append(job.name, style="bold")
+    text.append(printable(job.name), style="bold")
     text.append("  ")
     text.append(job.display, style=STATE_STYLE.get(job.display, ""))
     if job.devices:
@@ -53,7 +54,7 @@ def title_line(view: LiveView) -> Text:
     if view.stage:
         text.append(f"  {view.stage}", style="dim")
     if job.error:
-        text.append(f"\n{job.error}", style="red")
+        text.append(f"\n{printable(job.error)}", style="red")
     return text
 
 

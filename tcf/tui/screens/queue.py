@@ -37,6 +37,7 @@ from tcf.tui.widgets.filter_box import FilterBox
 from tcf.tui.widgets.footer import KeyFooter
 from tcf.tui.widgets.table import Table
 from tcf.tui.widgets.tabs import ScreenTabs
+from tcf.util.text import printable
 from tcf.util.units import duration
 
 COLUMNS = ("id", "state", "kind", "name", "GPU", "progress", "elapsed / ETA", "prio", "tags")
@@ -85,9 +86,11 @@ def workers_line(workers: list[dict[str, Any]]) -> Text:
 
 
 def job_cells(job: Job, p: JobProgress | None) -> tuple[Any, ...]:
-    name = job.name if len(job.name) <= NAME_WIDTH else job.name[:NAME_WIDTH - 1] + "…"
-    return (str(job.id), Text(job.display, style=STATE_STYLE.get(job.display, "")), job.kind, name,
-            job.devices or "", p.summary if p else "", times_cell(job, p), str(job.priority), " ".join(job.tags))
+    name = printable(job.name)
+    name = name if len(name) <= NAME_WIDTH else name[:NAME_WIDTH - 1] + "…"
+    return (str(job.id), Text(job.display, style=STATE_STYLE.get(job.display, "")), job.kind, Text(name),
+            job.devices or "", p.summary if p else "", times_cell(job, p), str(job.priority),
+            Text(printable(" ".join(job.tags))))
 
 
 class QueueScreen(DataScreen):
@@ -203,13 +206,13 @@ class QueueScreen(DataScreen):
         if job is None:
             detail.update("no jobs: press [b]a[/b] to queue a config" if not self.filter_text else "no match")
             return
-        text = Text(f"#{job.id} {job.name}", style="bold")
+        text = Text(f"#{job.id} {printable(job.name)}", style="bold")
         if job.deps:
             text.append(f"  after job {', '.join(map(str, job.deps))}", style="dim")
         if job.note:
-            text.append(f"  note: {job.note}")
+            text.append(f"  note: {printable(job.note)}")
         if job.error:
-            text.append(f"  {job.error}", style="red")
+            text.append(f"  {printable(job.error)}", style="red")
         detail.update(text)
 
     # -- actions -------------------------------------------------------------------------------
