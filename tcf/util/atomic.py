@@ -78,7 +78,7 @@ def atomic_folder(out: str | Path, *, replace: bool | Callable[[Path], bool] = F
     (False: it stands, as a finished build of the same content would, and the new one is discarded).
     On any error the temporary folder is removed.
     """
-    out = Path(out)
+    out = Path(out).resolve()  # a link is followed: the folder goes where it points, the link stays a link
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(out)
     tmp.mkdir()

@@ -61,3 +61,16 @@ def test_write_atomic_leaves_the_old_file_on_error(tmp_path, monkeypatch):
     with pytest.raises(TcfError, match="state.json: could not write"):
         write_atomic(path, "new")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_folder_written_through_a_link_keeps_the_link(tmp_path):
+    """Sibling for folders (`tcf data synth OUT`, `--text-encoder DIR`): a link to where the folder should go
+    stays a link, the folder appears where it points."""
+    from tcf.util.atomic import atomic_folder
+
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "disk" / "data")
+    (tmp_path / "disk").mkdir()
+    with atomic_folder(link) as tmp:
+        (tmp / "behaviors.tsv").write_text("x")
+    assert link.is_symlink() and (tmp_path / "disk" / "data" / "behaviors.tsv").read_text() == "x"
