@@ -136,7 +136,8 @@ def run_tcf(cfg: Config, data: Prepared, work: Path, device: str) -> dict:
         "valid_hr@10": r.metrics.get("valid_hr@10"),
         "train_examples_per_epoch": train_rows,
         "train_batches_per_epoch": -(-data.n_users // cfg.train.batch_size),
-        "batch_unit": "user sequences (every position predicts its next item)",
+        "batch_unit": ("(prefix, next item) examples" if cfg.train.examples == "prefixes"
+                       else "user sequences (every position predicts its next item)"),
         "wall_seconds": total,
         "run_id": r.run_id,
     }
@@ -376,11 +377,31 @@ def run_recbole(cfg: Config, data: Prepared, work: Path, device: str, extra: dic
     }
 
 
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (no scipy needed)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean of a - b over pairs (the same seed) and its 95% t interval (nan without two pairs)."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    mean = statistics.fmean(d)
+    if len(d) < 2:
+        return mean, float("nan"), float("nan")
+    df = len(d) - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
+    half = t * statistics.stdev(d) / len(d) ** 0.5
+    return mean, mean - half, mean + half
+
+
 def _over_seeds(runs: list[dict], seeds: list[int]) -> dict:
-    """Speed figures from the first seed; accuracy as the mean (and std) over all seeds."""
+    """The first seed's run, with speed as the mean over seeds of each seed's warm epochs, accuracy as the
+    mean (and std) over all seeds, and every seed's figures for paired comparisons."""
     out = dict(runs[0])
     out["seeds"] = {str(s): {k: r[k] for k in ("test_hr@10", "test_ndcg@10", "epochs", "best_epoch",
                                                 "epoch_seconds_mean")} for s, r in zip(seeds, runs, strict=True)}
+    warm = [r["epoch_seconds_mean"] for r in runs if r["epoch_seconds_mean"] is not None]
+    out["epoch_seconds_mean"] = statistics.fmean(warm) if warm else None
     for key in ("test_hr@10", "test_ndcg@10"):
         values = [r[key] for r in runs]
         out[key] = statistics.fmean(values)
@@ -399,6 +420,19 @@ def _ratios(results: dict[str, dict]) -> dict[str, float]:
     return {k: a / b for k, (a, b) in pairs.items() if a is not None and b}
 
 
+def _paired(results: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """tcf minus RecBole, seed by seed, with the 95% interval of the mean difference."""
+    if not {"tcf", "recbole"} <= results.keys():
+        return {}
+    a, b = results["tcf"]["seeds"], results["recbole"]["seeds"]
+    common = sorted(set(a) & set(b), key=int)
+    out = {}
+    for key in ("test_hr@10", "test_ndcg@10"):
+        mean, lo, hi = paired_difference([a[s][key] for s in common], [b[s][key] for s in common])
+        out[key] = {"seeds": len(common), "tcf_minus_recbole": mean, "ci95_low": lo, "ci95_high": hi}
+    return out
+
+
 # -- main ------------------------------------------------------------------------------------------
 def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
@@ -413,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256,
                    help="(prefix, next item) examples per step, RecBole's unit; tcf gets the number of user "
                         "windows holding as many examples, so both take the same steps per epoch")
-    p.add_argument("--seeds", default="42", help="comma-separated seeds; accuracy is averaged over them")
+    p.add_argument("--seeds", default="42,43,44,45,46",
+                   help="comma-separated seeds; accuracy is averaged over them and compared seed by seed")
     p.add_argument("--patience", type=int, help="early-stopping patience on valid HR@10 (default: config)")
     p.add_argument("--threads", type=int, help="torch CPU threads for both tools (default: torch's)")
     p.add_argument("--tools", default="tcf,recbole", help="comma-separated: tcf, recbole")
@@ -468,8 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     train_pairs = int(np.maximum(data.lengths - 3, 0).sum())
     cfg.train.batch_size = max(2, round(args.batch_size * data.n_users / train_pairs))
     extra.setdefault("train_batch_size", args.batch_size)
-    print(f"bench: batch = {args.batch_size} examples: RecBole {args.batch_size} prefixes, "
-          f"tcf {cfg.train.batch_size} user windows ({train_pairs / data.n_users:.1f} examples each)")
+    print(f"bench: batch = {args.batch_size} examples: RecBole {args.batch_size} prefixes, tcf "
+          f"{cfg.train.batch_size} users' {cfg.train.examples} ({train_pairs / data.n_users:.1f} examples each)")
 
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
     report = {
@@ -507,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                                         else None)
         results[tool] = _over_seeds(runs, seeds)
         report["ratios"] = _ratios(results)
+        report["paired_difference"] = _paired(results)
         # written after each tool, so a run cut short still leaves the finished tool's figures
         out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
@@ -522,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
               f"HR@10 std {r['test_hr@10_std']:.4f})")
     for k, v in report["ratios"].items():
         print(f"{k}: {v:.3f}")
+    for k, v in report.get("paired_difference", {}).items():
+        print(f"{k} tcf - RecBole over {v['seeds']} paired seeds: {v['tcf_minus_recbole'] * 100:+.2f} "
+              f"(95% CI {v['ci95_low'] * 100:+.2f} .. {v['ci95_high'] * 100:+.2f}) x100")
     print(f"wrote {out}")
     return 0
 

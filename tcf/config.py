@@ -128,16 +128,30 @@ class TrainConfig(_Section):
     loss: Literal["ibce", "ce", "bce"] = Field(
         "ibce", description="ibce: in-batch softmax with logQ; ce: full softmax over all items; bce."
     )
-    batch_size: int = Field(64, ge=2, le=1 << 20, description="Global batch (users for SASRec, pairs for DSSM).")
+    batch_size: int = Field(
+        64, ge=2, le=1 << 20, description="Global batch: SASRec user windows (prefixes: as many as that many "
+        "users hold on average), DSSM pairs."
+    )
+    examples: Literal["windows", "prefixes"] = Field(
+        "windows", description="SASRec training examples: windows = a user's window, a loss at every position "
+        "(SASRec, the TCF method); prefixes = every (prefix, next item) its own example (RecBole).",
+    )
     epochs: int = Field(50, ge=1, le=100_000, description="Maximum epochs.")
     lr: float = Field(1e-3, gt=0, le=10, description="AdamW learning rate.")
     weight_decay: float = Field(0.1, ge=0, le=100, description="AdamW decoupled weight decay.")
     patience: int = Field(5, ge=0, le=100_000, description="Stop after patience+1 evaluations without a better HR@10.")
+    stop_smoothing: int = Field(
+        1, ge=1, le=100, description="Early stopping watches the mean of the last N validation HR@10s (1: raw)."
+    )
     eval_every: int = Field(1, ge=1, le=100_000, description="Validate every N epochs.")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="Mixed precision: auto = bf16 on CUDA, off on CPU."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (torchrun sets one per rank).")
+    cuda_graph: bool = Field(
+        True, description="Replay each training step from one CUDA graph where it can be (one CUDA process, "
+        "loss ibce or ce, amp bf16 or off, no fine-tuned text tower); false: launch its kernels one by one.",
+    )
     text_lr: float = Field(
         5e-5, gt=0, le=10, description="AdamW learning rate of the text item tower (LM blocks and projection)."
     )
@@ -204,9 +218,12 @@ class Config(_Section):
     text_encoder: TextEncoderConfig | None = Field(None, description="Language model that encodes item texts.")
 
     @model_validator(mode="after")
-    def _text_tower_needs_encoder(self) -> Config:
+    def _consistent_sections(self) -> Config:
         if self.model.item_tower == "text" and self.text_encoder is None:
             raise ValueError("model.item_tower is text but the config has no text_encoder section")
+        if self.train.examples == "prefixes" and self.model.architecture == "dssm":
+            raise ValueError("train.examples: prefixes are SASRec's training examples; "
+                             "DSSM trains on (user, item) pairs")
         return self
 
     @property

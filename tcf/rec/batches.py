@@ -33,6 +33,15 @@ def shard(batch: torch.Tensor, rank: int, world_size: int) -> tuple[torch.Tensor
     return batch[lo: lo + width], rank * width, width
 
 
+def prefixes_of(windows: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """The prefix of each left-padded window ``[B, W]`` that ends at its input position ``ends`` [B] and its
+    next item, right-aligned into ``[B, W]`` like an evaluation query: row b is ``windows[b, :ends[b] + 2]``
+    with zeros to its left."""
+    w = windows.shape[1]
+    src = torch.arange(w, device=windows.device)[None, :] + (ends[:, None] + 2 - w)
+    return windows.gather(1, src.clamp_min(0)).masked_fill(src < 0, 0)
+
+
 def eval_shard(n: int, rank: int, world_size: int) -> slice:
     """Contiguous users for this rank's evaluation; no user on two ranks, none left out."""
     width = -(-n // world_size)

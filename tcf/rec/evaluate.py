@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -16,10 +17,18 @@ from tcf.util.dist import DistContext, gather_uneven
 
 @torch.no_grad()
 def evaluate(model: nn.Module | Popularity, split: EvalSplit, n_items: int, ks: Sequence[int],
-             ctx: DistContext, batch_size: int = 1024) -> dict[str, float]:
-    """Mean HR@K / NDCG@K over all users of ``split``; identical on every rank."""
+             ctx: DistContext, batch_size: int = 1024, amp: torch.dtype | None = None) -> dict[str, float]:
+    """Mean HR@K / NDCG@K over all users of ``split``; identical on every rank.
+
+    ``amp``: the training's autocast dtype, for the query encoder (a SASRec over every user is most of an
+    evaluation's work); the item table and the scores stay fp32, so ranks are not decided by bf16 ties."""
     device = ctx.device
     users = eval_shard(len(split.targets), ctx.rank, ctx.world_size)
+    autocast = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+    # the shard's rows on the device at once: a host copy per batch would wait for the GPU each time
+    all_targets = torch.as_tensor(split.targets[users], device=device)
+    all_history = torch.as_tensor(split.history[users], device=device)
+    all_inputs = torch.as_tensor(split.inputs[users], device=device)
     if isinstance(model, Popularity):
         table = None
         pop_scores = model.item_scores().to(device, torch.float32)
@@ -30,15 +39,18 @@ def evaluate(model: nn.Module | Popularity, split: EvalSplit, n_items: int, ks: 
     ranks = []
     for lo in range(users.start, users.stop, batch_size):
         hi = min(lo + batch_size, users.stop)
-        targets = torch.as_tensor(split.targets[lo:hi], device=device)
-        history = torch.as_tensor(split.history[lo:hi], device=device)
+        rows = slice(lo - users.start, hi - users.start)
+        targets, history = all_targets[rows], all_history[rows]
         if table is None:
             scores = pop_scores.expand(hi - lo, -1)
         elif hasattr(model, "encode"):  # sequential: query from the input window
-            inputs = torch.as_tensor(split.inputs[lo:hi], device=device)
-            scores = model.query(table, inputs).float() @ table.T
+            with autocast:
+                query = model.query(table, all_inputs[rows])
+            scores = query.float() @ table.T
         else:  # two-tower: query from the user id
-            scores = model.query(torch.arange(lo, hi, device=device)).float() @ table.T
+            with autocast:
+                query = model.query(torch.arange(lo, hi, device=device))
+            scores = query.float() @ table.T
         ranks.append(full_ranking_ranks(scores, targets, history))
     local = torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long, device=device)
     all_ranks = gather_uneven(local, ctx)

@@ -40,10 +40,17 @@ def _unique_padded(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return uniq, inverse
 
 
+def _cross_entropy_sum(z: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return F.cross_entropy(z, targets, reduction="sum")
+    return (F.cross_entropy(z, targets, reduction="none") * weights).sum()
+
+
 def ibce_loss(queries: torch.Tensor, query_user: torch.Tensor, target_slot: torch.Tensor,
               cand_vecs: torch.Tensor, cand_ids: torch.Tensor, user_windows: torch.Tensor,
-              log_pop: torch.Tensor) -> torch.Tensor:
-    """In-batch softmax cross-entropy with logQ correction, summed over rows.
+              log_pop: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """In-batch softmax cross-entropy with logQ correction, summed over rows (times ``weights`` [R] if given:
+    a static-shape step keeps padding rows at weight 0 instead of selecting the real ones).
 
     queries [R, d]; query_user [R] (row of user_windows); target_slot [R] (index into the M
     candidates); cand_vecs [M, d]; cand_ids [M]; user_windows [Bg, W] ids (0 = pad); log_pop [I+1].
@@ -67,20 +74,24 @@ def ibce_loss(queries: torch.Tensor, query_user: torch.Tensor, target_slot: torc
     with torch.autocast(queries.device.type, enabled=False):  # logits in fp32, even under bf16 AMP
         z = queries.float() @ cand_vecs.float().T - log_pop.to(dev)[cand_ids].float()[None, :]
     z = z.masked_fill(mask, float("-inf"))
-    return F.cross_entropy(z, target_slot, reduction="sum")
+    return _cross_entropy_sum(z, target_slot, weights)
 
 
-def ce_loss(queries: torch.Tensor, targets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Full softmax over every item (RecBole's ``CE``), summed over rows.
+def ce_loss(queries: torch.Tensor, targets: torch.Tensor, table: torch.Tensor,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Full softmax over every item (RecBole's ``CE``), summed over rows (times ``weights`` [R] if given;
+    a row of weight 0 may have target 0, padding).
 
     queries [R, d]; targets [R] item ids; table [I+1, d] vectors of all items (row 0, padding, is
     never a candidate). Exact rather than sampled, so affordable when the item table is cheap to
     compute (ID towers, frozen text towers).
     """
+    if weights is not None:  # a padding row's target is no candidate: its loss would be inf, and inf * 0 nan
+        targets = targets.masked_fill(weights == 0, 1)
     with torch.autocast(queries.device.type, enabled=False):  # logits in fp32, even under bf16 AMP
         z = queries.float() @ table.float().T
     z[:, 0] = float("-inf")
-    return F.cross_entropy(z, targets, reduction="sum")
+    return _cross_entropy_sum(z, targets, weights)
 
 
 def sample_negatives(windows: torch.Tensor, n_items: int, shape: tuple[int, ...],

@@ -24,9 +24,10 @@ from tcf.config import Config
 from tcf.data.prepare import Prepared
 from tcf.errors import TcfError
 from tcf.rec import checkpoint
-from tcf.rec.batches import global_batches, shard
+from tcf.rec.batches import global_batches, prefixes_of, shard
 from tcf.rec.dssm import DSSM
 from tcf.rec.evaluate import evaluate
+from tcf.rec.graphed import GraphedStep
 from tcf.rec.losses import log_popularity
 from tcf.rec.objective import DSSMObjective, SASRecObjective
 from tcf.rec.pop import Popularity
@@ -94,6 +95,17 @@ def _amp(cfg: Config, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
 
 
+def _keep_optimizer_mode(optimizer: torch.optim.Optimizer) -> None:
+    """A loaded state dict brings the saving process's ``fused``/``capturable`` flags (a CPU run resumed on a
+    GPU, or one saved without CUDA graphs): put back this process's, with step counters where they need them."""
+    fused, capturable = optimizer.defaults.get("fused"), optimizer.defaults.get("capturable")
+    for group in optimizer.param_groups:
+        group["fused"], group["capturable"] = fused, capturable
+    for p, state in optimizer.state.items():
+        if "step" in state:
+            state["step"] = state["step"].to(p.device if fused or capturable else "cpu", torch.float32)
+
+
 @dataclass
 class FitState:
     """Where training stands: the epoch clock and early stopping. ``last.pt`` holds it as a dict."""
@@ -101,8 +113,10 @@ class FitState:
     epoch: int = 0
     best_hr: float = -1.0
     best_epoch: int | None = None
-    bad: int = 0  # evaluations since the best one
+    bad: int = 0  # evaluations since the best (smoothed) one
     best_valid: dict[str, float] = field(default_factory=dict)
+    recent: list[float] = field(default_factory=list)  # the last ``train.stop_smoothing`` validation HR@10s
+    best_smoothed: float = -1.0
     epoch_seconds: list[float] = field(default_factory=list)
     eval_seconds: float = 0.0
 
@@ -119,12 +133,16 @@ class _Session:
     amp_dtype: torch.dtype | None
     seqs: torch.Tensor
     n_rows: int
+    batch_rows: int  # training rows per global batch
     text_params: list[nn.Parameter]
-    real_inputs: np.ndarray | None = None  # SASRec: real input positions per user, on the host
-    pair_user: torch.Tensor | None = None  # DSSM: one row per (user, position) pair
-    pair_item: torch.Tensor | None = None
+    real_inputs: np.ndarray | None = None  # SASRec windows: real input positions per user, on the host
+    pair_user: torch.Tensor | None = None  # DSSM and SASRec prefixes: one row per (user, position) pair
+    pair_item: torch.Tensor | None = None  # DSSM: the pair's item
+    pair_pos: torch.Tensor | None = None  # SASRec prefixes: the input position the prefix ends at
     prefetch: Callable[..., None] | None = None  # a tower that reads its inputs from disk is told the next batch
-    host_ids: np.ndarray | None = None
+    host_ids: np.ndarray | None = None  # the ids a training row reads: row r's are host_ids[host_rows[r]]
+    host_rows: np.ndarray | None = None  # None: row r reads host_ids[r]
+    graphed: GraphedStep | None = None  # the step as a CUDA graph, where it can be one (_graphable)
 
 
 class Trainer:
@@ -139,11 +157,12 @@ class Trainer:
         self.reporter = reporter or Reporter()
         self.model = build_model(cfg, data, text)
         self.ks = cfg.eval.ks
+        self.graphed: GraphedStep | None = None  # the last fit's step as a CUDA graph, where it was one
 
     def _evaluate(self, split: str) -> dict[str, float]:
         self.reporter.stage(f"evaluate {split}")
         return evaluate(self.model, self.data.eval_split(split), self.data.n_items, self.ks, self.ctx,
-                        self.cfg.eval.batch_size)
+                        self.cfg.eval.batch_size, _amp(self.cfg, self.ctx.device))
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train until ``train.epochs`` or early stopping, then test the best-validation checkpoint.
@@ -154,6 +173,7 @@ class Trainer:
             eval_s = time.perf_counter() - t0
             return TrainResult(None, None, valid, self._evaluate("test"), [], eval_s)
         s = self._setup()
+        self.graphed = s.graphed
         state = self._restore(s) if resume and (self.ckpt_dir / "last.pt").exists() else self._fresh()
         train = self.cfg.train
         stopped, stop = state.epoch, state.bad > train.patience
@@ -180,8 +200,13 @@ class Trainer:
         log_pop = log_popularity(data.popularity).to(device)
         seqs = torch.as_tensor(data.train_sequences(), device=device)
         extra: dict[str, Any] = {}
-        if cfg.model.architecture == "sasrec":
+        if cfg.model.architecture == "sasrec" and cfg.train.examples == "prefixes":
             objective: nn.Module = SASRecObjective(model, log_pop, cfg.train.loss, data.n_items)
+            pair_user, pair_pos = (seqs[:, :-1] != 0).nonzero(as_tuple=True)
+            extra.update(pair_user=pair_user, pair_pos=pair_pos)
+            n_rows = len(pair_user)
+        elif cfg.model.architecture == "sasrec":
+            objective = SASRecObjective(model, log_pop, cfg.train.loss, data.n_items)
             n_rows = len(seqs)
             # real input positions per user, on the host: the objective then finds them without a sync
             extra["real_inputs"] = (data.train_sequences()[:, :-1] != 0).sum(1)
@@ -196,16 +221,59 @@ class Trainer:
         step_module = (DistributedDataParallel(objective, broadcast_buffers=False, gradient_as_bucket_view=True)
                        if ctx.distributed else objective)
         prefetch = getattr(model.item_tower, "prefetch", None)
-        if prefetch is not None:
-            extra.update(prefetch=prefetch, host_ids=data.train_sequences() if cfg.model.architecture == "sasrec"
-                         else extra["pair_item"].cpu().numpy())
+        if prefetch is not None and cfg.model.architecture == "sasrec":
+            extra.update(prefetch=prefetch, host_ids=data.train_sequences(),
+                         host_rows=extra["pair_user"].cpu().numpy() if "pair_pos" in extra else None)
+        elif prefetch is not None:
+            extra.update(prefetch=prefetch, host_ids=extra["pair_item"].cpu().numpy())
+        amp_dtype = _amp(cfg, device)
+        graph = self._graphable(model, amp_dtype, prefetch)
         # fused on GPUs: a few kernels per step for all parameters instead of several per tensor list
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                      fused=device.type == "cuda")
-        amp_dtype = _amp(cfg, device)
+                                      fused=device.type == "cuda", capturable=graph)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        return _Session(model, step_module, optimizer, scaler, amp_dtype, seqs, n_rows, _text_tower_params(model),
-                        **extra)
+        batch_rows = cfg.train.batch_size
+        if "pair_pos" in extra:  # as many prefixes as batch_size users hold on average: the steps of windows
+            batch_rows = max(2, round(cfg.train.batch_size * n_rows / len(seqs)))
+        s = _Session(model, step_module, optimizer, scaler, amp_dtype, seqs, n_rows, batch_rows,
+                     _text_tower_params(model), **extra)
+        if graph:
+            s.graphed = self._graphed_step(s, objective)
+        return s
+
+    def _graphable(self, model: nn.Module, amp_dtype: torch.dtype | None, prefetch: object) -> bool:
+        """Whether the step can be one CUDA graph (``train.cuda_graph``): one CUDA process (DDP's hooks and
+        collectives stay eager), a loss with a static form, no loss scaling (fp16's scaler skips steps on
+        the host), and a tower whose inputs are already on the GPU."""
+        return (self.cfg.train.cuda_graph and self.ctx.device.type == "cuda" and not self.ctx.distributed
+                and self.cfg.train.loss in ("ce", "ibce") and amp_dtype != torch.float16 and prefetch is None
+                and not isinstance(model.item_tower, FineTunedTextTower))
+
+    def _graphed_step(self, s: _Session, objective: nn.Module) -> GraphedStep:
+        """The step of :meth:`_forward` and :meth:`_backward_and_step` with static shapes: the batch is padded
+        with one extra row (an empty window, an empty prefix, a pair with item 0) that weighs nothing."""
+        cfg, seqs = self.cfg, s.seqs
+        padded = torch.cat([seqs, seqs.new_zeros(1, seqs.shape[1])])  # row len(seqs): the empty window
+        if s.pair_user is None:  # SASRec windows
+            def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return objective.static_loss(padded[idx])
+        elif s.pair_pos is not None:  # SASRec prefixes: the extra pair ends the empty window
+            users = torch.cat([s.pair_user, s.pair_user.new_full((1,), len(seqs))])
+            ends = torch.cat([s.pair_pos, s.pair_pos.new_full((1,), seqs.shape[1] - 2)])
+
+            def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                windows = padded[users[idx]]
+                return objective.static_loss(prefixes_of(windows, ends[idx]), windows)
+        else:  # DSSM: the extra pair's item is 0
+            users = torch.cat([s.pair_user, s.pair_user.new_zeros(1)])
+            items = torch.cat([s.pair_item, s.pair_item.new_zeros(1)])
+
+            def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                u = users[idx]
+                return objective.static_loss(u, items[idx], seqs[u])
+        clip = ((s.text_params, cfg.train.clip_grad_norm) if s.text_params and cfg.train.clip_grad_norm is not None
+                else None)
+        return GraphedStep(loss_fn, s.optimizer, clip, s.batch_rows, s.n_rows, self.ctx.device, s.amp_dtype)
 
     def _fresh(self) -> FitState:
         torch.manual_seed(self.cfg.seed + 7919 * (self.ctx.rank + 1))  # dropout streams differ per rank
@@ -225,6 +293,7 @@ class Trainer:
         ck = self._load("last.pt")
         s.model.load_state_dict(ck["model"])
         s.optimizer.load_state_dict(ck["optimizer"])
+        _keep_optimizer_mode(s.optimizer)
         s.scaler.load_state_dict(ck["scaler"])
         rng = ck["rng"]
         checkpoint.set_rng_state(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
@@ -235,17 +304,23 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         s.model.train()
         gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 7_777_777 + epoch * 131 + ctx.rank)
-        batches = global_batches(s.n_rows, cfg.train.batch_size, cfg.seed, epoch, ctx.world_size)
+        batches = global_batches(s.n_rows, s.batch_rows, cfg.seed, epoch, ctx.world_size)
         self.reporter.stage("epoch", total=len(batches), epoch=epoch)
         loss_total = torch.zeros((), device=ctx.device)
         # one host-to-GPU copy per epoch: a copy per step would wait for the GPU every step
         on_device = torch.cat(batches).to(ctx.device).split([len(b) for b in batches])
+        if s.graphed is not None:
+            s.graphed.loss_total.zero_()
+            for gb in on_device:
+                s.graphed.step(gb)
+                self.reporter.advance()
+            loss_total = s.graphed.loss_total
         if s.prefetch is not None:
-            s.prefetch(s.host_ids[batches[0].numpy()], ctx)
-        for i, gb in enumerate(on_device):
+            s.prefetch(self._host_ids(s, batches[0]), ctx)
+        for i, gb in enumerate(on_device if s.graphed is None else ()):
             loss_sum, n_terms = self._forward(s, gb, batches[i], gen)
             if s.prefetch is not None and i + 1 < len(batches):  # after this forward took its own batch
-                s.prefetch(s.host_ids[batches[i + 1].numpy()], ctx)
+                s.prefetch(self._host_ids(s, batches[i + 1]), ctx)
             total_terms = all_reduce_sum(n_terms.detach(), ctx).clamp_min(1.0)
             self._backward_and_step(s, loss_sum.float() * ctx.world_size / total_terms)
             loss_total += all_reduce_sum(loss_sum.detach().float(), ctx) / total_terms
@@ -256,6 +331,11 @@ class Trainer:
         if not math.isfinite(epoch_loss):
             raise TcfError(f"training diverged: the loss is {epoch_loss} in epoch {epoch}")
         return epoch_loss
+
+    @staticmethod
+    def _host_ids(s: _Session, batch: torch.Tensor) -> np.ndarray:
+        rows = batch.numpy()
+        return s.host_ids[rows if s.host_rows is None else s.host_rows[rows]]
 
     def _forward(self, s: _Session, gb: torch.Tensor, host_batch: torch.Tensor,
                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,6 +348,9 @@ class Trainer:
                 mine = shard(host_batch, ctx.rank, ctx.world_size)[0].numpy()
                 return s.step_module(s.seqs[idx], offset, width, ctx, gen, n_rows=int(s.real_inputs[mine].sum()))
             users = s.pair_user[idx]
+            if s.pair_pos is not None:
+                windows = s.seqs[users]
+                return s.step_module(prefixes_of(windows, s.pair_pos[idx]), offset, width, ctx, gen, windows=windows)
             return s.step_module(users, s.pair_item[idx], s.seqs[users], offset, width, ctx, gen)
 
     def _backward_and_step(self, s: _Session, loss: torch.Tensor) -> None:
@@ -280,15 +363,24 @@ class Trainer:
         s.scaler.update()
 
     def _validate_and_checkpoint(self, s: _Session, state: FitState, epoch: int) -> dict[str, float]:
-        """Validation metrics of this epoch; a new best HR@10 is saved as ``best.pt``."""
+        """Validation metrics of this epoch; a new best HR@10 is saved as ``best.pt``.
+
+        Early stopping counts the evaluations since the best *smoothed* HR@10 (the mean of the last
+        ``train.stop_smoothing`` values), so a single spike cannot end a run that is still improving; the
+        checkpoint kept is the best raw HR@10, as the method selects it."""
         t1 = time.perf_counter()
         metrics = self._evaluate("valid")
         state.eval_seconds = time.perf_counter() - t1
-        if metrics[SELECT_METRIC] > state.best_hr:
-            state.best_hr, state.best_epoch, state.bad, state.best_valid = metrics[SELECT_METRIC], epoch, 0, metrics
+        value = metrics[SELECT_METRIC]
+        if value > state.best_hr:
+            state.best_hr, state.best_epoch, state.best_valid = value, epoch, metrics
             if self.ctx.is_main:
                 checkpoint.save_atomic({"model": s.model.state_dict(), "epoch": epoch, "identity": self.identity},
                                        self.ckpt_dir / "best.pt")
+        state.recent = [*state.recent, value][-self.cfg.train.stop_smoothing:]
+        smoothed = sum(state.recent) / len(state.recent)
+        if smoothed > state.best_smoothed:
+            state.best_smoothed, state.bad = smoothed, 0
         else:
             state.bad += 1
         return metrics

@@ -99,3 +99,10 @@ def test_popularity_scores_distinct_and_rank_consistently():
     top = int(order[0])
     ranks = full_ranking_ranks(s[None], torch.tensor([top]), torch.zeros(1, 1, dtype=torch.long))
     assert ranks.tolist() == [1]
+
+
+def test_nan_of_another_item_counts_as_higher_and_duplicate_history_is_taken_out_once():
+    scores = torch.tensor([[5.0, 1.0, float("nan"), 0.5, 3.0, 2.0]])
+    history = torch.tensor([[0, 4, 4, 0]])  # item 4 twice: it must not be subtracted twice
+    # competing: items 2 (NaN: higher), 3, 5 (2.0 > 1.0); item 0 (5.0) and item 4 (history) do not
+    assert full_ranking_ranks(scores, torch.tensor([1]), history).tolist() == [3]
