@@ -46,7 +46,7 @@ def setup(args: argparse.Namespace) -> None:
     ckpt = model_dir(work, args.model, data)
     (work / "base.yaml").write_text(
         f"dataset:\n  path: {data}\nmodel:\n  item_tower: text\n  dropout: 0.0\n"
-        f"train:\n  batch_size: {args.batch}\n  epochs: 1\n  patience: 100\n  text_lr: 0.0001\n"
+        f"train:\n  batch_size: {args.batch}\n  epochs: 1\n  patience: 100\n  examples: windows\n  text_lr: 0.0001\n"
         f"text_encoder:\n  model: {ckpt}\n  max_tokens: 30\n  unfreeze: 2\n")
 
 

@@ -214,7 +214,8 @@ def _finished(db: Path) -> bool:
 
 def _id_config(args: argparse.Namespace) -> str:
     return (f"model:\n  embedding_dim: {args.id_dim}\n  num_blocks: 2\n  num_heads: 4\n"
-            f"train:\n  loss: ce\n  batch_size: {args.id_batch}\n  epochs: {args.epochs}\n  patience: 100\n")
+            f"train:\n  loss: ce\n  batch_size: {args.id_batch}\n  epochs: {args.epochs}\n  patience: 100\n"
+            f"  examples: windows\n")
 
 
 def part_train(args: argparse.Namespace, work: Path) -> dict:
@@ -227,7 +228,7 @@ def part_train(args: argparse.Namespace, work: Path) -> dict:
         ckpt = model_dir(work, args.text_model, text_data)
         models["text_sasrec_top2"] = (text_data, f"model:\n  item_tower: text\n"
                                                  f"train:\n  batch_size: {args.text_batch}\n  epochs: {args.epochs}\n"
-                                                 f"  patience: 100\n  text_lr: 0.0001\n"
+                                                 f"  patience: 100\n  examples: windows\n  text_lr: 0.0001\n"
                                                  f"text_encoder:\n  model: {ckpt}\n  max_tokens: 30\n  unfreeze: 2\n")
     out: dict = {"epochs": args.epochs, "seeds": args.seeds}
     for name, (data, body) in models.items():

@@ -18,6 +18,9 @@ Variants (behaviour of RecBole / the reference where it differs):
 - ``prefixes``: RecBole's batches (``train.examples: prefixes``): every (prefix, next item) is its own
   example, shuffled over all users, one loss term each, instead of user windows with a loss at every
   position.
+- ``prefixes-by-user``: prefixes as above, but each batch holds whole users (all prefixes of ~batch_size
+  shuffled users) instead of prefixes shuffled over all users: which half of ``prefixes`` helps, the
+  right-aligned (inference-shaped) examples or the mixing of users.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import train_speed  # noqa: E402
 from tcf.config import load_config  # noqa: E402
 from tcf.rec import sasrec as sasrec_mod  # noqa: E402
 from tcf.rec import trainer as trainer_mod  # noqa: E402
+from tcf.rec.batches import epoch_permutation  # noqa: E402
 
 
 def _ties_later() -> None:
@@ -74,9 +78,26 @@ def _left_positions() -> None:
     sasrec_mod.SASRec.encode = encode
 
 
-VARIANTS: dict[str, Callable[[], None]] = {"baseline": lambda: None, "ties-later": _ties_later,
-                                           "left-positions": _left_positions,
-                                           "prefixes": lambda: None}  # train.examples=prefixes, set below
+def _prefixes_by_user(per_user: np.ndarray) -> None:
+    """Batches of whole users: the prefix rows are ordered by user, so a permutation of users, each
+    user's rows kept together, cut into batches of the same size."""
+    starts = np.concatenate([[0], np.cumsum(per_user)[:-1]])
+    original = trainer_mod.global_batches
+
+    def global_batches(n, batch_size, seed, epoch, world_size=1):
+        if n != int(per_user.sum()):
+            return original(n, batch_size, seed, epoch, world_size)
+        users = epoch_permutation(len(per_user), seed, epoch).numpy()
+        rows = np.concatenate([np.arange(starts[u], starts[u] + per_user[u]) for u in users])
+        return list(torch.from_numpy(rows).split(batch_size))
+
+    trainer_mod.global_batches = global_batches
+
+
+VARIANTS: dict[str, Callable[[np.ndarray], None]] = {
+    "baseline": lambda per_user: None, "ties-later": lambda per_user: _ties_later(),
+    "left-positions": lambda per_user: _left_positions(), "prefixes": lambda per_user: None,
+    "prefixes-by-user": _prefixes_by_user}  # both prefixes variants set train.examples below
 
 
 def _seeds_of(path: str) -> dict[str, dict]:
@@ -118,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     src = train_speed._recbole_dir() / "dataset_example" / "ml-100k"
     _, data = train_speed.build_data(src, work, cfg)
     pairs = int(np.maximum(data.lengths - 3, 0).sum())
-    if args.variant == "prefixes":
+    if args.variant.startswith("prefixes"):
         cfg.train.examples = "prefixes"
     if args.batch_size:  # examples per step as RecBole's batch: users' worth of windows or prefixes
         cfg.train.batch_size = max(2, round(args.batch_size * data.n_users / pairs))
-    VARIANTS[args.variant]()
+    VARIANTS[args.variant]((data.train_sequences()[:, :-1] != 0).sum(1))
     seeds, out = [int(s) for s in args.seeds.split(",")], {}
     for seed in seeds:
         c = cfg.model_copy(deep=True)

@@ -24,8 +24,10 @@ DEMO_CONFIG: dict = {
     "seed": 42,
     "dataset": {"path": DEMO_DATASET},
     "model": {"item_tower": "id", "embedding_dim": 64, "num_blocks": 2, "num_heads": 2, "dropout": 0.1},
+    # windows and raw early stopping: a tour, so time comes first. The defaults (prefixes, a smoothed stop)
+    # score higher but do ~L times the work per epoch, minutes on a laptop CPU (bench/RESULTS.md)
     "train": {"batch_size": 128, "epochs": 40, "lr": 0.001, "weight_decay": 0.1, "patience": 3,
-              "text_lr": 0.003},
+              "examples": "windows", "stop_smoothing": 1, "text_lr": 0.003},
     "eval": {"ks": [10, 20]},
     "text_encoder": {"model": DEMO_ENCODER, "max_tokens": 16, "latent_dtype": "fp32"},
     "runs": [
