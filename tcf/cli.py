@@ -539,6 +539,15 @@ def import_recbole(src: Annotated[Path, typer.Argument(help="Folder with NAME.in
     _report(run_import(src, out_dir), out_dir)
 
 
+@import_app.command("mind")
+def import_mind(src: Annotated[Path, typer.Argument(help="A MIND train or dev folder (behaviors.tsv + news.tsv).")],
+                out_dir: Annotated[Path, typer.Argument(metavar="OUT")]) -> None:
+    """MIND: clicked history, then clicked impressions by time; text = title + abstract."""
+    from tcf.data.importers import import_mind as run_import
+
+    _report(run_import(src, out_dir), out_dir)
+
+
 @data_app.command("synth")
 def data_synth(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT")],
