@@ -548,6 +548,23 @@ def import_mind(src: Annotated[Path, typer.Argument(help="A MIND train or dev fo
     _report(run_import(src, out_dir), out_dir)
 
 
+@import_app.command("amazon")
+def import_amazon(
+    src: Annotated[Path, typer.Argument(help="Folder with an Amazon 2018 or 2023 reviews file and its meta_ file.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT")],
+    reviews: Annotated[str | None, typer.Option(
+        metavar="FILE", help="Reviews file inside SRC; default: the one *.json[l][.gz] not named meta_*.")] = None,
+    meta: Annotated[str | None, typer.Option(
+        metavar="FILE", help="Meta file inside SRC; default: the one meta_*.json[l][.gz].")] = None,
+    k_core: Annotated[int, typer.Option(
+        metavar="N", min=0, help="Keep users and items with at least N interactions, iterated (0: off).")] = 0,
+) -> None:
+    """Amazon Reviews 2018/2023 (JSON lines, .gz or not): reviews by time; text = title, brand, categories."""
+    from tcf.data.importers import import_amazon as run_import
+
+    _report(run_import(src, out_dir, reviews=reviews, meta=meta, k_core=k_core), out_dir)
+
+
 @data_app.command("synth")
 def data_synth(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT")],

@@ -10,8 +10,9 @@ One module per source; :mod:`.common` holds what they share (streaming readers, 
 the writer).
 """
 
+from tcf.data.importers.amazon import import_amazon
 from tcf.data.importers.mind import import_mind
 from tcf.data.importers.movielens import import_movielens
 from tcf.data.importers.recbole import import_recbole
 
-__all__ = ["import_mind", "import_movielens", "import_recbole"]
+__all__ = ["import_amazon", "import_mind", "import_movielens", "import_recbole"]
