@@ -565,6 +565,15 @@ def import_amazon(
     _report(run_import(src, out_dir, reviews=reviews, meta=meta, k_core=k_core), out_dir)
 
 
+@import_app.command("hm")
+def import_hm(src: Annotated[Path, typer.Argument(help="The H&M folder (transactions_train.csv + articles.csv).")],
+              out_dir: Annotated[Path, typer.Argument(metavar="OUT")]) -> None:
+    """H&M Personalized Fashion: purchases by day; text = name, type, colour, description."""
+    from tcf.data.importers import import_hm as run_import
+
+    _report(run_import(src, out_dir), out_dir)
+
+
 @data_app.command("synth")
 def data_synth(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT")],

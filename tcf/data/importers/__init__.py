@@ -11,8 +11,9 @@ the writer).
 """
 
 from tcf.data.importers.amazon import import_amazon
+from tcf.data.importers.hm import import_hm
 from tcf.data.importers.mind import import_mind
 from tcf.data.importers.movielens import import_movielens
 from tcf.data.importers.recbole import import_recbole
 
-__all__ = ["import_amazon", "import_mind", "import_movielens", "import_recbole"]
+__all__ = ["import_amazon", "import_hm", "import_mind", "import_movielens", "import_recbole"]

@@ -87,6 +87,21 @@ def csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         start = reader.line_num + 1
 
 
+def csv_table(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header row of a CSV file and its records after it, each checked to have as many fields."""
+    rows = csv_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise DataError(path, None, "file is empty (expected a header line)")
+    header = first[1]
+
+    def records() -> Iterator[tuple[int, list[str]]]:
+        for no, fields in rows:
+            yield no, width(path, no, fields, len(header))
+
+    return header, records()
+
+
 def json_records(path: Path) -> Iterator[tuple[int, dict]]:
     """``(line, object)`` of a JSON-lines file: one JSON object per line."""
     for no, text in read_lines(path):
