@@ -574,6 +574,32 @@ def import_hm(src: Annotated[Path, typer.Argument(help="The H&M folder (transact
     _report(run_import(src, out_dir), out_dir)
 
 
+InteractionsOption = Annotated[str | None, typer.Option(
+    metavar="FILE", help="Interactions CSV inside SRC; default: the one whose header has user, item, timestamp.")]
+ItemsOption = Annotated[str | None, typer.Option(
+    metavar="FILE", help="Item CSV inside SRC; default: the one with item and title columns (or title in its name).")]
+
+
+@import_app.command("microlens")
+def import_microlens(src: Annotated[Path, typer.Argument(help="A MicroLens-50k/100k folder (*_pairs.csv + titles).")],
+                     out_dir: Annotated[Path, typer.Argument(metavar="OUT")],
+                     interactions: InteractionsOption = None, items: ItemsOption = None) -> None:
+    """MicroLens: user, item, timestamp pairs by time; text = the title."""
+    from tcf.data.importers import import_microlens as run_import
+
+    _report(run_import(src, out_dir, interactions=interactions, items=items), out_dir)
+
+
+@import_app.command("pixelrec")
+def import_pixelrec(src: Annotated[Path, typer.Argument(help="Folder holding PixelRec's interaction and item CSVs.")],
+                    out_dir: Annotated[Path, typer.Argument(metavar="OUT")],
+                    interactions: InteractionsOption = None, items: ItemsOption = None) -> None:
+    """PixelRec: item_id, user_id, timestamp by time; text = the title."""
+    from tcf.data.importers import import_pixelrec as run_import
+
+    _report(run_import(src, out_dir, interactions=interactions, items=items), out_dir)
+
+
 @data_app.command("synth")
 def data_synth(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT")],

@@ -15,5 +15,7 @@ from tcf.data.importers.hm import import_hm
 from tcf.data.importers.mind import import_mind
 from tcf.data.importers.movielens import import_movielens
 from tcf.data.importers.recbole import import_recbole
+from tcf.data.importers.westlake import import_microlens, import_pixelrec
 
-__all__ = ["import_amazon", "import_hm", "import_mind", "import_movielens", "import_recbole"]
+__all__ = ["import_amazon", "import_hm", "import_microlens", "import_mind", "import_movielens", "import_pixelrec",
+           "import_recbole"]
