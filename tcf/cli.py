@@ -553,9 +553,9 @@ def import_amazon(
     src: Annotated[Path, typer.Argument(help="Folder with an Amazon 2018 or 2023 reviews file and its meta_ file.")],
     out_dir: Annotated[Path, typer.Argument(metavar="OUT")],
     reviews: Annotated[str | None, typer.Option(
-        metavar="FILE", help="Reviews file inside SRC; default: the one *.json[l][.gz] not named meta_*.")] = None,
+        metavar="FILE", help="Reviews file inside SRC; default: the other .json or .jsonl file (.gz or not).")] = None,
     meta: Annotated[str | None, typer.Option(
-        metavar="FILE", help="Meta file inside SRC; default: the one meta_*.json[l][.gz].")] = None,
+        metavar="FILE", help="Meta file inside SRC; default: the one meta_*.json or .jsonl (.gz or not).")] = None,
     k_core: Annotated[int, typer.Option(
         metavar="N", min=0, help="Keep users and items with at least N interactions, iterated (0: off).")] = 0,
 ) -> None:

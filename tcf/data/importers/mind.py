@@ -89,8 +89,9 @@ def import_mind(src: Path, out: Path) -> dict:
     predates every impression), then the clicked impressions (label 1) by time, ties in file order.
 
     A user in several impression rows has the same history in each; it is taken once (a different one is
-    an error). Item text: the title, then the abstract when there is one, as sentences (``Title. Abstract``;
-    no ``.`` is added after a title ending in ``.``, ``!`` or ``?``); a news without a title has no text.
+    an error; a news listed twice in it is one interaction, an exact duplicate). Item text: the title,
+    then the abstract when there is one, as sentences (``Title. Abstract``; no ``.`` is added after a
+    title ending in ``.``, ``!`` or ``?``); a news without a title has no text.
 
     >>> import_mind(Path("MINDsmall_train"), Path("data/mind_small"))   # doctest: +SKIP
     {'format': 'mind', 'users': 50000, 'items': ..., 'interactions': ..., 'duplicates': ..., ...}
