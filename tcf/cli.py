@@ -539,6 +539,67 @@ def import_recbole(src: Annotated[Path, typer.Argument(help="Folder with NAME.in
     _report(run_import(src, out_dir), out_dir)
 
 
+@import_app.command("mind")
+def import_mind(src: Annotated[Path, typer.Argument(help="A MIND train or dev folder (behaviors.tsv + news.tsv).")],
+                out_dir: Annotated[Path, typer.Argument(metavar="OUT")]) -> None:
+    """MIND: clicked history, then clicked impressions by time; text = title + abstract."""
+    from tcf.data.importers import import_mind as run_import
+
+    _report(run_import(src, out_dir), out_dir)
+
+
+@import_app.command("amazon")
+def import_amazon(
+    src: Annotated[Path, typer.Argument(help="Folder with an Amazon 2018 or 2023 reviews file and its meta_ file.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT")],
+    reviews: Annotated[str | None, typer.Option(
+        metavar="FILE", help="Reviews file inside SRC; default: the other .json or .jsonl file (.gz or not).")] = None,
+    meta: Annotated[str | None, typer.Option(
+        metavar="FILE", help="Meta file inside SRC; default: the one meta_*.json or .jsonl (.gz or not).")] = None,
+    k_core: Annotated[int, typer.Option(
+        metavar="N", min=0, help="Keep users and items with at least N interactions, iterated (0: off).")] = 0,
+) -> None:
+    """Amazon Reviews 2018/2023 (JSON lines, .gz or not): reviews by time; text = title, brand, categories."""
+    from tcf.data.importers import import_amazon as run_import
+
+    _report(run_import(src, out_dir, reviews=reviews, meta=meta, k_core=k_core), out_dir)
+
+
+@import_app.command("hm")
+def import_hm(src: Annotated[Path, typer.Argument(help="The H&M folder (transactions_train.csv + articles.csv).")],
+              out_dir: Annotated[Path, typer.Argument(metavar="OUT")]) -> None:
+    """H&M Personalized Fashion: purchases by day; text = name, type, colour, description."""
+    from tcf.data.importers import import_hm as run_import
+
+    _report(run_import(src, out_dir), out_dir)
+
+
+InteractionsOption = Annotated[str | None, typer.Option(
+    metavar="FILE", help="Interactions CSV inside SRC; default: the one whose header has user, item, timestamp.")]
+ItemsOption = Annotated[str | None, typer.Option(
+    metavar="FILE", help="Item CSV inside SRC; default: the one with item and title columns (or title in its name).")]
+
+
+@import_app.command("microlens")
+def import_microlens(src: Annotated[Path, typer.Argument(help="A MicroLens-50k/100k folder (*_pairs.csv + titles).")],
+                     out_dir: Annotated[Path, typer.Argument(metavar="OUT")],
+                     interactions: InteractionsOption = None, items: ItemsOption = None) -> None:
+    """MicroLens: user, item, timestamp pairs by time; text = the title."""
+    from tcf.data.importers import import_microlens as run_import
+
+    _report(run_import(src, out_dir, interactions=interactions, items=items), out_dir)
+
+
+@import_app.command("pixelrec")
+def import_pixelrec(src: Annotated[Path, typer.Argument(help="Folder holding PixelRec's interaction and item CSVs.")],
+                    out_dir: Annotated[Path, typer.Argument(metavar="OUT")],
+                    interactions: InteractionsOption = None, items: ItemsOption = None) -> None:
+    """PixelRec: item_id, user_id, timestamp by time; text = the title."""
+    from tcf.data.importers import import_pixelrec as run_import
+
+    _report(run_import(src, out_dir, interactions=interactions, items=items), out_dir)
+
+
 @data_app.command("synth")
 def data_synth(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT")],

@@ -145,3 +145,29 @@ def gather_top1(setup: tuple[Path, Path, Path]) -> tuple[LatentGather, torch.Ten
     depth = TEXT_BLOCKS - 1
     lengths = store.lengths()
     return LatentGather(store.open(depth), lengths), store.read(depth), lengths
+
+
+def dataset_files(folder: Path) -> dict[str, str]:
+    """Every file of a dataset folder, by name, as text."""
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.iterdir())}
+
+
+def import_ok(cwd: Path, *args: str) -> str:
+    """``tcf data import ARGS`` succeeds and ``tcf data check`` accepts what it wrote (the last argument, OUT);
+    returns the import's report, on one line (the console wraps it at its width)."""
+    r = tcf_here("data", "import", *args, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    check = tcf_here("data", "check", args[-1], cwd=cwd)
+    assert check.returncode == 0 and "skipped" not in check.stderr, check.stderr
+    return " ".join(r.stderr.split())
+
+
+def import_fails(cwd: Path, *args: str) -> str:
+    """``tcf data import ARGS`` fails with exit code 2, one ``error:`` line, no traceback and no OUT (the last
+    argument); returns that line."""
+    r = tcf_here("data", "import", *args, cwd=cwd)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert not Path(args[-1]).exists() and not (cwd / args[-1]).exists()
+    assert not [p for p in Path(args[-1]).parent.iterdir() if p.name.startswith(".")]  # no temporary folder
+    return lines[0]

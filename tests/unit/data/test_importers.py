@@ -54,6 +54,7 @@ def test_movielens_100k(tmp_path):
         "users": 2,
         "items": 3,
         "interactions": 5,
+        "duplicates": 0,
         "interactions_without_text": 1,
     }
     assert read(tmp_path / "out") == {
@@ -105,7 +106,7 @@ def test_movielens_errors(tmp_path):
     write(src, "ratings.dat", "1::10::5::soon\n", "latin-1")
     with pytest.raises(DataError) as e:
         import_movielens(src, tmp_path / "out")
-    assert str(e.value) == f"{src / 'ratings.dat'}:1: timestamp 'soon' is not a number"
+    assert str(e.value) == f"{src / 'ratings.dat'}:1: timestamp: 'soon' is not a number"
     write(src, "movies.dat", "10::A (1995)::Action\n10::B (1996)::Drama\n", "latin-1")
     with pytest.raises(DataError) as e:
         import_movielens(src, tmp_path / "out")
@@ -167,6 +168,7 @@ def test_recbole_ml100k_excerpt(tmp_path):
         "users": len(per_user),
         "items": len(with_text),
         "interactions": 118,
+        "duplicates": 0,
         "interactions_without_text": 2,
     }
     raw = load_dataset(tmp_path / "out")
@@ -207,7 +209,7 @@ def test_recbole_errors(tmp_path):
     write(src, "r.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\t1\t5\nu\t1\tlater\n")
     with pytest.raises(DataError) as e:
         import_recbole(src, tmp_path / "out")
-    assert str(e.value) == f"{inter}:3: timestamp 'later' is not a number"
+    assert str(e.value) == f"{inter}:3: timestamp: 'later' is not a number"
     write(src, "r.inter", "session:token\titem_id:token\nu\t1\n")
     with pytest.raises(DataError) as e:
         import_recbole(src, tmp_path / "out")
