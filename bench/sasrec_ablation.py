@@ -18,6 +18,11 @@ Variants (behaviour of RecBole / the reference where it differs):
 - ``prefixes``: RecBole's batches (``train.examples: prefixes``): every (prefix, next item) is its own
   example, shuffled over all users, one loss term each, instead of user windows with a loss at every
   position.
+- ``qkvo-bias``: biases on the attention's Q, K, V and output projections (RecBole; tcf and the reference
+  have none).
+- ``ln-eps``: LayerNorm eps 1e-12 (RecBole) instead of 1e-6 (the reference, tcf).
+- ``pad-class``: the full softmax (``ce``) has one more class with logit 0, RecBole's padding item 0 (a
+  zero embedding it never masks) instead of none.
 - ``prefixes-by-user``: prefixes as above, but each batch holds whole users (all prefixes of ~batch_size
   shuffled users) instead of prefixes shuffled over all users: which half of ``prefixes`` helps, the
   right-aligned (inference-shaped) examples or the mixing of users.
@@ -35,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "bench"):
@@ -44,6 +50,7 @@ for p in (ROOT, ROOT / "bench"):
 import train_speed  # noqa: E402
 
 from tcf.config import load_config  # noqa: E402
+from tcf.rec import objective as objective_mod  # noqa: E402
 from tcf.rec import sasrec as sasrec_mod  # noqa: E402
 from tcf.rec import trainer as trainer_mod  # noqa: E402
 from tcf.rec.batches import epoch_permutation  # noqa: E402
@@ -78,6 +85,26 @@ def _left_positions() -> None:
     sasrec_mod.SASRec.encode = encode
 
 
+def _qkvo_bias() -> None:
+    original = sasrec_mod._Block.__init__
+
+    def init(self, dim, n_heads, dropout):
+        original(self, dim, n_heads, dropout)
+        for name in ("q", "k", "v", "o"):
+            setattr(self, name, nn.Linear(dim, dim))  # re-initialised with the model by init_weights_
+
+    sasrec_mod._Block.__init__ = init
+
+
+def _pad_class() -> None:
+    original = objective_mod.ce_loss
+
+    def ce_loss(queries, targets, table, weights=None):
+        return original(queries, targets, torch.cat([table, table.new_zeros(1, table.shape[1])]), weights)
+
+    objective_mod.ce_loss = ce_loss
+
+
 def _prefixes_by_user(per_user: np.ndarray) -> None:
     """Batches of whole users: the prefix rows are ordered by user, so a permutation of users, each
     user's rows kept together, cut into batches of the same size."""
@@ -97,7 +124,9 @@ def _prefixes_by_user(per_user: np.ndarray) -> None:
 VARIANTS: dict[str, Callable[[np.ndarray], None]] = {
     "baseline": lambda per_user: None, "ties-later": lambda per_user: _ties_later(),
     "left-positions": lambda per_user: _left_positions(), "prefixes": lambda per_user: None,
-    "prefixes-by-user": _prefixes_by_user}  # both prefixes variants set train.examples below
+    "prefixes-by-user": _prefixes_by_user, "qkvo-bias": lambda per_user: _qkvo_bias(),
+    "ln-eps": lambda per_user: setattr(sasrec_mod, "LN_EPS", 1e-12),
+    "pad-class": lambda per_user: _pad_class()}  # both prefixes variants set train.examples below
 
 
 def _seeds_of(path: str) -> dict[str, dict]:
