@@ -229,6 +229,13 @@ class TextEncoderConfig(_Section):
         1, ge=1, le=16, description="Layers of the projection MLP from LM width to embedding_dim."
     )
 
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, v: object) -> object:
+        if v == "auto" or isinstance(v, bool):
+            return v
+        raise ValueError(f"must be auto, true or false, got {v!r}")
+
 
 class Config(_Section):
     name: str | None = Field(None, description="Run name; defaults to dataset-architecture-tower.")

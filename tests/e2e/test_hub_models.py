@@ -92,3 +92,22 @@ def test_a_repo_without_safetensors_is_one_line(hub, tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr
         [line] = r.stderr.strip().splitlines()
         assert line.startswith("error: org/pickled: ") and ".safetensors" in line and "pickled" in line
+
+
+def test_queued_jobs_resolve_the_repo_id_in_their_own_processes(hub):
+    """`tcf queue add` checks the repo (offline, from the cache) and stores the id as written; the worker's job
+    processes resolve it alike, and the run records the same commit."""
+    root, config, _, env = hub
+    db = root / "q.db"
+    r = tcf_here("queue", "add", str(config), "--db", str(db), cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.split()) == 2  # the pre-inference, then the training that waits for it
+    r = tcf("worker", "--gpus", "cpu", "--exit-when-idle", "--db", str(db), cwd=root, env=env)
+    assert r.returncode == 0, r.stderr
+    with sqlite3.connect(db) as c:
+        states = [s for (s,) in c.execute("SELECT state FROM jobs ORDER BY id")]
+        configs = [json.loads(s) for (s,) in c.execute("SELECT config_json FROM jobs ORDER BY id")]
+        [inputs] = [json.loads(s) for (s,) in c.execute("SELECT inputs_json FROM runs")]
+    assert states == ["finished", "finished"]
+    assert all(cfg["text_encoder"]["model"] == "org/tiny" for cfg in configs)
+    assert inputs["text_encoder"]["revision"] == REV_B

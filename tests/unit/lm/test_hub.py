@@ -118,6 +118,8 @@ def test_a_missing_repo_is_one_error_naming_it_the_cache_and_that_it_was_offline
     message = str(info.value)
     assert message.startswith("org/missing@v2: ") and str(cache) in message and "offline" in message
     assert "\n" not in message
+    with pytest.raises(TcfError, match="'org/bad--name' is neither a local folder nor a valid Hugging Face repo id"):
+        resolve_model("org/bad--name")
 
 
 def test_a_repo_without_safetensors_is_one_clear_error(tiny, cache, tmp_path):
@@ -139,3 +141,70 @@ def test_a_local_folder_resolves_as_before(tiny, tmp_path, monkeypatch):
     assert resolve_model(f"./{model.name}") == model.resolve()
     with pytest.raises(TcfError, match="not a model directory \\(not found\\)"):
         model_dir_of(TextEncoderConfig(model=str(tmp_path / "nowhere")))
+
+
+def _online(monkeypatch, answer):
+    """Online (HF_HUB_OFFLINE unset), with ``snapshot_download`` replaced by ``answer(repo, **kwargs)``: the
+    calls it got."""
+    import huggingface_hub
+
+    calls: list[dict] = []
+
+    def fake(repo_id, **kwargs):
+        calls.append({"repo": repo_id, **kwargs})
+        return answer(repo_id, **kwargs)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    return calls
+
+
+def test_online_only_what_tcf_reads_is_fetched_and_never_pickles(tiny, cache, tmp_path, monkeypatch):
+    from fnmatch import fnmatchcase
+
+    model, _ = tiny
+    st = tmp_path / "st"
+    shutil.copytree(model, st / "0_Transformer")
+    (st / "modules.json").write_text(json.dumps([
+        {"idx": 0, "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    snapshot = hub_cache_model(cache, "org/st-online", REV_B, st)
+    calls = _online(monkeypatch, lambda repo, **kw: str(snapshot))
+    assert resolve_model("org/st-online@main") == (snapshot / "0_Transformer").resolve()
+    first, modules = calls
+    assert (first["revision"], first["local_files_only"], first["cache_dir"]) == ("main", False, str(cache))
+    assert modules["revision"] == REV_B  # the module files of the very commit the first call resolved
+
+    def fetched(path: str, call: dict) -> bool:
+        return any(fnmatchcase(path, p) for p in call["allow_patterns"])
+
+    wanted = ["config.json", "model.safetensors", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
+              "tokenizer.json", "tokenizer_config.json", "vocab.txt", "modules.json", "sentence_bert_config.json"]
+    assert all(fetched(p, first) for p in wanted)
+    assert all(fetched(p, modules) for p in ("0_Transformer/config.json", "0_Transformer/vocab.txt",
+                                             "1_Pooling/config.json"))
+    never = ["pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "rust_model.ot", "onnx/model.onnx",
+             "training_args.bin", "0_Transformer/pytorch_model.bin", "openvino/openvino_model.bin"]
+    assert not [p for p in never if fetched(p, first) or fetched(p, modules)]
+    resolve_model("org/st-online@main")
+    assert len(calls) == 2  # asked once per process
+
+
+def test_online_errors_are_one_line_each(cache, monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    def unreachable(repo, **kwargs):
+        raise LocalEntryNotFoundError("Cannot find ...\nmany lines")
+
+    _online(monkeypatch, unreachable)
+    with pytest.raises(TcfError, match=f"^org/away: .*{cache}.*could not be reached, so tcf looked offline"):
+        resolve_model("org/away")
+
+    def missing(repo, **kwargs):
+        raise RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # (its __init__ wants an HTTP response)
+
+    _online(monkeypatch, missing)
+    with pytest.raises(TcfError, match="^org/nothing: not a local folder, and no such repo on the Hugging Face Hub"):
+        resolve_model("org/nothing")
