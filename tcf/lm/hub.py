@@ -103,8 +103,8 @@ def _snapshot(repo: str, revision: str | None, cache: str, offline: bool) -> Pat
             raise TcfError(f"{name}: the cached snapshot {folder} has no .safetensors weights: the repo ships none, "
                            "or they were never downloaded (offline: HF_HUB_OFFLINE is set); tcf never loads pickled "
                            "*.bin weights")
-        raise TcfError(f"{name} (commit {commit}) has no .safetensors weights, only pickled ones, which tcf never "
-                       "loads; choose a revision or repo that ships safetensors, or convert it to a local folder")
+        raise TcfError(f"{name} (commit {commit}) has no .safetensors weights; tcf never loads pickled *.bin "
+                       "weights: choose a revision or repo that ships safetensors, or convert it to a local folder")
     return folder
 
 

@@ -192,8 +192,15 @@ def test_online_only_what_tcf_reads_is_fetched_and_never_pickles(tiny, cache, tm
     assert len(calls) == 2  # asked once per process
 
 
-def test_online_errors_are_one_line_each(cache, monkeypatch):
+def test_online_errors_are_one_line_each(tiny, cache, tmp_path, monkeypatch):
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny[0], pickled, ignore=shutil.ignore_patterns("*.safetensors"))
+    snapshot = hub_cache_model(cache, "org/pickled", REV_A, pickled)
+    _online(monkeypatch, lambda repo, **kwargs: str(snapshot))
+    with pytest.raises(TcfError, match=f"^org/pickled \\(commit {REV_A}\\) has no .safetensors weights; tcf never"):
+        resolve_model("org/pickled")
 
     def unreachable(repo, **kwargs):
         raise LocalEntryNotFoundError("Cannot find ...\nmany lines")
