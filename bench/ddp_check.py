@@ -173,7 +173,7 @@ def main() -> None:
     if cfg.model.item_tower == "text":
         latents, _ = run_infer_job(cfg, args.workdir / "check.db", device=ctx.device)
         te = cfg.text_encoder
-        text = TextSource(latents, model_dir_of(te), te.unfreeze, te.pooling)
+        text = TextSource(latents, model_dir_of(te), te.unfreeze, te.pooling, te.normalize)
     ckpt = args.workdir / "ckpt" / args.label
     ckpt.mkdir(parents=True, exist_ok=True)
     barrier(ctx)

@@ -137,7 +137,8 @@ def text_source(dataset: Path, work: Path, args: argparse.Namespace, device: tor
     t0 = time.perf_counter()
     latents, _ = run_infer_job(cfg, work / "infer.db", device=device)
     te = cfg.text_encoder
-    return model_dir, TextSource(latents, model_dir_of(te), te.unfreeze, te.pooling), time.perf_counter() - t0
+    source = TextSource(latents, model_dir_of(te), te.unfreeze, te.pooling, te.normalize)
+    return model_dir, source, time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:

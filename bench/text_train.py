@@ -138,7 +138,7 @@ def speed(args: argparse.Namespace, work: Path, model_dir: Path, device: torch.d
     infer_s = time.perf_counter() - t0
     te = cfg.text_encoder
     ctx = DistContext(0, 1, device)
-    text = TextSource(latents, model_dir_of(te), te.unfreeze, te.pooling)
+    text = TextSource(latents, model_dir_of(te), te.unfreeze, te.pooling, te.normalize)
     trainer = Trainer(cfg, data, ctx, work / "ckpt", text=text)
     t0 = time.perf_counter()
     result = trainer.fit()

@@ -67,6 +67,22 @@ def format_block_ranges(spans: tuple[tuple[int, int], ...]) -> str:
     return ",".join(f"{s}:{e}" for s, e in spans)
 
 
+#: ``org/name`` with an optional ``@revision`` (branch, tag or commit): how a Hugging Face repo id is written.
+HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")
+
+
+def hub_model(model: str) -> tuple[str, str | None] | None:
+    """(repo id, revision or None) when ``text_encoder.model`` names a Hugging Face repo; None for a local folder.
+
+    The rule (one place, so config, commands and workers agree): a string is a local path if it exists as a
+    folder or starts with ``.``, ``/`` or ``~``; otherwise one written ``org/name[@revision]`` is a repo id;
+    anything else is a local path (one that is missing fails where the model is read)."""
+    if model.startswith((".", "/", "~")) or Path(model).is_dir():
+        return None
+    m = HUB_ID.fullmatch(model)
+    return (m["repo"], m["revision"]) if m else None
+
+
 def _plausible_bytes(n: int) -> int:
     if n > MAX_BYTES:
         raise ValueError(f"{n:,} bytes is more memory than any machine has (at most 64 TiB)")
@@ -191,7 +207,8 @@ class EvalConfig(_Section):
 
 
 class TextEncoderConfig(_Section):
-    model: str = Field(description="Local Hugging Face model directory (config.json + safetensors).")
+    model: str = Field(description="A local model folder (config.json + safetensors), or a Hugging Face repo id "
+                       "org/name[@revision] resolved through the local cache (downloaded when online).")
     max_tokens: int = Field(30, ge=1, le=32768, description="Tokens per item text (longer texts are truncated).")
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Compute dtype of pre-inference.")
     latent_dtype: Literal["bf16", "fp16", "fp32"] = Field(
@@ -206,11 +223,23 @@ class TextEncoderConfig(_Section):
         0, ge=0, le=1024, description="Top blocks to fine-tune; pre-inference keeps the latents below them."
     )
     pooling: Literal["auto", "mean", "first", "last"] = Field(
-        "auto", description="Item vector from token states: auto = first token for BERT/RoBERTa, else masked mean."
+        "auto", description="Item vector from token states: auto = a sentence-transformers folder's Pooling "
+        "module, else the first token for BERT/RoBERTa and the masked mean for the rest."
+    )
+    normalize: Literal["auto"] | bool = Field(
+        "auto", description="L2-normalise item vectors before the projection: auto = when a sentence-transformers "
+        "folder has a Normalize module after its pooling, else not."
     )
     projection_layers: int = Field(
         1, ge=1, le=16, description="Layers of the projection MLP from LM width to embedding_dim."
     )
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, v: object) -> object:
+        if v == "auto" or isinstance(v, bool):
+            return v
+        raise ValueError(f"must be auto, true or false, got {v!r}")
 
 
 class Config(_Section):
@@ -246,11 +275,12 @@ class Config(_Section):
 
     def resolved(self) -> Config:
         """A copy with the dataset and text-encoder paths made absolute (against the current folder): what a
-        run or a job stores, so that it reads the same files wherever it resumes."""
+        run or a job stores, so that it reads the same files wherever it resumes. A Hugging Face repo id is
+        kept as written (each process resolves it through the cache)."""
         cfg = self.model_copy(deep=True)
         cfg.dataset.path = str(Path(cfg.dataset.path).resolve())
-        if cfg.text_encoder is not None:
-            cfg.text_encoder.model = str(Path(cfg.text_encoder.model).resolve())
+        if cfg.text_encoder is not None and hub_model(cfg.text_encoder.model) is None:  # a repo id stays one
+            cfg.text_encoder.model = str(Path(cfg.text_encoder.model).expanduser().resolve())
         return cfg
 
     def hash(self) -> str:

@@ -22,6 +22,7 @@ from tcf.data.prepare import Prepared, prepare
 from tcf.data.reader import BEHAVIORS_FILE, load_dataset, resolve_item_file
 from tcf.errors import TcfError
 from tcf.lm.checkpoint import parameter_count
+from tcf.lm.hub import hub_origin
 from tcf.preinfer.encode import model_dir_of, model_fingerprint, run_infer_job
 from tcf.rec.text_towers import TextSource
 from tcf.rec.trainer import Trainer, TrainResult
@@ -65,12 +66,15 @@ def checkpoint_dir(db_path: Path, run_id: int, run_uuid: str) -> Path:
 
 
 def run_inputs(cfg: Config, text_model: Path | None) -> dict[str, dict[str, str]]:
-    """Fingerprints of what a run reads before it trains: its dataset files and its text encoder."""
+    """Fingerprints of what a run reads before it trains: its dataset files and its text encoder (with, for a
+    model from the Hugging Face cache, its repo and resolved commit)."""
     folder = Path(cfg.dataset.path).resolve()
     files = [folder / BEHAVIORS_FILE, folder / resolve_item_file(folder, cfg.dataset.item_file)]
     inputs = {f"dataset/{f.name}": {"path": str(f), "sha256": file_digest(f)} for f in files}
     if text_model is not None:
-        inputs["text_encoder"] = {"path": str(text_model), "fingerprint": model_fingerprint(text_model)}
+        origin = hub_origin(text_model)
+        inputs["text_encoder"] = {"path": str(text_model), "fingerprint": model_fingerprint(text_model),
+                                  **(origin.record() if origin else {})}
     return inputs
 
 
@@ -190,4 +194,4 @@ def _text_source(cfg: Config, db_path: Path, ctx: DistContext, store: Store | No
         if run.get("inputs", {}).get("latents"):
             check_inputs(run, found)
         store.add_inputs(run["id"], found)
-    return TextSource(latents, text_model, te.unfreeze, te.pooling)
+    return TextSource(latents, text_model, te.unfreeze, te.pooling, te.normalize)

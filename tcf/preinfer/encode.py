@@ -22,6 +22,7 @@ from tcf.config import Config, TextEncoderConfig
 from tcf.data.reader import load_dataset
 from tcf.errors import ConfigError, TcfError
 from tcf.lm.checkpoint import checkpoint_tensors, model_size, read_config
+from tcf.lm.hub import hub_origin, resolve_model
 from tcf.preinfer.planner import BUDGET_KEY, BudgetTooSmall, Plan, plan_ranges, split_at
 from tcf.util.artifacts import META, artifact_hash, artifact_path, read_meta
 from tcf.util.atomic import write_atomic
@@ -33,8 +34,9 @@ KEY_FORMAT = 3  # of the latents key below: a new format never matches an artifa
 
 
 def model_dir_of(te: TextEncoderConfig) -> Path:
-    """The resolved model directory, checked to hold a config.json of a supported family."""
-    model_dir = Path(te.model).resolve()
+    """The model folder ``text_encoder.model`` names (a local folder, or a Hugging Face repo through the cache:
+    :func:`tcf.lm.hub.resolve_model`), checked to hold a config.json of a supported family."""
+    model_dir = resolve_model(te.model)
     read_config(model_dir)  # an unsupported family fails here, naming the supported ones
     return model_dir
 
@@ -112,11 +114,14 @@ def minimum_budget(cfg: Config) -> int:
 
 def latents_key(cfg: Config, tokens_hash: str, compute_dtype: str) -> dict[str, Any]:
     """Everything that determines the latents' values: the token artifact (items + tokenizer + max
-    tokens), the checkpoint and the dtypes. Which depths are kept is not part of it (see find_latents)."""
+    tokens), the checkpoint (and for a model from the Hugging Face cache its repo and commit) and the dtypes.
+    Which depths are kept is not part of it (see find_latents)."""
     te = cfg.text_encoder
     assert te is not None
-    return {"tokens": tokens_hash, "model": model_fingerprint(model_dir_of(te)), "dtype": compute_dtype,
-            "latent_dtype": te.latent_dtype, "format": KEY_FORMAT}
+    model_dir = model_dir_of(te)
+    origin = hub_origin(model_dir)
+    return {"tokens": tokens_hash, "model": model_fingerprint(model_dir), "dtype": compute_dtype,
+            "latent_dtype": te.latent_dtype, "format": KEY_FORMAT, **(origin.record() if origin else {})}
 
 
 def depth_of(cfg: Config) -> int | None:

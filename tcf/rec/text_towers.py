@@ -26,8 +26,8 @@ from torch.nn.attention import sdpa_kernel
 
 from tcf.errors import TcfError
 from tcf.lm.attention import ATTENTION_BACKENDS
-from tcf.lm.checkpoint import model_family, model_shape
-from tcf.lm.pooling import POOLINGS, pool
+from tcf.lm.checkpoint import model_shape
+from tcf.lm.pooling import POOLINGS, Pooling, pool, pooling_rule
 from tcf.preinfer.latents import ArrayFile, LatentStore
 from tcf.rec.latent_gather import LatentGather
 from tcf.rec.towers import MLP
@@ -41,10 +41,16 @@ class TextSource:
     latents: Path
     model_dir: Path
     unfreeze: int
-    pooling: str  # "auto": the family's default
+    pooling: str  # "auto": the folder's or the family's default (tcf.lm.pooling.pooling_rule)
+    normalize: str | bool = "auto"
 
-    def resolved_pooling(self) -> str:
-        return model_family(self.model_dir).pooling if self.pooling == "auto" else self.pooling
+    def pooling_rule(self) -> Pooling:
+        return pooling_rule(self.model_dir, self.pooling, self.normalize)
+
+    def item_vectors(self, rows: np.ndarray | None = None) -> torch.Tensor:
+        """The frozen tower's input: every item's pooled vector (or those of latents ``rows``), fp32 [N, H]."""
+        rule = self.pooling_rule()
+        return rule.finish(LatentStore(self.latents).read(rule.kind, rows))
 
 
 def item_rows(store: LatentStore, item_keys: list[str]) -> torch.Tensor:
@@ -70,9 +76,8 @@ class FrozenTextTower(nn.Module):
     @classmethod
     def from_source(cls, source: TextSource, item_keys: list[str], dim: int, projection_layers: int = 1,
                     dropout: float = 0.1, init: str = "xavier") -> FrozenTextTower:
-        store = LatentStore(source.latents)
-        rows = item_rows(store, item_keys)
-        pooled = store.read(source.resolved_pooling(), rows[1:].numpy()).float()
+        rows = item_rows(LatentStore(source.latents), item_keys)
+        pooled = source.item_vectors(rows[1:].numpy())
         table = torch.cat([torch.zeros(1, pooled.shape[1]), pooled])
         return cls(table, dim, projection_layers, dropout, init)
 
@@ -103,10 +108,12 @@ class FineTunedTextTower(nn.Module):
     """
 
     def __init__(self, blocks: nn.Module, latents: ArrayFile, lengths: np.ndarray, rows: torch.Tensor,
-                 pooling: str, dim: int, projection_layers: int = 1, dropout: float = 0.1, init: str = "xavier"):
+                 pooling: str | Pooling, dim: int, projection_layers: int = 1, dropout: float = 0.1,
+                 init: str = "xavier"):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise TcfError(f"text_encoder.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
+        pooling = pooling if isinstance(pooling, Pooling) else Pooling(pooling, False)
+        if pooling.kind not in POOLINGS:
+            raise TcfError(f"text_encoder.pooling: {pooling.kind!r} is not one of {', '.join(POOLINGS)}")
         self.blocks = blocks
         blocks.inspect_masks = False  # no host sync per step (see BlockStack.inspect_masks)
         self.gather = LatentGather(latents, lengths)
@@ -131,7 +138,7 @@ class FineTunedTextTower(nn.Module):
         blocks = load_stage(source.model_dir, depth, n_blocks, include_embedding=False, include_final=True,
                             dtype=torch.float32, device="cpu")
         return cls(blocks, store.open(depth), store.lengths(), item_rows(store, item_keys),
-                   source.resolved_pooling(), dim, projection_layers, dropout, init)
+                   source.pooling_rule(), dim, projection_layers, dropout, init)
 
     @property
     def item_lengths(self) -> np.ndarray:
@@ -168,7 +175,7 @@ class FineTunedTextTower(nn.Module):
         with sdpa_kernel(ATTENTION_BACKENDS) if device.type == "cuda" else contextlib.nullcontext():
             hidden = self.blocks(x.to(weight.dtype), mask.long())
         hidden = hidden.masked_fill(~mask[..., None], 0)
-        return pool(hidden, mask)[self.pooling].float()
+        return self.pooling.finish(pool(hidden, mask)[self.pooling.kind])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         device = next(self.blocks.parameters()).device

@@ -105,6 +105,12 @@ def test_override_wins_over_runs_and_sweep(tmp_path):
     assert len(load_config(p, ["model.architecture=pop", "train.batch_size=8", "seed=0"])) == 1
 
 
+def test_normalize_is_auto_or_a_yaml_bool(tmp_path):
+    p = write(tmp_path, "dataset:\n  path: d\ntext_encoder:\n  model: m\n")
+    assert [load_config(p, [f"text_encoder.normalize={v}"])[0].text_encoder.normalize
+            for v in ("auto", "true", "false", "on")] == ["auto", True, False, True]
+
+
 def test_bare_off_means_off(tmp_path):
     (cfg,) = load_config(write(tmp_path, "dataset:\n  path: d\ntrain:\n  amp: off\n"))
     assert cfg.train.amp == "off"
@@ -121,6 +127,7 @@ def test_bare_off_means_off(tmp_path):
     ("seed=-1", "seed", "greater than or equal to 0"),
     ("train.device=tpu", "train.device", "unknown device 'tpu'"),
     ("train.device=cuda:x", "train.device", "unknown device 'cuda:x'"),
+    ("text_encoder.normalize=maybe", "text_encoder.normalize", "must be auto, true or false, got 'maybe'"),
 ])
 def test_values_that_validate_as_types_but_cannot_work_are_refused_at_load(tmp_path, override, key, says):
     """Issue 17, item 8: absurd sizes and unknown devices are refused when the config is read, naming the key."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 
 from tcf.errors import TcfError
 from tcf.experiment import prepared_data
+from tcf.preinfer.latents import LatentStore
 from tcf.rec.losses import log_popularity
 from tcf.rec.objective import SASRecObjective
 from tcf.rec.text_towers import FineTunedTextTower, FrozenTextTower
@@ -235,3 +237,20 @@ def test_deal_gives_every_item_to_one_rank_and_finds_it_after_the_gather(n_items
     assert np.array_equal(gathered[source], np.arange(n_items))  # each item's row holds that item
     real = [p[: len(range(r, n_items, world))] for r, p in enumerate(parts)]
     assert sorted(np.concatenate(real).tolist()) == list(range(n_items))  # each item encoded by one rank
+
+
+def test_both_towers_pool_and_normalise_by_one_rule(setup):
+    """text_encoder.normalize: the frozen table and the fine-tuned top block give the same unit vectors (the
+    pre-inference stores them unnormalised; the rule is applied where they are read)."""
+    root, config, _ = setup
+    _, source = text_source(root, config, unfreeze=1)
+    source = dataclasses.replace(source, pooling="last", normalize=True)
+    vectors = source.item_vectors()
+    assert torch.allclose(vectors.norm(dim=-1), torch.ones(len(vectors)))
+    keys = LatentStore(source.latents).item_keys()
+    tower = FineTunedTextTower.from_source(source, ["<pad>", *keys], dim=8)
+    with torch.no_grad():
+        encoded = tower._encode(np.arange(len(keys)), torch.device("cpu"))
+    torch.testing.assert_close(encoded, vectors, rtol=1e-5, atol=1e-5)
+    plain = dataclasses.replace(source, normalize=False).item_vectors()
+    torch.testing.assert_close(vectors, torch.nn.functional.normalize(plain, dim=-1))
