@@ -15,7 +15,13 @@ within GPU noise. The floors, measured in the same run on the same GPU:
   times the steps of an epoch;
 - evaluation floor: the scoring matmul alone (every user's query against every item, fp32) for all users.
 
+With ``--recbole``, RecBole 1.2.1's SASRec trains one epoch on the same sequences (``train_speed.py``'s
+runner: identical splits, checked) with its own loss and batches (full-softmax CE over (prefix, next item)
+examples, 64 users' worth per step, fp32), beside tcf with those settings (``loss: ce``, ``examples:
+prefixes``, ``amp: off``): the peer's epoch and tcf's, measured in the same run.
+
     python bench/paper_scale.py --workdir /tmp/paper --out $OUT/paper_scale.json
+    python bench/paper_scale.py --workdir /tmp/paper --towers id --no-eager --recbole --out $OUT/rb.json
     python bench/paper_scale.py --users 3000 --items 800 --device cpu --epochs 1   # a smoke run
 """
 
@@ -60,14 +66,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def config(dataset: Path, tower: str, args: argparse.Namespace, model_dir: Path | None, graphs: bool) -> Config:
+def config(dataset: Path, tower: str, args: argparse.Namespace, model_dir: Path | None, graphs: bool,
+           recbole: bool = False) -> Config:
+    """The method's recipe (Xavier init, as its figures were measured); ``recbole``: RecBole's SASRec settings
+    (CE over prefixes, fp32, no weight decay, N(0, 0.02) init)."""
     text = tower == "text"
+    peer = {"loss": "ce", "examples": "prefixes", "amp": "off", "weight_decay": 0.0} if recbole else {}
     return Config.model_validate({
         "seed": args.seed, "dataset": {"path": str(dataset), "max_seq_len": 20},
         "model": {"architecture": "sasrec", "item_tower": tower, "embedding_dim": 512 if text else 64,
-                  "num_blocks": 2, "num_heads": 2, "dropout": 0.1},
+                  "num_blocks": 2, "num_heads": 2, "dropout": 0.1, "init": "normal" if recbole else "xavier"},
         "train": {"loss": "ibce", "examples": "windows", "batch_size": args.batch, "epochs": args.epochs,
-                  "patience": 1000, "device": args.device, "cuda_graph": graphs, "lr": 1e-3, "weight_decay": 0.1},
+                  "patience": 1000, "device": args.device, "cuda_graph": graphs, "lr": 1e-3, "weight_decay": 0.1,
+                  **peer},
         "eval": {"batch_size": args.eval_batch},
         **({"text_encoder": {"model": str(model_dir), "max_tokens": 30, "latent_dtype": "bf16"}} if text else {}),
     })
@@ -152,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--towers", default="id,text", help="comma-separated: id, text")
     p.add_argument("--text-hidden", type=int, default=768, help="width of the random OPT of the text tower")
     p.add_argument("--no-eager", action="store_true", help="skip the runs with steps launched one by one")
+    p.add_argument("--recbole", action="store_true",
+                   help="also one RecBole SASRec epoch and tcf with its settings (ID tower)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workdir", required=True, help="scratch folder (the dataset is kept for later runs)")
     p.add_argument("--out", help="JSON of the figures")
@@ -207,7 +220,34 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    if args.recbole:
+        report["recbole_settings"] = against_recbole(dataset, work, args, device)
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def against_recbole(dataset: Path, work: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    """tcf (graphed steps) and RecBole with RecBole's SASRec settings on the ID tower, one after the other."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_speed
+
+    cfg = config(dataset, "id", args, None, True, recbole=True)
+    data = prepared_data(cfg)
+    print("== RecBole's settings: tcf", flush=True)
+    trainer, tcf_run = train(cfg, data, work / "ckpt-id-recbole-settings", None, device)
+    del trainer
+    examples = int((data.lengths - 3).sum())
+    per_step = round(args.batch * examples / data.n_users)  # RecBole's batch unit: examples
+    print(f"== RecBole's settings: RecBole, one epoch, {per_step} examples per step", flush=True)
+    rb = train_speed.run_recbole(cfg, data, work / "recbole-run", args.device,
+                                 {"train_batch_size": per_step, "eval_batch_size": args.eval_batch, "epochs": 1})
+    rb.pop("config", None)
+    print(f"RecBole's settings: tcf epoch {tcf_run['epoch_seconds_warm']:.2f} s, RecBole epoch "
+          f"{rb['epoch_seconds'][0]:.2f} s ({rb['epoch_seconds'][0] / tcf_run['epoch_seconds_warm']:.1f}x); "
+          f"valid hr@10 after epoch 1: tcf {tcf_run['valid_curve'][0]['hr@10'] * 100:.2f}, "
+          f"RecBole {rb['metrics'].get('valid_hit@10', float('nan')) * 100:.2f}", flush=True)
+    return {"examples_per_step": per_step, "tcf": tcf_run, "recbole": rb}
 
 
 if __name__ == "__main__":
