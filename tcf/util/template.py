@@ -5,24 +5,30 @@ Not ``str.format``: a template comes from a config file, and ``format`` would re
 else; ``{{`` and ``}}`` are literal braces. Parsing is separate from filling, so a malformed template is one
 error when the config loads, before any data is read.
 
-The rule for empty fields (one rule, so that an item missing its brand does not read ``Shoe. Sports. ``):
-each field is stripped of surrounding whitespace; an empty field is left out together with the literal
-text after it, up to the next placeholder; the result is stripped. An item whose fields are all empty has
-an empty text::
+The rule for empty fields (one rule, so that an item without a brand reads neither ``Shoe. Sports. `` nor
+``Shoe. Brand: Sports``): each placeholder owns the literal text before it, back to the previous placeholder,
+and the last one also owns the text after it. A field that is empty after stripping whitespace is left out
+with the text it owns; when the first field is left out, the text that then starts the result loses its
+leading spaces and separators (``. , ; : | / -``); the result is stripped. An item whose fields are all
+empty has an empty text::
 
-    t = parse_template("{title}. {category}. {brand}")
-    t.fill({"title": "Shoe", "category": "", "brand": "Acme"})   # 'Shoe. Acme'
-    t.fill({"title": "Shoe", "category": "Sports", "brand": ""})  # 'Shoe. Sports.'
+    t = parse_template("{title}. Brand: {brand}. {category}")
+    t.fill({"title": "Shoe", "brand": "Acme", "category": "Sports"})  # 'Shoe. Brand: Acme. Sports'
+    t.fill({"title": "Shoe", "brand": "", "category": "Sports"})      # 'Shoe. Sports'
+    t.fill({"title": "", "brand": "Acme", "category": ""})            # 'Brand: Acme'
 """
 
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: A column name as a placeholder may write it: a letter or ``_`` first, then letters, digits, ``_`` or ``-``.
 NAME = re.compile(r"[^\W\d][\w-]*")
+#: What the text that starts an item's text loses when the fields before it were left out.
+SEPARATORS = string.whitespace + ".,;:|/-"
 
 
 @dataclass(frozen=True)
@@ -35,15 +41,17 @@ class TextTemplate:
 
     def fill(self, fields: Mapping[str, str]) -> str:
         """The text for one item's ``fields`` (column name -> value) under the empty-field rule."""
-        out = [self.literals[0]]
-        present = False
-        for name, after in zip(self.names, self.literals[1:], strict=True):
+        out: list[str] = []
+        last = len(self.names) - 1
+        for i, name in enumerate(self.names):
             value = fields[name].strip()
-            if value:
-                out.append(value)
-                out.append(after)
-                present = True
-        return "".join(out).strip() if present else ""
+            if not value:
+                continue
+            before = self.literals[i]
+            if not out and i > 0:  # what tied this field to the fields left out before it
+                before = before.lstrip(SEPARATORS)
+            out += [before, value, self.literals[-1] if i == last else ""]
+        return "".join(out).strip()
 
 
 def _placeholder_error(body: str, at: int) -> str:

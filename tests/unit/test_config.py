@@ -75,6 +75,32 @@ def test_hash_ignores_name_but_not_settings(tmp_path):
     assert a.hash() == b.hash() != c.hash()
 
 
+def test_text_template_is_hashed_when_set_and_checked_at_load(tmp_path):
+    p = write(tmp_path, 'dataset:\n  path: d\n  text_template: "{title}. {brand}"\n')
+    (a,) = load_config(p)
+    (b,) = load_config(p, ['dataset.text_template="{brand}. {title}"'])
+    (unset,) = load_config(write(tmp_path, "dataset:\n  path: d\n"))
+    assert a.dataset.text_template == "{title}. {brand}"
+    assert len({a.hash(), b.hash(), unset.hash()}) == 3
+    # unset, it leaves the hash of a config as it was before the key existed (tcf at c090fd0 gave this one)
+    assert unset.hash() == "6031ae91d69cb193"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"{title"', "unbalanced '{' at position 0"),
+    ('"{0}"', "positional placeholder {0} at position 0"),
+    ('"{a.b}"', "attribute or index access in {a.b}"),
+    ('"{a!r}"', "conversion in {a!r}"),
+    ('"{a:>10}"', "format spec in {a:>10}"),
+    ("{title}", 'must be a string: quote it, e.g. "{title}. {brand}"'),  # YAML reads it as a mapping
+])
+def test_malformed_text_template_is_one_config_error(tmp_path, value, message):
+    p = write(tmp_path, f"dataset:\n  path: d\n  text_template: {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}:3: dataset.text_template: {message}")
+
+
 def test_demo_yaml_equals_embedded_demo():
     assert yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()) == DEMO_CONFIG
 
