@@ -31,6 +31,13 @@ def test_fill_and_the_empty_field_rule(template, fields, text):
     assert parse_template(template).fill({**ROW, **fields}) == text
 
 
+def test_the_readme_example():
+    t = parse_template("{title}. Brand: {brand}. {category}")
+    assert [t.fill({**ROW, **fields}) for fields in ({}, {"brand": ""}, {"title": ""})] == [
+        "Shoe. Brand: Acme. Sports", "Shoe. Sports", "Brand: Acme. Sports"]
+    assert parse_template("{title} ({year}) {brand}").fill({**ROW, "year": ""}) == "Shoe) Acme"  # put it last
+
+
 def test_literal_braces_and_repeated_columns():
     t = parse_template("{{{title}}} by {brand}: {title}")
     assert t.names == ("title", "brand", "title")
