@@ -487,14 +487,21 @@ def data_check(
     path: Annotated[Path, typer.Argument(help="Dataset folder.")],
     item_file: Annotated[str | None, typer.Option(help="Item file name if not detected.")] = None,
     lenient: Annotated[bool, typer.Option("--lenient", help="Skip bad lines and count them.")] = False,
+    text_template: Annotated[str | None, typer.Option(
+        metavar="TEMPLATE", help='Item text from named columns, e.g. "{title}. {brand}" (dataset.text_template).')
+    ] = None,
 ) -> None:
     """Validate a dataset and print its statistics."""
     from tcf.data.reader import load_dataset
     from tcf.data.stats import dataset_stats
 
-    raw = load_dataset(path, item_file, lenient=lenient)
+    raw = load_dataset(path, item_file, lenient=lenient, text_template=text_template, template_key="--text-template")
     stats = dataset_stats(raw)
     table = Table(title=f"{raw.path} ({raw.item_file})", show_header=False)
+    if raw.text_template is not None:  # what the template read, and what it made of the first item
+        table.add_row("columns", Text(", ".join(printable(c) for c in raw.item_columns)))
+        table.add_row("text_template", Text(printable(raw.text_template)))
+        table.add_row(Text(f"text of {printable(raw.item_keys[0])}"), Text(printable(raw.item_texts[0])))
     for key, value in stats.items():
         if isinstance(value, dict):
             value = "  ".join(f"{k} {_fmt(v)}" for k, v in value.items())

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from tcf.errors import ConfigError
+from tcf.util.template import parse_template
 from tcf.util.units import parse_bytes
 
 
@@ -108,6 +109,19 @@ class DatasetConfig(_Section):
     min_seq_len: int = Field(5, ge=3, le=1000, description="Users with fewer interactions are dropped.")
     max_seq_len: int = Field(20, ge=1, le=4096, description="SASRec window L; each user keeps the last L+3 items.")
     lenient: bool = Field(False, description="Skip bad lines (and count them) instead of failing.")
+    text_template: str | None = Field(
+        None, description="Item text from named columns of the item file, e.g. \"{title}. {category}. {brand}\"; "
+        "unset = the two-column layout (item_id<TAB>text)."
+    )
+
+    @field_validator("text_template", mode="before")
+    @classmethod
+    def _template(cls, v: object) -> object:
+        if isinstance(v, dict):  # YAML reads a bare {title} as a mapping
+            raise ValueError('must be a string: quote it, e.g. "{title}. {brand}"')
+        if isinstance(v, str):
+            parse_template(v)  # a malformed template is a config error at load, before any data is read
+        return v
 
     @field_validator("item_file")
     @classmethod
@@ -287,6 +301,8 @@ class Config(_Section):
     def hash(self) -> str:
         """Hash of everything that determines the result (the name does not)."""
         data = self.model_dump(mode="json", exclude={"name"})
+        if data["dataset"]["text_template"] is None:  # unset: the hashes of configs written before it existed
+            del data["dataset"]["text_template"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -45,8 +45,9 @@ class RunResult:
 
 
 @functools.lru_cache(maxsize=4)
-def _prepared(path: str, item_file: str | None, lenient: bool, min_len: int, max_len: int) -> Prepared:
-    raw = load_dataset(path, item_file, lenient=lenient)
+def _prepared(path: str, item_file: str | None, lenient: bool, text_template: str | None, min_len: int,
+              max_len: int) -> Prepared:
+    raw = load_dataset(path, item_file, lenient=lenient, text_template=text_template)
     data = prepare(raw, min_seq_len=min_len, max_seq_len=max_len)
     if data.n_users == 0:
         raise TcfError(f"{path}: no user has at least {min_len} interactions")
@@ -56,7 +57,8 @@ def _prepared(path: str, item_file: str | None, lenient: bool, min_len: int, max
 def prepared_data(cfg: Config) -> Prepared:
     """Load, validate and preprocess the config's dataset (cached across the runs of a sweep)."""
     d = cfg.dataset
-    return _prepared(str(Path(d.path).resolve()), d.item_file, d.lenient, d.min_seq_len, d.max_seq_len)
+    return _prepared(str(Path(d.path).resolve()), d.item_file, d.lenient, d.text_template, d.min_seq_len,
+                     d.max_seq_len)
 
 
 def checkpoint_dir(db_path: Path, run_id: int, run_uuid: str) -> Path:

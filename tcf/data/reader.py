@@ -6,6 +6,9 @@ one file but not of the other, shifting every item by one)::
     behaviors.tsv   user_key <TAB> item_key item_key ...   (chronological, oldest first)
     news.tsv        item_key <TAB> text                    (or items.tsv / videos.tsv)
 
+An item file whose header names more than two columns (``item_id<TAB>title<TAB>brand``) is read through
+``dataset.text_template``, which makes each item's text from its columns (tcf.util.template).
+
 Strict mode stops at the first bad line with ``file:line: message``; lenient mode skips bad lines
 (and unknown item keys inside a behaviors line) and counts them per kind, so a user can see what a
 messy dump lost instead of discovering it after training.
@@ -17,10 +20,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tcf.errors import DataError
+from tcf.errors import ConfigError, DataError
+from tcf.util.template import NAME, TextTemplate, parse_template
+from tcf.util.text import printable
 
 ITEM_FILES = ("news.tsv", "items.tsv", "videos.tsv")
 BEHAVIORS_FILE = "behaviors.tsv"
+TEMPLATE_KEY = "dataset.text_template"
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class RawDataset:
     user_keys: list[str]
     sequences: list[list[str]]
     skipped: dict[str, int]
+    item_columns: tuple[str, ...] = ()  # the item file's header, split at tabs
+    text_template: str | None = None  # what made item_texts from the columns (None: the text column)
 
     def text_of(self) -> dict[str, str]:
         """Item key -> text; item texts are keyed by key string, never by file position."""
@@ -136,19 +144,69 @@ def _key_and_rest(sink: _Sink, no: int, s: str | None, what: str, expected: str)
     return key, rest
 
 
-def _read_items(path: Path, lenient: bool) -> tuple[list[str], list[str], Counter | None]:
+def _columns(path: Path, header: str | None, template: TextTemplate | None, template_key: str,
+             raw_rows: bool) -> list[str]:
+    """The item file's column names from its header, checked against the template (or its absence).
+
+    A header of at most two columns is the two-column layout, read as it always was; more columns need a
+    template (or ``raw_rows``), and every placeholder must name a column (ConfigError at line 1)."""
+    if header is None:
+        if template is not None:
+            raise DataError(path, 1, "invalid UTF-8 in the header, whose column names the text template uses")
+        return []
+    columns = [c.strip() for c in header.rstrip().split("\t")]
+    shown = ", ".join(printable(c) for c in columns)
+    if template is None:
+        if len(columns) > 2 and not raw_rows:
+            example = next((c for c in columns[1:] if NAME.fullmatch(c)), "title")
+            raise DataError(path, 1, f"{len(columns)} columns ({shown}): set {template_key} to make each item's "
+                            f"text from them, e.g. \"{{{example}}}\"")
+        return columns
+    seen: dict[str, int] = {}
+    for no, name in enumerate(columns, start=1):
+        if name and name in seen and name in template.names:
+            raise DataError(path, 1, f"column {printable(name)!r} appears twice (columns {seen[name]} and {no}), "
+                            f"so {template_key} cannot tell which one it means")
+        seen.setdefault(name, no)
+    for name in template.names:
+        if name not in seen:
+            raise ConfigError(f"{path}:1", template_key, f"no column {name!r} in the item file; its columns "
+                              f"are {shown}")
+    return columns
+
+
+def _read_items(path: Path, lenient: bool, template: TextTemplate | None = None,
+                template_key: str = TEMPLATE_KEY, raw_rows: bool = False
+                ) -> tuple[list[str], list[str], list[str], Counter | None]:
+    """Keys, texts and column names of the item file.
+
+    Two columns: the text is everything after the first tab, as always (under a template, the value of the
+    second column). More columns: every line has exactly the header's, and the template makes the text; with
+    ``raw_rows`` (tools that copy rows) the text is the line after the key, verbatim."""
     sink = _Sink(path, lenient)
     lines = _read_lines(path, lenient)
+    columns = _columns(path, lines[0], template, template_key, raw_rows)
+    wide = len(columns) > 2
+    expected = "<TAB>".join(printable(c) for c in columns) if wide else "item_key<TAB>text"
     keys: list[str] = []
     texts: list[str] = []
     first_line: dict[str, int] = {}
     for no, s in enumerate(lines[1:], start=2):
-        if (parsed := _key_and_rest(sink, no, s, "item", "item_key<TAB>text")) is None:
+        if (parsed := _key_and_rest(sink, no, s, "item", expected)) is None:
             continue
         key, text = parsed
         if len(key.split()) != 1:
             sink.bad("bad_key", no, f"item key {key!r} contains whitespace")
             continue
+        if wide:
+            values = [key, *text.split("\t")]
+            if len(values) != len(columns):
+                sink.bad("bad_columns", no, f"{len(values)} columns, the header has {len(columns)}")
+                continue
+        else:
+            values = [key, text]
+        if template is not None:
+            text = template.fill(dict(zip(columns, values, strict=False)))
         if not text.strip():
             sink.bad("empty_text", no, f"empty text for item {key!r}")
             continue
@@ -160,7 +218,7 @@ def _read_items(path: Path, lenient: bool) -> tuple[list[str], list[str], Counte
         texts.append(text)
     if not keys:
         raise DataError(path, None, "no items")
-    return keys, texts, sink.counts
+    return keys, texts, columns, sink.counts
 
 
 class _Unknown(Exception):
@@ -225,8 +283,14 @@ def _read_behaviors(
     return users, seqs, counts
 
 
-def load_dataset(path: str | Path, item_file: str | None = None, lenient: bool = False) -> RawDataset:
+def load_dataset(path: str | Path, item_file: str | None = None, lenient: bool = False,
+                 text_template: str | None = None, *, template_key: str = TEMPLATE_KEY,
+                 raw_rows: bool = False) -> RawDataset:
     """Read and validate a dataset folder.
+
+    ``text_template`` makes each item's text from the item file's named columns (tcf.util.template); errors
+    about it name ``template_key`` (a command's flag says its own name). ``raw_rows`` keeps each item line
+    after the key verbatim as its text, for tools that copy rows rather than read texts.
 
     >>> raw = load_dataset("data/mind_small")            # doctest: +SKIP
     >>> raw.item_file, len(raw.user_keys), raw.skipped   # doctest: +SKIP
@@ -236,7 +300,12 @@ def load_dataset(path: str | Path, item_file: str | None = None, lenient: bool =
     if not folder.is_dir():
         raise DataError(folder, None, "dataset folder not found" if not folder.exists() else "not a folder")
     name = resolve_item_file(folder, item_file)
-    item_keys, item_texts, item_skips = _read_items(folder / name, lenient)
+    try:
+        template = parse_template(text_template) if text_template is not None else None
+    except ValueError as e:
+        raise ConfigError(None, template_key, str(e)) from None
+    item_keys, item_texts, columns, item_skips = _read_items(folder / name, lenient, template, template_key,
+                                                             raw_rows)
     user_keys, sequences, user_skips = _read_behaviors(
         folder / BEHAVIORS_FILE, {k: k for k in item_keys}, lenient
     )
@@ -252,4 +321,6 @@ def load_dataset(path: str | Path, item_file: str | None = None, lenient: bool =
         user_keys=user_keys,
         sequences=sequences,
         skipped=dict(sorted(skipped.items())),
+        item_columns=tuple(columns),
+        text_template=text_template,
     )

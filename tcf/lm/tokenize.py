@@ -231,8 +231,10 @@ def token_table(
 
     Returns ``(table, artifact path, created)``. The key holds a hash of the item keys and texts
     actually read (not the behaviors file, so a new split of the same items reuses the tokens, and a
-    lenient read that skipped items gets its own table), the tokenizer files' hash, max_tokens and the
-    format version. The tokenizer is loaded only when the table has to be built.
+    lenient read that skipped items gets its own table; the texts are those ``dataset.text_template``
+    made, so a template that makes other texts never reuses these tokens, nor the latents keyed by
+    them), the tokenizer files' hash, max_tokens and the format version. The tokenizer is loaded only
+    when the table has to be built.
     """
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise TcfError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -249,7 +251,8 @@ def token_table(
             "mean_length": round(float(lengths.mean()), 4) if len(table) else 0.0,
             "max_length": int(lengths.max(initial=0)),
             "items_at_max_tokens": int((lengths == max_tokens).sum()),  # truncated, or exactly at the limit
-            "built_from": {"dataset": str(raw.path), "item_file": raw.item_file, "model_dir": str(model_dir)},
+            "built_from": {"dataset": str(raw.path), "item_file": raw.item_file, "model_dir": str(model_dir),
+                           "text_template": raw.text_template},
         }
         with build_artifact(artifacts_root, KIND, key, extra=extra) as tmp:
             np.save(tmp / "ids.npy", table.ids, allow_pickle=False)

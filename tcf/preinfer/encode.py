@@ -186,7 +186,8 @@ def _look_up_or_plan(cfg: Config, db_path: Path, keep: list[int], compute: str, 
     te = cfg.text_encoder
     assert te is not None
     root = db_path.resolve().parent / "artifacts"
-    raw = load_dataset(cfg.dataset.path, cfg.dataset.item_file, lenient=cfg.dataset.lenient)
+    raw = load_dataset(cfg.dataset.path, cfg.dataset.item_file, lenient=cfg.dataset.lenient,
+                       text_template=cfg.dataset.text_template)
     table, tokens_path, _ = token_table(raw, model_dir_of(te), te.max_tokens, root)
     key = latents_key(cfg, tokens_path.name, compute)
     store.register_artifact("tokens", tokens_path.name, tokens_path, read_meta(tokens_path))

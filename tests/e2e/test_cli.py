@@ -202,3 +202,79 @@ def test_names_with_control_characters_are_shown_escaped(tmp_path, small_dataset
     assert "[bold red]x[/]" in shown[0] and "[bold red]x[/]" in shown[1]  # markup shown, not applied
     rows = json.loads(tcf_here("results", "--format", "json", cwd=tmp_path).stdout)
     assert rows[0]["name"] == evil  # the data itself is kept as typed
+
+
+def _wide(tmp_path: Path) -> Path:
+    """A dataset whose item file has title, category and brand columns (the sequences of GOOD_USERS)."""
+    d = tmp_path / "wide"
+    d.mkdir()
+    (d / "behaviors.tsv").write_bytes(b"user_id\titems\n" + GOOD_USERS)
+    rows = "".join(f"N{i}\tTitle {i}\t{'' if i % 2 else f'Cat {i}'}\tBrand {i}\n" for i in range(1, 9))
+    (d / "items.tsv").write_text("item_id\ttitle\tcategory\tbrand\n" + rows)
+    return d
+
+
+def _template_config(tmp_path: Path, dataset: Path, template: str, name: str = "exp.yaml") -> str:
+    p = tmp_path / name
+    p.write_text(f"dataset:\n  path: {dataset}\n  text_template: {json.dumps(template)}\n"
+                 "model:\n  architecture: pop\n")
+    return str(p)
+
+
+def test_text_template_runs_and_is_part_of_the_config(tmp_path):
+    wide = _wide(tmp_path)
+    check = tcf_here("data", "check", str(wide), "--text-template", "{title}. {category}. {brand}", cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    assert "item_id, title, category, brand" in check.stdout and "Title 1. Brand 1" in check.stdout
+    for n, template in enumerate(["{title}. {category}. {brand}", "{brand}: {title}"]):
+        r = tcf_here("run", _template_config(tmp_path, wide, template, f"t{n}.yaml"), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    with sqlite3.connect(tmp_path / "experiments.db") as c:
+        rows = c.execute("SELECT config_json, config_hash FROM runs ORDER BY id").fetchall()
+    assert [json.loads(cfg)["dataset"]["text_template"] for cfg, _ in rows] == [
+        "{title}. {category}. {brand}", "{brand}: {title}"]
+    assert rows[0][1] != rows[1][1]
+
+
+TEMPLATE_ERRORS = {
+    # (template, the error after "error: ", for `tcf run` and for `tcf data check --text-template`)
+    "unknown column": ("{title}. {colour}", "{items}:1: {key}: no column 'colour' in the item file; its columns "
+                       "are item_id, title, category, brand"),
+    "unbalanced brace": ("{title", "{where}{key}: unbalanced '{{' at position 0: close it with '}}', or write "
+                         "'{{{{' for a literal brace"),
+    "positional": ("{0}", "{where}{key}: positional placeholder {{0}} at position 0: name a column, e.g. {{title}}"),
+    "attribute": ("{title.__class__}", "{where}{key}: attribute or index access in {{title.__class__}} at position "
+                  "0: a placeholder is a column name only"),
+    "conversion": ("{title!r}", "{where}{key}: conversion in {{title!r}} at position 0: a placeholder is a column "
+                   "name only"),
+    "format spec": ("{title:>10}", "{where}{key}: format spec in {{title:>10}} at position 0: a placeholder is a "
+                    "column name only"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TEMPLATE_ERRORS))
+def test_text_template_errors_are_one_line_and_write_nothing(tmp_path, case):
+    template, expected = TEMPLATE_ERRORS[case]
+    wide = _wide(tmp_path)
+    items = wide.resolve() / "items.tsv"
+    config = _template_config(tmp_path, wide, template)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    r = tcf_here("run", config, cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    in_config = expected.format(items=items, key="dataset.text_template", where=f"{config}:3: ")
+    assert r.stderr == f"error: {in_config}\n"
+    check = tcf_here("data", "check", str(wide), "--text-template", template, cwd=tmp_path)
+    assert check.returncode == 2 and check.stdout == ""
+    assert check.stderr == f"error: {expected.format(items=items, key='--text-template', where='')}\n"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no store, no artifacts
+
+
+def test_a_multi_column_item_file_without_a_template_is_one_line(tmp_path):
+    wide = _wide(tmp_path)
+    r = tcf_here("run", _config(tmp_path, wide), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr == (
+        f"error: {wide.resolve() / 'items.tsv'}:1: 4 columns (item_id, title, category, brand): set "
+        "dataset.text_template to make each item's text from them, e.g. \"{title}\"\n")
+    assert not (tmp_path / "experiments.db").exists()
+    check = tcf_here("data", "check", str(wide), cwd=tmp_path)
+    assert check.returncode == 2 and "set --text-template to make each item's text" in check.stderr

@@ -19,7 +19,9 @@ import torch
 from helpers import make_tiny_opt, tcf
 from transformers import AutoTokenizer, OPTModel
 
+from tcf.config import load_config
 from tcf.data.reader import load_dataset
+from tcf.preinfer.encode import run_infer_job
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +127,29 @@ def test_infer_bad_checkpoint_budget_and_disk_full(setup, tmp_path):
     _one_line_error(r, "boundary-002.npy.tmp", "File too large")
     _no_complete_latents(out)
     assert not list(out.glob("artifacts/latents/.work-*/boundary-*"))  # the partial file is removed too
+
+
+def test_another_text_template_is_another_pre_inference(setup, tmp_path):
+    """Latents are keyed by the token artifact, and that by the texts a template made: a new template encodes
+    anew, the same one again reuses."""
+    root, raw, _ = setup
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    rows = [f"{k}\t{' '.join(t.split()[:3])}\t{' '.join(t.split()[3:])}\n"  # title: the first three words
+            for k, t in zip(raw.item_keys, raw.item_texts, strict=True)]
+    (wide / "items.tsv").write_text("item_id\ttitle\trest\n" + "".join(rows))
+    shutil.copy(raw.path / "behaviors.tsv", wide / "behaviors.tsv")
+    found = []
+    for template in ("{title}: {rest}", "{rest} ({title})", "{title}: {rest}"):
+        (cfg,) = load_config(root / "exp.yaml", [f"dataset.path={wide}", "text_encoder.gpu_memory_budget=1GiB",
+                                                 f"dataset.text_template={json.dumps(template)}"])
+        found.append(run_infer_job(cfg, tmp_path / "e.db", device=torch.device("cpu")))
+    (a, reused_a), (b, reused_b), (again, reused_again) = found
+    assert a != b and not reused_a and not reused_b
+    assert again == a and reused_again
+    assert json.loads((a / "meta.json").read_text())["key"]["tokens"] != json.loads(
+        (b / "meta.json").read_text())["key"]["tokens"]
+    assert not np.allclose(np.load(a / "pooled-mean.npy"), np.load(b / "pooled-mean.npy"))
 
 
 def test_infer_on_two_gloo_ranks_matches_the_whole_model(setup):

@@ -1,3 +1,5 @@
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,34 @@ def test_hash_ignores_name_but_not_settings(tmp_path):
     (b,) = load_config(p, ["name=two"])
     (c,) = load_config(p, ["train.lr=0.5"])
     assert a.hash() == b.hash() != c.hash()
+
+
+def test_text_template_is_hashed_when_set_and_checked_at_load(tmp_path):
+    p = write(tmp_path, 'dataset:\n  path: d\n  text_template: "{title}. {brand}"\n')
+    (a,) = load_config(p)
+    (b,) = load_config(p, ['dataset.text_template="{brand}. {title}"'])
+    (unset,) = load_config(write(tmp_path, "dataset:\n  path: d\n"))
+    assert a.dataset.text_template == "{title}. {brand}"
+    assert len({a.hash(), b.hash(), unset.hash()}) == 3
+    # unset, it is not in the hash: configs keep the hashes they had before the key existed
+    data = unset.model_dump(mode="json", exclude={"name"})
+    assert data["dataset"].pop("text_template") is None
+    assert unset.hash() == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"{title"', "unbalanced '{' at position 0"),
+    ('"{0}"', "positional placeholder {0} at position 0"),
+    ('"{a.b}"', "attribute or index access in {a.b}"),
+    ('"{a!r}"', "conversion in {a!r}"),
+    ('"{a:>10}"', "format spec in {a:>10}"),
+    ("{title}", 'must be a string: quote it, e.g. "{title}. {brand}"'),  # YAML reads it as a mapping
+])
+def test_malformed_text_template_is_one_config_error(tmp_path, value, message):
+    p = write(tmp_path, f"dataset:\n  path: d\n  text_template: {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}:3: dataset.text_template: {message}")
 
 
 def test_demo_yaml_equals_embedded_demo():

@@ -178,6 +178,14 @@ def test_filter_threshold_one_keeps_interacted_items_and_explicit_item_file(tmp_
     assert sorted(files(tmp_path / "out")) == ["behaviors.tsv", "catalog.tsv"]
 
 
+def test_filter_copies_every_column_of_a_multi_column_item_file(tmp_path):
+    wide = "id\ttitle\tbrand\nA\tred shirt\t\nB\tblue\tAcme\nC\that\tX\nD\tnever\tY\n"
+    filter_warm_items(small(tmp_path / "src", items=wide), tmp_path / "out", 2)
+    assert files(tmp_path / "out")["items.tsv"] == b"id\ttitle\tbrand\nA\tred shirt\t\nB\tblue\tAcme\n"
+    raw = load_dataset(tmp_path / "out", text_template="{title} by {brand}")
+    assert raw.item_texts == ["red shirt", "blue by Acme"]
+
+
 def test_filter_errors(tmp_path):
     src = small(tmp_path / "src")
     with pytest.raises(DataError) as e:

@@ -205,3 +205,83 @@ def test_lenient_without_unknown_items(tmp_path):
     raw = load_dataset(make(tmp_path / "d", behaviors=behaviors), lenient=True)
     assert raw.user_keys == ["U1", "U2"] and raw.sequences == [["N1"], ["N3", "N3"]]
     assert raw.skipped == {"no_tab": 1, "duplicate_user": 1}
+
+
+# -- several text fields: dataset.text_template ---------------------------------------------------
+WIDE = (
+    "item_id\ttitle\tcategory\tbrand\n"
+    "I1\tShoe\tSports\tAcme\n"
+    "I2\tHat\t\tBrim {co}\n"  # no category; braces in a value are text
+    "I3\tSock\tWear\t \n"  # a blank brand
+    "I4\t\t\tOnly brand\n"
+)
+WIDE_BEHAVIORS = "user\titems\nU1\tI1 I2 I3 I4\n"
+TEMPLATE = "{title}. {category}. Brand: {brand} {{{item_id}}}"
+
+
+def test_template_makes_the_exact_texts(tmp_path):
+    raw = load_dataset(make(tmp_path / "d", WIDE, WIDE_BEHAVIORS, "items.tsv"), text_template=TEMPLATE)
+    assert raw.item_keys == ["I1", "I2", "I3", "I4"]
+    assert raw.item_texts == [
+        "Shoe. Sports. Brand: Acme {I1}",
+        "Hat. Brand: Brim {co} {I2}",  # no category, and no '. ' before it
+        "Sock. Wear {I3}",  # a blank brand, with its label
+        "Brand: Only brand {I4}",  # no title or category: the text starts at the label
+    ]
+    assert raw.item_columns == ("item_id", "title", "category", "brand")
+    assert raw.text_template == TEMPLATE
+
+
+def test_a_multi_column_file_needs_a_template(tmp_path):
+    folder = make(tmp_path / "d", WIDE, WIDE_BEHAVIORS, "items.tsv")
+    with pytest.raises(DataError) as e:
+        load_dataset(folder)
+    assert str(e.value) == (f"{folder.resolve() / 'items.tsv'}:1: 4 columns (item_id, title, category, brand): "
+                            "set dataset.text_template to make each item's text from them, e.g. \"{title}\"")
+
+
+def test_the_two_column_layout_is_unchanged_and_may_use_a_template(tmp_path):
+    folder = make(tmp_path / "d", "id\ttext\t\nN1\t Padded\ttext \nN2\tTwo\n", "u\ti\nU1\tN1 N2\n")
+    assert load_dataset(folder).item_texts == [" Padded\ttext ", "Two"]  # a trailing tab in a header is no column
+    raw = load_dataset(folder, text_template="Movie: {text} ({id})")
+    assert raw.item_texts == ["Movie: Padded\ttext (N1)", "Movie: Two (N2)"]
+
+
+def test_template_errors_name_the_key_and_the_columns(tmp_path):
+    from tcf.errors import ConfigError
+
+    folder = make(tmp_path / "d", WIDE, WIDE_BEHAVIORS, "items.tsv")
+    with pytest.raises(ConfigError) as e:
+        load_dataset(folder, text_template="{title} {colour}")
+    assert str(e.value) == (f"{folder.resolve() / 'items.tsv'}:1: dataset.text_template: no column 'colour' in "
+                            "the item file; its columns are item_id, title, category, brand")
+    with pytest.raises(ConfigError) as e:
+        load_dataset(folder, text_template="{title!r}", template_key="--text-template")
+    assert str(e.value) == "--text-template: conversion in {title!r} at position 0: a placeholder is a column name only"
+    dup = make(tmp_path / "e", "id\ttitle\ttitle\nI1\ta\tb\n", WIDE_BEHAVIORS)
+    with pytest.raises(DataError, match=r"news.tsv:1: column 'title' appears twice \(columns 2 and 3\)"):
+        load_dataset(dup, text_template="{title}")
+
+
+WIDE_BAD = [
+    ("id\ttitle\tbrand\nI1\ta\tb\nI2\tonly two\n", 3, "bad_columns", "2 columns, the header has 3"),
+    ("id\ttitle\tbrand\nI1\ta\tb\nI2\ta\tb\tc\n", 3, "bad_columns", "4 columns, the header has 3"),
+    ("id\ttitle\tbrand\nI1\ta\tb\nI2 no tab\n", 3, "no_tab", "no tab: expected 'id<TAB>title<TAB>brand'"),
+    ("id\ttitle\tbrand\nI1\ta\tb\nI2\t \t\n", 3, "empty_text", "empty text for item 'I2'"),
+    ("id\ttitle\tbrand\nI1\ta\tb\nI1\tc\td\n", 3, "duplicate_item", "duplicated item key 'I1' (first on line 2)"),
+]
+
+
+@pytest.mark.parametrize(("items", "line", "kind", "message"), WIDE_BAD)
+def test_multi_column_lines_keep_file_line_errors(tmp_path, items, line, kind, message):
+    folder = make(tmp_path / "d", items, "u\ti\nU1\tI1\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(folder, text_template="{title}, {brand}")
+    assert str(e.value) == f"{folder.resolve() / 'news.tsv'}:{line}: {message}"
+    raw = load_dataset(folder, text_template="{title}, {brand}", lenient=True)
+    assert raw.item_texts == ["a, b"] and raw.skipped == {kind: 1}
+
+
+def test_raw_rows_copy_every_column(tmp_path):
+    raw = load_dataset(make(tmp_path / "d", WIDE, WIDE_BEHAVIORS), raw_rows=True)
+    assert raw.item_texts == ["Shoe\tSports\tAcme", "Hat\t\tBrim {co}", "Sock\tWear\t ", "\t\tOnly brand"]

@@ -149,6 +149,39 @@ def test_key_follows_items_not_behaviors(tmp_path, raw, model_dir):
     assert created and other != base
 
 
+def items_beside(folder: Path, raw, header: str, rows: list[str]) -> Path:
+    """A dataset with ``raw``'s behaviors and the given item file."""
+    folder.mkdir()
+    (folder / "items.tsv").write_text(header + "\n" + "".join(f"{row}\n" for row in rows))
+    (folder / "behaviors.tsv").write_bytes((raw.path / "behaviors.tsv").read_bytes())
+    return folder
+
+
+def test_another_template_never_reuses_tokens(tmp_path, raw, model_dir):
+    """The key is over the texts a template made: two templates, two artifacts with other ids; the same texts
+    however they were made (a template, or the two-column file that holds them) share one."""
+    split = [(k, t.split()) for k, t in zip(raw.item_keys, raw.item_texts, strict=True)]
+    folder = items_beside(tmp_path / "wide", raw, "item_id\ttitle\trest",  # title: the first three words
+                          [f"{k}\t{' '.join(w[:3])}\t{' '.join(w[3:])}" for k, w in split])
+    root = tmp_path / "artifacts"
+    a = load_dataset(folder, text_template="{title}: {rest}")
+    b = load_dataset(folder, text_template="{rest} ({title})")
+    table_a, path_a, created_a = tk.token_table(a, model_dir, 12, root)
+    table_b, path_b, created_b = tk.token_table(b, model_dir, 12, root)
+    assert created_a and created_b and path_a != path_b
+    assert not np.array_equal(np.asarray(table_a.ids), np.asarray(table_b.ids))
+    fresh = tk.tokenize_items(tk.load_tokenizer(model_dir), b.item_keys, b.item_texts, 12)
+    assert np.array_equal(np.asarray(table_b.ids), fresh.ids)  # b's artifact holds b's texts, not a's
+    assert read_meta(path_b)["built_from"]["text_template"] == "{rest} ({title})"
+    _, again, created = tk.token_table(load_dataset(folder, text_template="{title}: {rest}"), model_dir, 12, root)
+    assert not created and again == path_a
+
+    two = items_beside(tmp_path / "two", raw, "id\ttext",
+                       [f"{k}\t{t}" for k, t in zip(a.item_keys, a.item_texts, strict=True)])
+    _, same, created = tk.token_table(load_dataset(two), model_dir, 12, root)
+    assert not created and same == path_a
+
+
 def test_crash_during_build_leaves_no_artifact(tmp_path, raw, model_dir, monkeypatch):
     root = tmp_path / "artifacts"
     real_save = np.save
