@@ -198,7 +198,7 @@ def test_results_view_gains_columns_for_new_metrics(tmp_path):
     conn = _raw(path)  # a separate connection, like the sqlite3 CLI
     columns = [r[1] for r in conn.execute("PRAGMA table_info(results)")]
     assert columns == [
-        "run_id", "name", "status", "dataset", "architecture", "item_tower", "best_epoch",
+        "run_id", "name", "status", "dataset", "architecture", "item_tower", "protocol", "best_epoch",
         "stopped_epoch", "created_at", "finished_at", "lm_params",
         "test_hr@5", "test_hr@10", "test_hr@20", "test_ndcg@10", "valid_hr@10", "valid_ndcg@10",
     ]
