@@ -75,6 +75,32 @@ def test_hash_ignores_name_but_not_settings(tmp_path):
     assert a.hash() == b.hash() != c.hash()
 
 
+def test_protocol_settings_are_part_of_the_run_identity(tmp_path):
+    from tcf.config import Config
+
+    plain = Config.model_validate({"dataset": {"path": "/data/mind"}})
+    assert plain.hash() == "d17f5785bc58a61a"  # the hash before evaluation protocols existed: unchanged
+    p = write(tmp_path, "dataset:\n  path: /data/mind\nsweep:\n  eval.protocol: [full, cold]\n")
+    full, cold = load_config(p)
+    assert full.hash() == plain.hash() != cold.hash()  # two protocols of one config are two runs
+    (other_share,) = load_config(p, ["eval.protocol=cold", "eval.cold_items=0.3"])
+    (other_seed,) = load_config(p, ["eval.protocol=cold", "eval.cold_seed=7"])
+    assert len({cold.hash(), other_share.hash(), other_seed.hash()}) == 3
+    (unused,) = load_config(p, ["eval.protocol=full", "eval.cold_items=0.3"])
+    assert unused.hash() == full.hash()  # a cold-only key changes nothing under full
+    (buckets,) = load_config(p, ["eval.protocol=full", "eval.popularity_buckets=4"])
+    assert buckets.hash() != full.hash()
+
+
+def test_protocol_keys_are_checked(tmp_path):
+    p = write(tmp_path, "dataset:\n  path: d\neval:\n  protocol: cold\n  popularity_buckets: 3\n")
+    with pytest.raises(ConfigError, match="eval: popularity_buckets needs protocol full"):
+        load_config(p)
+    for bad in ("eval.cold_items=0", "eval.cold_items=1", "eval.protocol=warm", "eval.popularity_buckets=21"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(write(tmp_path, "dataset:\n  path: d\n"), [bad])
+
+
 def test_demo_yaml_equals_embedded_demo():
     assert yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()) == DEMO_CONFIG
 
