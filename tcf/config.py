@@ -209,9 +209,31 @@ class TrainConfig(_Section):
         return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
 
 
+#: Evaluation keys that only some protocols read, with their defaults: the run hash leaves them out where they
+#: change nothing, so a config that never names them hashes as it did before they existed.
+_PROTOCOL_KEYS = {"protocol": "full", "cold_items": 0.1, "cold_seed": 0}
+
+
 class EvalConfig(_Section):
     ks: list[int] = Field(default_factory=lambda: [10], description="Cut-offs for HR@K and NDCG@K.")
     batch_size: int = Field(1024, ge=1, le=1 << 24, description="Users scored per full-ranking batch.")
+    protocol: Literal["full", "cold"] = Field(
+        "full", description="full: every user's last item ranked against all items; cold: a share of the test-target "
+        "items is held out of training entirely and only the users whose test target is one of them are tested."
+    )
+    cold_items: float = Field(
+        _PROTOCOL_KEYS["cold_items"], gt=0, lt=1,
+        description="cold: share of the items that are some user's test target made cold (at least one).",
+    )
+    cold_seed: int = Field(
+        _PROTOCOL_KEYS["cold_seed"], ge=0, lt=1 << 31,
+        description="cold: seed of the cold-item draw, apart from `seed`, so every model and seed meets the same "
+        "cold items.",
+    )
+    popularity_buckets: int = Field(
+        0, ge=0, le=20, description="Also report test HR/NDCG in this many equal-frequency buckets of the target's "
+        "training popularity (0: off).",
+    )
 
     @field_validator("ks")
     @classmethod
@@ -219,6 +241,23 @@ class EvalConfig(_Section):
         if any(k < 1 or k > 100_000 for k in v):
             raise ValueError("every K must be in 1..100000")
         return sorted(set(v) | {10})  # HR@10 drives model selection, so it is always computed
+
+    @model_validator(mode="after")
+    def _buckets_need_popularity(self) -> EvalConfig:
+        if self.protocol == "cold" and self.popularity_buckets:
+            raise ValueError("popularity_buckets needs protocol full: every cold test target has training "
+                             "popularity 0, so all would share one bucket")
+        return self
+
+    def hashed(self) -> dict[str, Any]:
+        """The section as a run's hash sees it: the cold keys only under ``cold``, the buckets only when on."""
+        data = self.model_dump(mode="json")
+        if self.protocol == "full":
+            for key in _PROTOCOL_KEYS:
+                data.pop(key)
+        if not self.popularity_buckets:
+            data.pop("popularity_buckets")
+        return data
 
 
 class TextEncoderConfig(_Section):
@@ -299,10 +338,12 @@ class Config(_Section):
         return cfg
 
     def hash(self) -> str:
-        """Hash of everything that determines the result (the name does not)."""
+        """Hash of everything that determines the result (the name does not); two protocols of one config are
+        two runs (:meth:`EvalConfig.hashed`)."""
         data = self.model_dump(mode="json", exclude={"name"})
         if data["dataset"]["text_template"] is None:  # unset: the hashes of configs written before it existed
             del data["dataset"]["text_template"]
+        data["eval"] = self.eval.hashed()
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

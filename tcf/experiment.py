@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tcf.config import Config
+from tcf.data.cold import hold_out_cold
 from tcf.data.prepare import Prepared, prepare
 from tcf.data.reader import BEHAVIORS_FILE, load_dataset, resolve_item_file
 from tcf.errors import TcfError
@@ -38,8 +39,9 @@ from tcf.util.progress import Reporter, Tee
 class RunResult:
     run_id: int
     name: str
-    metrics: dict[str, float]  # "valid_hr@10", "test_ndcg@10", ...
+    metrics: dict[str, float | None]  # "valid_hr@10", "test_ndcg@10", ...; None: not applicable (n/a)
     best_epoch: int | None
+    protocol: str = "full"
     epoch_seconds: list[float] = field(default_factory=list)
     eval_seconds: float = 0.0
 
@@ -54,11 +56,19 @@ def _prepared(path: str, item_file: str | None, lenient: bool, text_template: st
     return data
 
 
+@functools.lru_cache(maxsize=4)
+def _under_protocol(path: str, item_file: str | None, lenient: bool, template: str | None, min_len: int,
+                    max_len: int, protocol: str, cold_items: float, cold_seed: int) -> Prepared:
+    data = _prepared(path, item_file, lenient, template, min_len, max_len)
+    return hold_out_cold(data, cold_items, cold_seed) if protocol == "cold" else data
+
+
 def prepared_data(cfg: Config) -> Prepared:
-    """Load, validate and preprocess the config's dataset (cached across the runs of a sweep)."""
-    d = cfg.dataset
-    return _prepared(str(Path(d.path).resolve()), d.item_file, d.lenient, d.text_template, d.min_seq_len,
-                     d.max_seq_len)
+    """Load, validate and preprocess the config's dataset, split for its evaluation protocol (``eval.protocol``;
+    cached across the runs of a sweep)."""
+    d, e = cfg.dataset, cfg.eval
+    return _under_protocol(str(Path(d.path).resolve()), d.item_file, d.lenient, d.text_template, d.min_seq_len,
+                           d.max_seq_len, e.protocol, e.cold_items, e.cold_seed)
 
 
 def checkpoint_dir(db_path: Path, run_id: int, run_uuid: str) -> Path:
@@ -126,7 +136,7 @@ def _open_run(store: Store, cfg: Config, db_path: Path, text_model: Path | None,
     if resume_run_id is None:
         run_id = store.create_run(name=cfg.run_name, config=cfg.model_dump(mode="json"), config_hash=cfg.hash(),
                                   dataset=Path(cfg.dataset.path).name, architecture=cfg.model.architecture,
-                                  item_tower=cfg.model.item_tower, inputs=inputs,
+                                  item_tower=cfg.model.item_tower, protocol=cfg.eval.protocol, inputs=inputs,
                                   lm_params=parameter_count(text_model) if text_model is not None else None)
     else:
         run_id = resume_run_id
@@ -177,7 +187,7 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
             store.set_status(run_id, "finished")
     metrics = {f"valid_{k}": v for k, v in result.valid.items()}
     metrics.update({f"test_{k}": v for k, v in result.test.items()})
-    return RunResult(run_id, cfg.run_name, metrics, result.best_epoch, result.epoch_seconds,
+    return RunResult(run_id, cfg.run_name, metrics, result.best_epoch, cfg.eval.protocol, result.epoch_seconds,
                      result.eval_seconds)
 
 

@@ -27,6 +27,7 @@ class EvalSplit:
     inputs: np.ndarray  # int64 [U, L], left-padded
     targets: np.ndarray  # int64 [U]
     history: np.ndarray  # int64 [U, L+2], left-padded; items masked out of the ranking
+    users: np.ndarray | None = None  # int64 [U]: the rows of Prepared these are (a two-tower's user ids); None: all
 
 
 @dataclass
@@ -39,10 +40,18 @@ class Prepared:
     lengths: np.ndarray  # int64 [U], real items per row
     max_seq_len: int  # L
     popularity: np.ndarray  # int64 [I+1], counts over the train sequences; [0] = 0
+    protocol: str = "full"  # the evaluation protocol these splits are for (tcf.data.cold makes "cold" ones)
+    n_cold: int = 0  # the last n_cold ids are cold items: in no training row, only test targets
+    test_rows: np.ndarray | None = None  # int64: the rows tested (cold: those with a cold target); None: every row
 
     @property
     def n_items(self) -> int:
         return len(self.item_keys) - 1
+
+    @property
+    def n_train_items(self) -> int:
+        """Training's items are 1..n_train_items (full losses and sampled negatives stop there): all but the cold."""
+        return self.n_items - self.n_cold
 
     @property
     def n_users(self) -> int:
@@ -53,7 +62,8 @@ class Prepared:
         return np.ascontiguousarray(self.seqs[:, :-2])
 
     def eval_split(self, split: Literal["valid", "test"]) -> EvalSplit:
-        """Validation (target s[n-2], history s[:n-2]) or test (target s[n-1], history s[:n-1])."""
+        """Validation (target s[n-2], history s[:n-2]) or test (target s[n-1], history s[:n-1]; only the rows of
+        ``test_rows`` when set)."""
         s = self.seqs
         if split == "valid":
             history = np.concatenate([np.zeros((s.shape[0], 1), dtype=s.dtype), s[:, :-2]], axis=1)
@@ -63,10 +73,14 @@ class Prepared:
                 history=history,
             )
         if split == "test":
+            rows = self.test_rows
+            if rows is not None:
+                s = s[rows]
             return EvalSplit(
                 inputs=np.ascontiguousarray(s[:, 2:-1]),
                 targets=np.ascontiguousarray(s[:, -1]),
                 history=np.ascontiguousarray(s[:, :-1]),
+                users=rows,
             )
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
 

@@ -154,8 +154,8 @@ def _work(job: Any, db: Path, store: Any, main_rank: bool) -> str | None:
         _say(f"resuming run {resume} from its last checkpoint")
     result = run_experiment(cfg, db, reporter=LogReporter(), resume_run_id=resume,
                             ctx=init_distributed(cfg.train.device), keep_depths=keep)
-    _say(f"run {result.run_id} finished: " + "  ".join(
-        f"{k} {100 * v:.2f}" for k, v in result.metrics.items() if k.startswith("test_")))
+    _say(f"run {result.run_id} finished ({result.protocol} protocol): " + "  ".join(  # None: not applicable
+        f"{k} {'n/a' if v is None else f'{100 * v:.2f}'}" for k, v in result.metrics.items() if k.startswith("test_")))
     return None
 
 

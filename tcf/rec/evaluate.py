@@ -15,10 +15,22 @@ from tcf.rec.pop import Popularity
 from tcf.util.dist import DistContext, gather_uneven
 
 
-@torch.no_grad()
+def mean_metrics(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
+    """Mean HR@K / NDCG@K over the users of ``ranks`` (summed in float64)."""
+    return {name: float(v.double().mean()) for name, v in rank_metrics(ranks, ks).items()}
+
+
 def evaluate(model: nn.Module | Popularity, split: EvalSplit, n_items: int, ks: Sequence[int],
              ctx: DistContext, batch_size: int = 1024, amp: torch.dtype | None = None) -> dict[str, float]:
-    """Mean HR@K / NDCG@K over all users of ``split``; identical on every rank.
+    """Mean HR@K / NDCG@K over all users of ``split``; identical on every rank."""
+    return mean_metrics(evaluate_ranks(model, split, n_items, ctx, batch_size, amp), ks)
+
+
+@torch.no_grad()
+def evaluate_ranks(model: nn.Module | Popularity, split: EvalSplit, n_items: int, ctx: DistContext,
+                   batch_size: int = 1024, amp: torch.dtype | None = None) -> torch.Tensor:
+    """The rank of every user's target (:func:`full_ranking_ranks`), in the split's user order, on every rank:
+    what means and breakdowns (tcf.rec.buckets) are taken over.
 
     ``amp``: the training's autocast dtype, for the query encoder (a SASRec over every user is most of an
     evaluation's work); the item table and the scores stay fp32, so ranks are not decided by bf16 ties."""
@@ -29,6 +41,9 @@ def evaluate(model: nn.Module | Popularity, split: EvalSplit, n_items: int, ks: 
     all_targets = torch.as_tensor(split.targets[users], device=device)
     all_history = torch.as_tensor(split.history[users], device=device)
     all_inputs = torch.as_tensor(split.inputs[users], device=device)
+    # a two-tower's user ids: the split's rows of the dataset (a narrowed test split is not rows 0..U-1)
+    user_ids = (torch.arange(users.start, users.stop, device=device) if split.users is None
+                else torch.as_tensor(split.users[users], device=device))
     if isinstance(model, Popularity):
         table = None
         pop_scores = model.item_scores().to(device, torch.float32)
@@ -49,11 +64,11 @@ def evaluate(model: nn.Module | Popularity, split: EvalSplit, n_items: int, ks: 
             scores = query.float() @ table.T
         else:  # two-tower: query from the user id
             with autocast:
-                query = model.query(torch.arange(lo, hi, device=device))
+                query = model.query(user_ids[rows])
             scores = query.float() @ table.T
         ranks.append(full_ranking_ranks(scores, targets, history))
     local = torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long, device=device)
     all_ranks = gather_uneven(local, ctx)
     if table is not None and was_training:
         model.train()
-    return {name: float(v.double().mean()) for name, v in rank_metrics(all_ranks, ks).items()}
+    return all_ranks

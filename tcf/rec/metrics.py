@@ -31,6 +31,11 @@ def full_ranking_ranks(scores: torch.Tensor, targets: torch.Tensor, history: tor
     return (1 + count).masked_fill(miss, scores.shape[1])
 
 
+def metric_names(ks: Sequence[int]) -> list[str]:
+    """The names :func:`rank_metrics` gives, in its order: hr@K, ndcg@K for each K."""
+    return [name for k in ks for name in (f"hr@{k}", f"ndcg@{k}")]
+
+
 def rank_metrics(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, torch.Tensor]:
     """Per-user {"hr@K": 1[r <= K], "ndcg@K": 1[r <= K] / log2(r + 1)} float tensors, for each K."""
     r = ranks.to(torch.float32)

@@ -25,10 +25,12 @@ from tcf.data.prepare import Prepared
 from tcf.errors import TcfError
 from tcf.rec import checkpoint
 from tcf.rec.batches import global_batches, prefixes_of, shard
+from tcf.rec.buckets import bucket_metrics, popularity_buckets
 from tcf.rec.dssm import DSSM
-from tcf.rec.evaluate import evaluate
+from tcf.rec.evaluate import evaluate, evaluate_ranks, mean_metrics
 from tcf.rec.graphed import GraphedStep
 from tcf.rec.losses import log_popularity
+from tcf.rec.metrics import metric_names
 from tcf.rec.objective import DSSMObjective, SASRecObjective
 from tcf.rec.pop import Popularity
 from tcf.rec.sasrec import SASRec
@@ -45,9 +47,16 @@ class TrainResult:
     best_epoch: int | None
     stopped_epoch: int | None
     valid: dict[str, float]
-    test: dict[str, float]
+    test: dict[str, float | None]  # None: not applicable (an ID tower's vectors of cold items were never trained)
     epoch_seconds: list[float] = field(default_factory=list)
     eval_seconds: float = 0.0
+
+
+def ranks_cold_items(cfg: Config) -> bool:
+    """Whether the model has a real score for items it never trained on: a text tower reads their text and
+    popularity ranks them last (count 0), but an ID tower's vector of a cold item is its random init, so its
+    cold-protocol metrics would be a made-up number."""
+    return cfg.model.architecture == "pop" or cfg.model.item_tower == "text"
 
 
 def build_model(cfg: Config, data: Prepared, text: TextSource | None = None) -> nn.Module | Popularity:
@@ -164,6 +173,22 @@ class Trainer:
         return evaluate(self.model, self.data.eval_split(split), self.data.n_items, self.ks, self.ctx,
                         self.cfg.eval.batch_size, _amp(self.cfg, self.ctx.device))
 
+    def _test(self) -> dict[str, float | None]:
+        """Test metrics of the current model under the data's protocol: under ``cold`` None (n/a) for a model
+        that cannot rank cold items; with ``eval.popularity_buckets``, also the metrics per bucket."""
+        data, buckets = self.data, self.cfg.eval.popularity_buckets
+        if data.protocol == "cold" and not ranks_cold_items(self.cfg):
+            return dict.fromkeys(metric_names(self.ks))
+        self.reporter.stage("evaluate test")
+        split = data.eval_split("test")
+        ranks = evaluate_ranks(self.model, split, data.n_items, self.ctx, self.cfg.eval.batch_size,
+                               _amp(self.cfg, self.ctx.device))
+        metrics: dict[str, float | None] = dict(mean_metrics(ranks, self.ks))
+        if buckets:
+            metrics.update(bucket_metrics(ranks, popularity_buckets(data.popularity[split.targets], buckets),
+                                          buckets, self.ks))
+        return metrics
+
     def fit(self, resume: bool = False) -> TrainResult:
         """Train until ``train.epochs`` or early stopping, then test the best-validation checkpoint.
         ``resume`` continues from ``last.pt`` and reaches the result of an uninterrupted run."""
@@ -171,7 +196,7 @@ class Trainer:
             t0 = time.perf_counter()
             valid = self._evaluate("valid")
             eval_s = time.perf_counter() - t0
-            return TrainResult(None, None, valid, self._evaluate("test"), [], eval_s)
+            return TrainResult(None, None, valid, self._test(), [], eval_s)
         s = self._setup()
         self.graphed = s.graphed
         state = self._restore(s) if resume and (self.ckpt_dir / "last.pt").exists() else self._fresh()
@@ -201,17 +226,17 @@ class Trainer:
         seqs = torch.as_tensor(data.train_sequences(), device=device)
         extra: dict[str, Any] = {}
         if cfg.model.architecture == "sasrec" and cfg.train.examples == "prefixes":
-            objective: nn.Module = SASRecObjective(model, log_pop, cfg.train.loss, data.n_items)
+            objective: nn.Module = SASRecObjective(model, log_pop, cfg.train.loss, data.n_train_items)
             pair_user, pair_pos = (seqs[:, :-1] != 0).nonzero(as_tuple=True)
             extra.update(pair_user=pair_user, pair_pos=pair_pos)
             n_rows = len(pair_user)
         elif cfg.model.architecture == "sasrec":
-            objective = SASRecObjective(model, log_pop, cfg.train.loss, data.n_items)
+            objective = SASRecObjective(model, log_pop, cfg.train.loss, data.n_train_items)
             n_rows = len(seqs)
             # real input positions per user, on the host: the objective then finds them without a sync
             extra["real_inputs"] = (data.train_sequences()[:, :-1] != 0).sum(1)
         else:
-            objective = DSSMObjective(model, log_pop, cfg.train.loss, data.n_items)
+            objective = DSSMObjective(model, log_pop, cfg.train.loss, data.n_train_items)
             pair_user, pair_pos = (seqs != 0).nonzero(as_tuple=True)
             extra.update(pair_user=pair_user, pair_item=seqs[pair_user, pair_pos])
             n_rows = len(pair_user)
@@ -389,7 +414,7 @@ class Trainer:
         barrier(self.ctx)  # best.pt is complete before any rank reads it
         best = self._load("best.pt")
         self.model.load_state_dict(best["model"])
-        test = self._evaluate("test")
+        test = self._test()
         return TrainResult(state.best_epoch, stopped, state.best_valid, test, state.epoch_seconds, state.eval_seconds)
 
     def _save_last(self, s: _Session, state: FitState) -> None:

@@ -40,6 +40,7 @@ from tcf.report.runs import (
 from tcf.store.db import Store
 
 Key = tuple[Any, ...]
+PROTOCOL = "protocol"  # the `results` column that says which evaluation protocol made a run's test metrics
 
 
 def parse_pivot_spec(spec: str) -> tuple[list[str], list[str]]:
@@ -78,14 +79,25 @@ def _column_baselines(grouped: dict[tuple[Key, Key], list[RunRecord]], metric: s
     return {col: statistics.fmean(v) for col, v in per_column.items() if v}
 
 
+def split_protocols(runs: Sequence[RunRecord], row_fields: Sequence[str], col_fields: Sequence[str]) -> list[str]:
+    """The column fields, led by ``protocol`` when the runs come from several evaluation protocols and neither
+    fields name it: a cold-start number and a full-ranking one never share a cell, column or baseline."""
+    named = {"protocol", "eval.protocol"} & {*row_fields, *col_fields}
+    if named or len({run.protocol for run in runs}) < 2:
+        return list(col_fields)
+    return [PROTOCOL, *col_fields]
+
+
 def build_pivot(runs: Sequence[RunRecord], row_fields: Sequence[str], col_fields: Sequence[str],
                 metric: str = DEFAULT_METRIC, baseline: str | None = None) -> Pivot:
-    """Group ``runs`` into cells; runs without the metric are left out.
+    """Group ``runs`` into cells; runs without the metric (or with it not applicable: NULL) are left out.
 
     With a baseline selector, each column's baseline is the mean over the matching runs in that
-    column, and every other cell of the column carries its delta from it.
+    column, and every other cell of the column carries its delta from it. Runs of several protocols are
+    split by a leading ``protocol`` column level (:func:`split_protocols`).
     """
     selector = parse_selector(baseline) if baseline else None
+    col_fields = split_protocols([r for r in runs if metric in r.metrics], row_fields, col_fields)
     grouped: dict[tuple[Key, Key], list[RunRecord]] = {}
     for run in runs:
         if metric in run.metrics:

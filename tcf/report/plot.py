@@ -97,8 +97,9 @@ def scaling_panels(runs: Sequence[RunRecord], metric: str = DEFAULT_METRIC,
 
     Runs with ``lm_params`` are points; ID-tower runs without it become each panel's baselines,
     one per architecture that the panel's text runs use (pop, say, is left out when no text run
-    is a pop). With the default series and several architectures, the architecture joins the
-    series label, so that SASRec and DSSM never share a line.
+    is a pop). With the default series and several architectures, the architecture joins the series
+    label, so that SASRec and DSSM never share a line. Runs of another evaluation protocol than ``full``
+    get panels of their own ("mind (cold)"): numbers of two protocols never share a line either.
     """
     runs = [r for r in runs if metric in r.metrics]
     text_runs = [r for r in runs if r.lm_params is not None]
@@ -115,22 +116,24 @@ def scaling_panels(runs: Sequence[RunRecord], metric: str = DEFAULT_METRIC,
         return tuple(sort_key(v) for v in values), label
 
     panels = []
-    for dataset in sorted({r.dataset for r in text_runs}, key=sort_key):
+    for dataset, protocol in sorted({(r.dataset, r.protocol) for r in text_runs},
+                                    key=lambda k: (sort_key(k[0]), k[1] != "full", k[1])):
         lines: dict[tuple[tuple, str], dict[int, list[float]]] = {}
-        for run in (r for r in text_runs if r.dataset == dataset):
+        for run in (r for r in text_runs if r.dataset == dataset and r.protocol == protocol):
             lines.setdefault(series_key(run), {}).setdefault(int(run.lm_params), []).append(run.metrics[metric])
         series = tuple(
             Series(label, tuple(Point(x, *_stats(by_x[x])) for x in sorted(by_x)))
             for (_, label), by_x in sorted(lines.items(), key=lambda kv: kv[0])
         )
-        architectures = sorted({r.architecture for r in text_runs if r.dataset == dataset})
+        architectures = sorted({r.architecture for r in text_runs if r.dataset == dataset and r.protocol == protocol})
         baselines = []
         for arch in architectures:
-            values = [r.metrics[metric] for r in runs if r.dataset == dataset and r.architecture == arch
-                      and r.item_tower == "id" and r.lm_params is None]
+            values = [r.metrics[metric] for r in runs if r.dataset == dataset and r.protocol == protocol
+                      and r.architecture == arch and r.item_tower == "id" and r.lm_params is None]
             if values:
                 baselines.append(Baseline(f"ID {arch} (baseline)", *_stats(values)))
-        panels.append(Panel(str(dataset), series, tuple(baselines)))
+        title = str(dataset) if protocol == "full" else f"{dataset} ({protocol})"
+        panels.append(Panel(title, series, tuple(baselines)))
     return panels
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from tcf.report.render import Grid, GridColumn, Shown, Table, label, pct
 from tcf.store.schema import is_metric_column, metric_key
 
-LEADING_COLUMNS = ("run_id", "name", "status", "dataset", "architecture", "item_tower", "best_epoch")
+LEADING_COLUMNS = ("run_id", "name", "status", "dataset", "architecture", "item_tower", "protocol", "best_epoch")
 
 
 def result_columns(rows: list[dict[str, Any]]) -> list[str]:

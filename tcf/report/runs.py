@@ -53,6 +53,7 @@ class RunRecord:
     metrics: dict[str, float]  # every final metric the run has: test_* and valid_* (fractions)
     raw_config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     row: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the `results` row as stored
+    protocol: str = "full"  # the evaluation protocol of its test metrics (eval.protocol): full, cold
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -106,7 +107,7 @@ def record(row: dict[str, Any]) -> RunRecord:
         lm_params=view.get("lm_params"), encoder=value("text_encoder.model"), tags=tuple(row.get("tags") or ()),
         config={key: value(key) for key in flatten(config)},
         metrics={k: float(v) for k, v in view.items() if is_metric_column(k) and v is not None},
-        raw_config=config, row=view,
+        raw_config=config, row=view, protocol=str(view.get("protocol") or "full"),
     )
 
 

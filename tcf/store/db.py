@@ -255,9 +255,10 @@ class Store:
     # -- writes --------------------------------------------------------------------------------
 
     def create_run(self, *, name: str, config: dict, config_hash: str, dataset: str, architecture: str,
-                   item_tower: str, lm_params: int | None = None, inputs: dict[str, Any] | None = None) -> int:
-        """Record a new run (status 'created') with a fresh uuid, the fingerprints of its ``inputs``, and the
-        host and git commit that will produce it."""
+                   item_tower: str, lm_params: int | None = None, inputs: dict[str, Any] | None = None,
+                   protocol: str = "full") -> int:
+        """Record a new run (status 'created') with a fresh uuid, the fingerprints of its ``inputs``, its
+        evaluation ``protocol`` (``eval.protocol``), and the host and git commit that will produce it."""
         row = {
             "name": name,
             "uuid": uuid.uuid4().hex,
@@ -272,13 +273,14 @@ class Store:
             "created_at": now_iso(),
             "lm_params": lm_params,
             "inputs_json": json.dumps(inputs or {}, sort_keys=True),
+            "protocol": protocol,
         }
         with self.transaction():
             cursor = self._db.execute(
                 "INSERT INTO runs (name, uuid, config_json, config_hash, status, dataset, architecture, item_tower, "
-                "host, git_commit, created_at, lm_params, inputs_json) VALUES (:name, :uuid, :config_json, "
+                "host, git_commit, created_at, lm_params, inputs_json, protocol) VALUES (:name, :uuid, :config_json, "
                 ":config_hash, :status, :dataset, :architecture, :item_tower, :host, :git_commit, :created_at, "
-                ":lm_params, :inputs_json)", row)
+                ":lm_params, :inputs_json, :protocol)", row)
             run_id = int(cursor.lastrowid)
             if self.job_id is not None:
                 self._db.execute("UPDATE jobs SET run_id = ? WHERE id = ? AND kind = 'train'", [run_id, self.job_id])
@@ -342,9 +344,10 @@ class Store:
                 [(run_id, epoch, name, float(value)) for name, value in metrics.items()],
             )
 
-    def log_final(self, run_id: int, split: str, metrics: dict[str, float], best_epoch: int | None,
+    def log_final(self, run_id: int, split: str, metrics: dict[str, float | None], best_epoch: int | None,
                   stopped_epoch: int | None) -> None:
-        """Final metrics of a split ('valid' at the best epoch, or 'test'); replaces earlier ones."""
+        """Final metrics of a split ('valid' at the best epoch, or 'test'); replaces earlier ones. A None value is
+        stored as NULL: the metric does not apply to the run (an ID tower's cold-item metrics)."""
         if split not in FINAL_SPLITS:
             raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
         _check_metric_names(metrics)
@@ -353,7 +356,8 @@ class Store:
             self._db.execute("DELETE FROM metrics WHERE run_id = ? AND split = ?", [run_id, split])
             self._db.conn.executemany(
                 "INSERT INTO metrics (run_id, split, epoch, name, value) VALUES (?, ?, ?, ?, ?)",
-                [(run_id, split, best_epoch, name, float(value)) for name, value in metrics.items()],
+                [(run_id, split, best_epoch, name, None if value is None else float(value))
+                 for name, value in metrics.items()],
             )
             # None means "not known by this caller", so it keeps what an earlier call recorded.
             self._db.execute(
@@ -419,6 +423,7 @@ class Store:
         for row in rows:
             row["config"] = json.loads(row.pop("config_json") or "{}")
             row["tags"] = tuple(json.loads(row.pop("tags_json") or "[]"))
+            row.setdefault("protocol", "full")  # a store read as it was before runs recorded one: all were full
             if row["status"] == "running" and row["run_id"] in owners and not owners[row["run_id"]]:
                 row["status"] = "interrupted"  # its process is gone: it cannot be training
         return rows

@@ -17,7 +17,7 @@ from tcf.errors import TcfError
 APPLICATION_ID = 0x74636621  # "tcf!"
 FINAL_SPLITS = ("test", "valid")  # order of the metric columns in the `results` view
 RESULT_FIXED_COLUMNS = (
-    "run_id", "name", "status", "dataset", "architecture", "item_tower",
+    "run_id", "name", "status", "dataset", "architecture", "item_tower", "protocol",
     "best_epoch", "stopped_epoch", "created_at", "finished_at", "lm_params",
 )
 # Metric names become column names and string literals of the `results` view, so only names that
@@ -176,20 +176,27 @@ def _m006_run_identity(db: Database) -> None:
         db.execute(sql)
 
 
+def _m007_protocol(db: Database) -> None:
+    """The evaluation protocol that produced a run's test metrics (``full``, ``cold``): numbers of two protocols
+    never compare, so every result row says which. Runs recorded before were all ``full``."""
+    db.execute("ALTER TABLE runs ADD COLUMN protocol TEXT NOT NULL DEFAULT 'full'")
+
+
 # Append only: never edit or reorder an applied migration; user_version = len(applied).
 MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events, _m004_lm_params,
-                                                _m005_jobs, _m006_run_identity]
+                                                _m005_jobs, _m006_run_identity, _m007_protocol]
 READABLE_FROM = 5  # the oldest schema a reader understands: columns added later read as absent
 
 
-def metric_key(name: str) -> tuple[int, str, int]:
+def metric_key(name: str) -> tuple[int, tuple[str | int, ...], int]:
     """The one order of metrics everywhere (view columns, tables, messages): test before valid, then the
-    metric's name, then K as a number, so hr@5 < hr@10 < ndcg@5. Takes metric names ("hr@10", after
-    any split-prefixed ones) and `results` columns ("test_hr@10")."""
+    metric's name (numbers in it as numbers: pop2_hr before pop10_hr), then K as a number, so hr@5 < hr@10 <
+    ndcg@5. Takes metric names ("hr@10", after any split-prefixed ones) and `results` columns ("test_hr@10")."""
     m = METRIC_COLUMN.match(name)
     split, metric = (FINAL_SPLITS.index(m.group(1)), m.group(2)) if m else (len(FINAL_SPLITS), name)
     base, _, k = metric.partition("@")
-    return split, base, int(k) if k.isdigit() else -1
+    parts = tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", base)))
+    return split, parts, int(k) if k.isdigit() else -1
 
 
 def is_metric_column(column: str) -> bool:

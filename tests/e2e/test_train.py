@@ -1,7 +1,9 @@
-"""End-to-end training through the CLI: resume after SIGKILL, two gloo ranks, the demo."""
+"""End-to-end training through the CLI: resume after SIGKILL, two gloo ranks, the demo, evaluation protocols."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -12,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import tcf
+from helpers import tcf, tcf_here, text_tower_setup
 
 BASE = ["-S", "model.embedding_dim=32", "-S", "train.batch_size=32", "-S", "train.patience=100",
         "-S", "eval.ks=[5,10]"]
@@ -133,3 +135,49 @@ def test_sigterm_marks_run_interrupted_and_resume_keeps_its_config(tmp_path, sma
     assert row["status"] == "interrupted"
     r = tcf("run", "--resume", str(row["run_id"]), "-S", "train.epochs=3", "--db", str(db), cwd=tmp_path)
     assert r.returncode == 2 and "give no CONFIG or -S" in r.stderr
+
+
+def test_cold_start_protocol_from_run_to_results(tmp_path, small_dataset):
+    """`eval.protocol: cold` end to end: the run comparison, `tcf results` (json, text, pivot) and the store
+    say which protocol made each number; the text tower's cold metrics are numbers, the ID tower's n/a."""
+    root, config, _ = text_tower_setup(tmp_path, small_dataset)
+    cold = root / "cold.yaml"
+    cold.write_text(config.read_text() + "eval:\n  protocol: cold\n  cold_items: 0.2\nruns:\n"
+                    "  - model.architecture: pop\n  - model.item_tower: id\n  - name: cold-text\n")
+    db = root / "e.db"
+    r = tcf_here("run", str(cold), "--db", str(db), cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "protocol" in r.stdout and "cold" in r.stdout and "not applicable" in r.stdout
+    full = root / "full.yaml"
+    full.write_text(f"dataset:\n  path: {small_dataset}\nmodel:\n  architecture: pop\n")
+    assert tcf_here("run", str(full), "--db", str(db), cwd=root).returncode == 0
+
+    rows = json.loads(tcf_here("results", "--format", "json", "--db", str(db), cwd=root).stdout)
+    by = {(row["architecture"], row["item_tower"], row["protocol"]): row for row in rows}
+    assert set(by) == {("pop", "text", "cold"), ("sasrec", "id", "cold"), ("sasrec", "text", "cold"),
+                       ("pop", "id", "full")}
+    text, id_, pop = by["sasrec", "text", "cold"], by["sasrec", "id", "cold"], by["pop", "text", "cold"]
+    assert 0 < text["test_ndcg@10"] < text["test_hr@10"] <= 1
+    assert id_["test_hr@10"] is None and id_["test_ndcg@10"] is None and id_["valid_hr@10"] > 0
+    assert pop["test_hr@10"] == 0.0 < by["pop", "id", "full"]["test_hr@10"]
+    with sqlite3.connect(db) as c:
+        assert sorted(c.execute("SELECT protocol, count(*) FROM runs GROUP BY protocol")) == [("cold", 3),
+                                                                                             ("full", 1)]
+        assert c.execute("SELECT count(*) FROM metrics m JOIN runs r ON r.id = m.run_id WHERE r.item_tower = 'id' "
+                         "AND r.protocol = 'cold' AND m.split = 'test' AND m.value IS NULL").fetchone() == (2,)
+
+    table = root / "results.txt"
+    assert tcf_here("results", "--output", str(table), "--db", str(db), cwd=root).returncode == 0
+    text_lines = table.read_text().splitlines()
+    columns = [c.strip() for c in next(line for line in text_lines if "┃" in line).split("┃")]
+    assert "protocol" in columns
+    id_line = next(line for line in text_lines if "sasrec-id" in line)
+    cells = [c.strip() for c in id_line.split("│")]
+    assert cells[columns.index("protocol")] == "cold" and cells[columns.index("test_hr@10")] == "-"
+
+    pivot = tcf_here("results", "--pivot", "architecture,item_tower:dataset", "--metric", "test_hr@10",
+                     "--format", "csv", "--db", str(db), cwd=root)
+    assert pivot.returncode == 0, pivot.stderr
+    cells = list(csv.DictReader(io.StringIO(pivot.stdout)))
+    assert sorted((c["protocol"], c["architecture"], c["item_tower"]) for c in cells) == [
+        ("cold", "pop", "text"), ("cold", "sasrec", "text"), ("full", "pop", "id")]  # no cell mixes them

@@ -87,6 +87,7 @@ def test_text_template_is_hashed_when_set_and_checked_at_load(tmp_path):
     # unset, it is not in the hash: configs keep the hashes they had before the key existed
     data = unset.model_dump(mode="json", exclude={"name"})
     assert data["dataset"].pop("text_template") is None
+    data["eval"] = unset.eval.hashed()  # the evaluation protocol's own rule (next test)
     assert unset.hash() == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -103,6 +104,35 @@ def test_malformed_text_template_is_one_config_error(tmp_path, value, message):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert str(e.value).startswith(f"{p}:3: dataset.text_template: {message}")
+
+
+def test_protocol_settings_are_part_of_the_run_identity(tmp_path):
+    from tcf.config import Config
+
+    plain = Config.model_validate({"dataset": {"path": "/data/mind"}})
+    data = plain.model_dump(mode="json", exclude={"name"})
+    del data["dataset"]["text_template"]
+    data["eval"] = {"ks": data["eval"]["ks"], "batch_size": data["eval"]["batch_size"]}  # eval before protocols
+    assert plain.hash() == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    p = write(tmp_path, "dataset:\n  path: /data/mind\nsweep:\n  eval.protocol: [full, cold]\n")
+    full, cold = load_config(p)
+    assert full.hash() == plain.hash() != cold.hash()  # two protocols of one config are two runs
+    (other_share,) = load_config(p, ["eval.protocol=cold", "eval.cold_items=0.3"])
+    (other_seed,) = load_config(p, ["eval.protocol=cold", "eval.cold_seed=7"])
+    assert len({cold.hash(), other_share.hash(), other_seed.hash()}) == 3
+    (unused,) = load_config(p, ["eval.protocol=full", "eval.cold_items=0.3"])
+    assert unused.hash() == full.hash()  # a cold-only key changes nothing under full
+    (buckets,) = load_config(p, ["eval.protocol=full", "eval.popularity_buckets=4"])
+    assert buckets.hash() != full.hash()
+
+
+def test_protocol_keys_are_checked(tmp_path):
+    p = write(tmp_path, "dataset:\n  path: d\neval:\n  protocol: cold\n  popularity_buckets: 3\n")
+    with pytest.raises(ConfigError, match="eval: popularity_buckets needs protocol full"):
+        load_config(p)
+    for bad in ("eval.cold_items=0", "eval.cold_items=1", "eval.protocol=warm", "eval.popularity_buckets=21"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(write(tmp_path, "dataset:\n  path: d\n"), [bad])
 
 
 def test_demo_yaml_equals_embedded_demo():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from helpers import make_tiny_opt
 
@@ -37,3 +38,26 @@ def test_a_changed_encoder_or_item_file_is_named_and_a_copy_elsewhere_is_not(tmp
         check_inputs(run, run_inputs(config, model))
     with pytest.raises(TcfError, match="recorded before tcf fingerprinted"):
         check_inputs({"id": 3, "inputs": {}}, run["inputs"])
+
+
+def test_the_default_protocol_is_the_plain_leave_one_out(tmp_path, small_dataset):
+    """eval.protocol full (the default) trains and tests on exactly what preprocessing alone gives: no item held
+    out, no user dropped, the same ids and popularity; its result rows say full."""
+    from tcf.data.prepare import prepare
+    from tcf.data.reader import load_dataset
+    from tcf.experiment import prepared_data, run_experiment
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"dataset:\n  path: {small_dataset}\n")
+    (cfg,) = load_config(config, ["model.architecture=pop"])
+    assert cfg.eval.protocol == "full"
+    got = prepared_data(cfg)
+    want = prepare(load_dataset(small_dataset), min_seq_len=cfg.dataset.min_seq_len,
+                   max_seq_len=cfg.dataset.max_seq_len)
+    assert got.item_keys == want.item_keys and got.user_keys == want.user_keys
+    for name in ("seqs", "lengths", "popularity"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    (cold,) = load_config(config, ["model.architecture=pop", "eval.protocol=cold"])
+    assert prepared_data(cold).n_items == want.n_items and not np.array_equal(prepared_data(cold).seqs, want.seqs)
+    result = run_experiment(cfg, tmp_path / "e.db")
+    assert result.protocol == "full" and all(v is not None for v in result.metrics.values())

@@ -282,3 +282,47 @@ def test_latex_compiles_with_pdflatex(db, tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout[-3000:]
     assert (tmp_path / "doc.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def _cold_runs(db: Path) -> None:
+    """Cold-protocol runs on mind next to the seeded full ones: two text runs and an ID run whose metrics are
+    NULL (not applicable)."""
+    store = Store(db)
+    for seed, tower, ndcg in ((1, "text", 0.031), (2, "text", 0.035), (1, "id", None)):
+        config = {"seed": seed, "dataset": {"path": "/data/mind"}, "eval": {"protocol": "cold"},
+                  "model": {"architecture": "sasrec", "item_tower": tower},
+                  "text_encoder": {"model": "/models/opt-125m", "unfreeze": 0} if tower == "text" else None}
+        run = store.create_run(name=f"cold-{tower}-{seed}", config=config, config_hash=f"c{seed}{tower}",
+                               dataset="mind", architecture="sasrec", item_tower=tower, protocol="cold",
+                               lm_params=125_239_616 if tower == "text" else None)
+        store.log_final(run, "test", {"hr@10": None if ndcg is None else 2 * ndcg, "ndcg@10": ndcg},
+                        best_epoch=2, stopped_epoch=4)
+        store.set_status(run, "finished")
+    store.close()
+
+
+def test_runs_of_two_protocols_never_share_a_cell(tmp_path):
+    db = tmp_path / "e.db"
+    seed_store(db)
+    _cold_runs(db)
+    p = pivot_from_store(Store(db, readonly=True), "item_tower,text_encoder.model:dataset", baseline="item_tower=id")
+    assert p.col_fields == ["protocol", "dataset"]  # added, since the runs come from two protocols
+    assert set(p.col_keys) == {("cold", "mind"), ("full", "mind"), ("full", "bili_50k")}
+    cold = p.cells[(("text", "opt-125m"), ("cold", "mind"))]
+    assert cold.values == (0.031, 0.035)  # not folded into the full runs of the same model
+    assert p.cells[(("text", "opt-125m"), ("full", "mind"))].values == tuple(expected_values("mind", "opt-125m"))
+    assert (("id", None), ("cold", "mind")) not in p.cells  # the ID run's cold metric does not apply: no cell
+    assert ("cold", "mind") not in p.column_baselines  # so the cold column has no baseline to compare with
+    assert p.column_baselines[("full", "mind")] == pytest.approx(statistics.fmean(expected_values("mind", None)))
+    table = format_pivot(p, "md")
+    assert "cold / mind" in table and "full / mind" in table
+    header = table.splitlines()[0].strip("| ").split(" | ")
+    row = next(line for line in table.splitlines() if line.startswith("| id |")).strip("| ").split(" | ")
+    assert row[header.index("cold / mind")] == "-"  # the ID row's cold cell shows as missing
+    assert row[header.index("full / mind")].startswith(f"{100 * statistics.fmean(expected_values('mind', None)):.2f}")
+
+    named = pivot_from_store(Store(db, readonly=True), "protocol,item_tower:dataset")
+    assert named.col_fields == ["dataset"] and ("cold", "text") in named.row_keys  # the user placed it
+    only_full = pivot_from_store(Store(db, readonly=True), "item_tower:dataset", metric="test_ndcg@10",
+                                 name_glob="mind-*")
+    assert only_full.col_fields == ["dataset"]  # one protocol: nothing added

@@ -142,3 +142,23 @@ def test_the_figure_follows_a_link_and_never_replaces_a_folder(tmp_path):
     with pytest.raises(TcfError, match="not a regular file"):
         plot_scaling(Store(db), tmp_path / "folder.png")
     assert (tmp_path / "folder.png").is_dir()
+
+
+def test_cold_protocol_runs_get_panels_of_their_own():
+    """A cold-start run of an encoder is not averaged into the full-ranking point of that encoder, and an ID
+    run whose cold metric does not apply (NULL) gives no baseline."""
+    from tcf.report.plot import scaling_panels
+    from tcf.report.runs import record
+
+    def run(run_id: int, protocol: str, tower: str, lm_params: int | None, ndcg: float | None) -> object:
+        return record({"run_id": run_id, "name": f"r{run_id}", "status": "finished", "dataset": "mind",
+                       "architecture": "sasrec", "item_tower": tower, "lm_params": lm_params, "protocol": protocol,
+                       "test_ndcg@10": ndcg, "config": {"text_encoder": {"unfreeze": 0} if lm_params else None}})
+
+    runs = [run(1, "full", "text", 125, 0.11), run(2, "cold", "text", 125, 0.03), run(3, "full", "id", None, 0.10),
+            run(4, "cold", "id", None, None)]
+    full, cold = scaling_panels(runs)
+    assert (full.dataset, cold.dataset) == ("mind", "mind (cold)")
+    assert [p.mean for s in full.series for p in s.points] == [0.11]
+    assert [p.mean for s in cold.series for p in s.points] == [0.03]
+    assert [b.mean for b in full.baselines] == [0.10] and cold.baselines == ()

@@ -38,7 +38,7 @@ def rows(tmp_path) -> list[dict]:
     return result
 
 
-EXPECTED_COLUMNS = ["run_id", "name", "status", "dataset", "architecture", "item_tower", "best_epoch",
+EXPECTED_COLUMNS = ["run_id", "name", "status", "dataset", "architecture", "item_tower", "protocol", "best_epoch",
                     "test_hr@10", "test_ndcg@10", "valid_hr@10"]
 
 
@@ -67,7 +67,7 @@ def test_json_is_only_the_array_of_view_rows(rows):
 def test_latex_booktabs_escaped_percent(rows):
     text = format_results(rows, "latex")
     lines = text.splitlines()
-    assert lines[0] == r"\begin{tabular}{rlllllrrrr}"
+    assert lines[0] == r"\begin{tabular}{rllllllrrrr}"
     assert [ln for ln in lines if ln in (r"\toprule", r"\midrule", r"\bottomrule")] == [
         r"\toprule", r"\midrule", r"\bottomrule"]
     assert r"test\_hr@10" in lines[2]
@@ -80,7 +80,7 @@ def test_latex_booktabs_escaped_percent(rows):
 def test_markdown_header_separator_and_pipes(rows):
     lines = format_results(rows, "md").splitlines()
     assert lines[0] == "| " + " | ".join(EXPECTED_COLUMNS) + " |"
-    assert lines[1] == "|---:|---|---|---|---|---|---:|---:|---:|---:|"
+    assert lines[1] == "|---:|---|---|---|---|---|---|---:|---:|---:|---:|"
     assert len(lines) == 2 + len(rows)
     assert r"[pop]\|base" in lines[3] and "| 5.00 |" in lines[3]
     assert "| 12.34 | 5.67 | 11.11 |" in lines[2]

@@ -12,6 +12,7 @@ import pytest
 from helpers import ROOT
 
 import tcf.store.db as store_mod
+import tcf.store.schema as schema
 from tcf.errors import TcfError
 from tcf.store.db import Store
 from tcf.store.sql import connection as sql
@@ -198,7 +199,7 @@ def test_results_view_gains_columns_for_new_metrics(tmp_path):
     conn = _raw(path)  # a separate connection, like the sqlite3 CLI
     columns = [r[1] for r in conn.execute("PRAGMA table_info(results)")]
     assert columns == [
-        "run_id", "name", "status", "dataset", "architecture", "item_tower", "best_epoch",
+        "run_id", "name", "status", "dataset", "architecture", "item_tower", "protocol", "best_epoch",
         "stopped_epoch", "created_at", "finished_at", "lm_params",
         "test_hr@5", "test_hr@10", "test_hr@20", "test_ndcg@10", "valid_hr@10", "valid_ndcg@10",
     ]
@@ -301,3 +302,47 @@ def test_eight_processes_writing_events_at_50_hz_lose_none(tmp_path, monkeypatch
     assert res["missing"] == 0 and res["duplicated"] == 0
     assert res["found"] == res["written"] >= 0.9 * res["target_events"]
     assert res["reads"] > 0
+
+
+def test_runs_recorded_before_protocols_read_full(tmp_path, monkeypatch):
+    """Migration 7 gives every run a protocol; runs of a store written before it existed were all full, and a
+    reader of such a store (read-only, never migrated) says so too."""
+    path = tmp_path / "e.db"
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:6])  # the store as schema 6 made it
+    monkeypatch.setattr(schema, "RESULT_FIXED_COLUMNS", tuple(c for c in schema.RESULT_FIXED_COLUMNS
+                                                              if c != "protocol"))
+    old = Store(path)
+    with old.transaction():
+        sql(old).execute("INSERT INTO runs (name, uuid, config_json, config_hash, status, created_at) "
+                         "VALUES ('before', 'u1', '{}', 'h', 'finished', '2025-01-01T00:00:00+00:00')")
+    run_id = 1
+    old.log_final(run_id, "test", {"hr@10": 0.2}, best_epoch=1, stopped_epoch=1)
+    old.close()
+    assert "protocol" not in [r[1] for r in _raw(path).execute("PRAGMA table_info(runs)")]
+    monkeypatch.undo()
+    readonly = Store(path, readonly=True)
+    assert [row["protocol"] for row in readonly.runs()] == ["full"]
+    readonly.close()
+
+    store = Store(path)
+    cold = _run(store, name="after", protocol="cold")
+    assert [(row["name"], row["protocol"]) for row in store.runs()] == [("before", "full"), ("after", "cold")]
+    store.close()
+    rows = _raw(path).execute("SELECT run_id, protocol FROM results ORDER BY run_id").fetchall()
+    assert rows == [(run_id, "full"), (cold, "cold")]
+
+
+def test_a_metric_that_does_not_apply_is_null(tmp_path):
+    """An ID tower's cold-item metrics are recorded as NULL, not as a number (and not left out)."""
+    path = tmp_path / "e.db"
+    store = Store(path)
+    run_id = _run(store, protocol="cold")
+    store.log_final(run_id, "test", {"hr@10": None, "ndcg@10": None}, best_epoch=2, stopped_epoch=3)
+    store.log_final(run_id, "valid", {"hr@10": 0.25}, best_epoch=2, stopped_epoch=3)
+    assert store.get_run(run_id)["metrics"] == {"test_hr@10": None, "test_ndcg@10": None, "valid_hr@10": 0.25}
+    (row,) = store.runs()
+    assert row["test_hr@10"] is None and row["valid_hr@10"] == 0.25 and row["protocol"] == "cold"
+    store.close()
+    conn = _raw(path)
+    assert conn.execute("SELECT count(*) FROM metrics WHERE split = 'test' AND value IS NULL").fetchone()[0] == 2
+    assert conn.execute('SELECT "test_hr@10" FROM results').fetchone() == (None,)
