@@ -23,6 +23,8 @@ Variants (behaviour of RecBole / the reference where it differs):
 - ``ln-eps``: LayerNorm eps 1e-12 (RecBole) instead of 1e-6 (the reference, tcf).
 - ``pad-class``: the full softmax (``ce``) has one more class with logit 0, RecBole's padding item 0 (a
   zero embedding it never masks) instead of none.
+- ``norm-no-decay``: AdamW decays only matrices (2-D parameters: projections, embeddings), not biases or
+  LayerNorm parameters (nanoGPT's and BERT's groups) instead of every parameter (the reference, tcf).
 - ``prefixes-by-user``: prefixes as above, but each batch holds whole users (all prefixes of ~batch_size
   shuffled users) instead of prefixes shuffled over all users: which half of ``prefixes`` helps, the
   right-aligned (inference-shaped) examples or the mixing of users.
@@ -105,6 +107,20 @@ def _pad_class() -> None:
     objective_mod.ce_loss = ce_loss
 
 
+def _norm_no_decay() -> None:
+    original = trainer_mod.param_groups
+
+    def param_groups(model, cfg):
+        groups = []
+        for g in original(model, cfg):
+            matrices = [p for p in g["params"] if p.dim() >= 2]
+            rest = [p for p in g["params"] if p.dim() < 2]
+            groups += [{**g, "params": matrices}, {**g, "params": rest, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    trainer_mod.param_groups = param_groups
+
+
 def _prefixes_by_user(per_user: np.ndarray) -> None:
     """Batches of whole users: the prefix rows are ordered by user, so a permutation of users, each
     user's rows kept together, cut into batches of the same size."""
@@ -126,7 +142,8 @@ VARIANTS: dict[str, Callable[[np.ndarray], None]] = {
     "left-positions": lambda per_user: _left_positions(), "prefixes": lambda per_user: None,
     "prefixes-by-user": _prefixes_by_user, "qkvo-bias": lambda per_user: _qkvo_bias(),
     "ln-eps": lambda per_user: setattr(sasrec_mod, "LN_EPS", 1e-12),
-    "pad-class": lambda per_user: _pad_class()}  # both prefixes variants set train.examples below
+    "pad-class": lambda per_user: _pad_class(),
+    "norm-no-decay": lambda per_user: _norm_no_decay()}  # both prefixes variants set train.examples below
 
 
 def _seeds_of(path: str) -> dict[str, dict]:

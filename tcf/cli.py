@@ -122,18 +122,21 @@ def _print_comparison(results: list) -> None:
     def shown(value: float | None) -> str:  # None: recorded as not applicable; absent: not measured
         return "-" if value is None else f"{100 * value:.2f}"
 
-    table = Table(title="test metrics (full ranking, x100)")
+    protocols = sorted({r.protocol for r in results})
+    # numbers of two protocols never compare: one protocol is named in the title, several in a column
+    table = Table(title=f"test metrics ({'full ranking' if protocols == ['full'] else ', '.join(protocols)}, x100)")
     table.add_column("run")
     table.add_column("name", overflow="fold")
-    table.add_column("protocol")  # numbers of two protocols never compare: every row says which
+    if len(protocols) > 1:
+        table.add_column("protocol")
     # the overall metrics only: `tcf results` shows the per-bucket ones (eval.popularity_buckets)
     keys = sorted({k for r in results for k in r.metrics if re.fullmatch(r"test_(hr|ndcg)@\d+", k)}, key=metric_key)
     for k in keys:
         table.add_column(k.removeprefix("test_").upper(), justify="right")
     table.add_column("best epoch", justify="right")
     for r in results:
-        table.add_row(str(r.run_id), Text(printable(r.name)), r.protocol, *(shown(r.metrics.get(k)) for k in keys),
-                      str(r.best_epoch or "-"))
+        table.add_row(str(r.run_id), Text(printable(r.name)), *([r.protocol] if len(protocols) > 1 else []),
+                      *(shown(r.metrics.get(k)) for k in keys), str(r.best_epoch or "-"))
     not_applicable = [str(r.run_id) for r in results if r.protocol == "cold" and r.metrics.get("test_hr@10") is None]
     if not_applicable:
         table.caption = (f"-: not applicable (run {', '.join(not_applicable)}): an ID tower cannot rank the cold "

@@ -147,7 +147,7 @@ def test_cold_start_protocol_from_run_to_results(tmp_path, small_dataset):
     db = root / "e.db"
     r = tcf_here("run", str(cold), "--db", str(db), cwd=root)
     assert r.returncode == 0, r.stderr
-    assert "protocol" in r.stdout and "cold" in r.stdout and "not applicable" in r.stdout
+    assert "test metrics (cold, x100)" in r.stdout and "not applicable" in r.stdout  # one protocol: in the title
     full = root / "full.yaml"
     full.write_text(f"dataset:\n  path: {small_dataset}\nmodel:\n  architecture: pop\n")
     assert tcf_here("run", str(full), "--db", str(db), cwd=root).returncode == 0
