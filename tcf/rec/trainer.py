@@ -225,16 +225,16 @@ class Trainer:
         log_pop = log_popularity(data.popularity).to(device)
         seqs = torch.as_tensor(data.train_sequences(), device=device)
         extra: dict[str, Any] = {}
-        if cfg.model.architecture == "sasrec" and cfg.train.examples == "prefixes":
+        if cfg.model.architecture == "sasrec":
             objective: nn.Module = SASRecObjective(model, log_pop, cfg.train.loss, data.n_train_items)
-            pair_user, pair_pos = (seqs[:, :-1] != 0).nonzero(as_tuple=True)
-            extra.update(pair_user=pair_user, pair_pos=pair_pos)
-            n_rows = len(pair_user)
-        elif cfg.model.architecture == "sasrec":
-            objective = SASRecObjective(model, log_pop, cfg.train.loss, data.n_train_items)
-            n_rows = len(seqs)
-            # real input positions per user, on the host: the objective then finds them without a sync
-            extra["real_inputs"] = (data.train_sequences()[:, :-1] != 0).sum(1)
+            if cfg.train.examples == "prefixes":
+                pair_user, pair_pos = (seqs[:, :-1] != 0).nonzero(as_tuple=True)
+                extra.update(pair_user=pair_user, pair_pos=pair_pos)
+                n_rows = len(pair_user)
+            else:
+                n_rows = len(seqs)
+                # real input positions per user, on the host: the objective then finds them without a sync
+                extra["real_inputs"] = (data.train_sequences()[:, :-1] != 0).sum(1)
         else:
             objective = DSSMObjective(model, log_pop, cfg.train.loss, data.n_train_items)
             pair_user, pair_pos = (seqs != 0).nonzero(as_tuple=True)
@@ -331,7 +331,6 @@ class Trainer:
         gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 7_777_777 + epoch * 131 + ctx.rank)
         batches = global_batches(s.n_rows, s.batch_rows, cfg.seed, epoch, ctx.world_size)
         self.reporter.stage("epoch", total=len(batches), epoch=epoch)
-        loss_total = torch.zeros((), device=ctx.device)
         # one host-to-GPU copy per epoch: a copy per step would wait for the GPU every step
         on_device = torch.cat(batches).to(ctx.device).split([len(b) for b in batches])
         if s.graphed is not None:
@@ -340,9 +339,23 @@ class Trainer:
                 s.graphed.step(gb)
                 self.reporter.advance()
             loss_total = s.graphed.loss_total
+        else:
+            loss_total = self._eager_steps(s, batches, on_device, gen)
+        epoch_loss = float(loss_total) / max(len(batches), 1)
+        if s.prefetch is not None:
+            s.model.item_tower.check_announced()
+        if not math.isfinite(epoch_loss):
+            raise TcfError(f"training diverged: the loss is {epoch_loss} in epoch {epoch}")
+        return epoch_loss
+
+    def _eager_steps(self, s: _Session, batches: list[torch.Tensor], on_device: tuple[torch.Tensor, ...],
+                     gen: torch.Generator) -> torch.Tensor:
+        """The epoch's steps launched one by one; returns the summed per-batch mean losses (on the device)."""
+        ctx = self.ctx
+        loss_total = torch.zeros((), device=ctx.device)
         if s.prefetch is not None:
             s.prefetch(self._host_ids(s, batches[0]), ctx)
-        for i, gb in enumerate(on_device if s.graphed is None else ()):
+        for i, gb in enumerate(on_device):
             loss_sum, n_terms = self._forward(s, gb, batches[i], gen)
             if s.prefetch is not None and i + 1 < len(batches):  # after this forward took its own batch
                 s.prefetch(self._host_ids(s, batches[i + 1]), ctx)
@@ -350,12 +363,7 @@ class Trainer:
             self._backward_and_step(s, loss_sum.float() * ctx.world_size / total_terms)
             loss_total += all_reduce_sum(loss_sum.detach().float(), ctx) / total_terms
             self.reporter.advance()
-        epoch_loss = float(loss_total) / max(len(batches), 1)
-        if s.prefetch is not None:
-            s.model.item_tower.check_announced()
-        if not math.isfinite(epoch_loss):
-            raise TcfError(f"training diverged: the loss is {epoch_loss} in epoch {epoch}")
-        return epoch_loss
+        return loss_total
 
     @staticmethod
     def _host_ids(s: _Session, batch: torch.Tensor) -> np.ndarray:
