@@ -176,8 +176,8 @@ class TrainConfig(_Section):
         10, ge=0, le=100_000, description="Stop after patience+1 evaluations without a better (smoothed) HR@10."
     )
     stop_smoothing: int = Field(
-        5, ge=1, le=100, description="Early stopping watches the mean of the last N validation HR@10s (1: raw), "
-        "so one spike cannot end a run; the checkpoint kept is still the best raw one."
+        5, ge=1, le=100, description="Patience counts evaluations since the raw HR@10 or the mean of the last N "
+        "(1: raw alone) last improved, so one spike cannot end a run; the checkpoint kept is the best raw one."
     )
     eval_every: int = Field(1, ge=1, le=100_000, description="Validate every N epochs.")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(

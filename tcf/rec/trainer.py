@@ -122,12 +122,30 @@ class FitState:
     epoch: int = 0
     best_hr: float = -1.0
     best_epoch: int | None = None
-    bad: int = 0  # evaluations since the best (smoothed) one
+    bad: int = 0  # evaluations since the raw or the smoothed figure last improved
     best_valid: dict[str, float] = field(default_factory=dict)
     recent: list[float] = field(default_factory=list)  # the last ``train.stop_smoothing`` validation HR@10s
     best_smoothed: float = -1.0
     epoch_seconds: list[float] = field(default_factory=list)
     eval_seconds: float = 0.0
+
+    def observe(self, value: float, epoch: int, smoothing: int) -> bool:
+        """Take one validation HR@10; True when it is a new raw best (the checkpoint to keep).
+
+        Patience counts the evaluations since the last improvement of either the raw or the smoothed
+        (mean of the last ``smoothing``) figure: smoothing keeps one spike from ending a run, and a run
+        whose raw figure just reached a new best is still improving, even where an early spike holds the
+        smoothed best."""
+        best = value > self.best_hr
+        if best:
+            self.best_hr, self.best_epoch = value, epoch
+        self.recent = [*self.recent, value][-smoothing:]
+        smoothed = sum(self.recent) / len(self.recent)
+        smoother = smoothed > self.best_smoothed
+        if smoother:
+            self.best_smoothed = smoothed
+        self.bad = 0 if best or smoother else self.bad + 1
+        return best
 
 
 @dataclass
@@ -398,24 +416,16 @@ class Trainer:
     def _validate_and_checkpoint(self, s: _Session, state: FitState, epoch: int) -> dict[str, float]:
         """Validation metrics of this epoch; a new best HR@10 is saved as ``best.pt``.
 
-        Early stopping counts the evaluations since the best *smoothed* HR@10 (the mean of the last
-        ``train.stop_smoothing`` values), so a single spike cannot end a run that is still improving; the
-        checkpoint kept is the best raw HR@10, as the method selects it."""
+        Early stopping is ``FitState.observe``'s; the checkpoint kept is the best raw HR@10, as the method
+        selects it."""
         t1 = time.perf_counter()
         metrics = self._evaluate("valid")
         state.eval_seconds = time.perf_counter() - t1
-        value = metrics[SELECT_METRIC]
-        if value > state.best_hr:
-            state.best_hr, state.best_epoch, state.best_valid = value, epoch, metrics
+        if state.observe(metrics[SELECT_METRIC], epoch, self.cfg.train.stop_smoothing):
+            state.best_valid = metrics
             if self.ctx.is_main:
                 checkpoint.save_atomic({"model": s.model.state_dict(), "epoch": epoch, "identity": self.identity},
                                        self.ckpt_dir / "best.pt")
-        state.recent = [*state.recent, value][-self.cfg.train.stop_smoothing:]
-        smoothed = sum(state.recent) / len(state.recent)
-        if smoothed > state.best_smoothed:
-            state.best_smoothed, state.bad = smoothed, 0
-        else:
-            state.bad += 1
         return metrics
 
     def _test_best(self, state: FitState, stopped: int) -> TrainResult:
