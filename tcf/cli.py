@@ -97,9 +97,13 @@ def run(
     depths = sweep_depths(configs)  # one pre-inference per encoder serves every unfreeze depth
 
     from tcf.tui.progress import RichReporter
+    from tcf.util.threads import choose_threads
 
     signal.signal(signal.SIGTERM, _interrupt)  # a killed run is recorded as interrupted, not left running
     ctx = init_distributed(configs[0].train.device)
+    if ctx.is_main:  # CPU results depend on the thread count: say which, and why (every run records it)
+        err.print(f"computing with {choose_threads(configs[0].train.threads).describe()}", highlight=False,
+                  soft_wrap=True)
     results = []
     try:
         for cfg, keep in zip(configs, depths, strict=True):
@@ -324,8 +328,10 @@ def infer(
     from tcf.preinfer.encode import encoder_identity, run_infer_job, sweep_depths
     from tcf.tui.progress import InferProgress
     from tcf.util.dist import shutdown
+    from tcf.util.threads import apply_threads, choose_threads
 
     configs = _text_configs(config, set_, gpu_memory_budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size)
+    apply_threads(choose_threads(configs[0].train.threads))  # a CPU pre-inference: the free cores, passively
     jobs = {}
     for cfg, keep in zip(configs, sweep_depths(configs), strict=True):
         jobs.setdefault(encoder_identity(cfg), (cfg, keep))

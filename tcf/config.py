@@ -184,6 +184,10 @@ class TrainConfig(_Section):
         "auto", description="Mixed precision: auto = bf16 on CUDA, off on CPU."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (torchrun sets one per rank).")
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads of torch; unset = the cores free when the process starts "
+        "(OMP_NUM_THREADS, when set, wins). CPU results depend on it; it is recorded with every run.",
+    )
     cuda_graph: bool = Field(
         True, description="Replay each training step from one CUDA graph where it can be (one CUDA process, "
         "loss ibce or ce, amp bf16 or off, no fine-tuned text tower); false: launch its kernels one by one.",
@@ -344,6 +348,8 @@ class Config(_Section):
         if data["dataset"]["text_template"] is None:  # unset: the hashes of configs written before it existed
             del data["dataset"]["text_template"]
         data["eval"] = self.eval.hashed()
+        if data["train"]["threads"] is None:  # unset (chosen per machine): the hashes of configs before it existed
+            del data["train"]["threads"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

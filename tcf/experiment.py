@@ -33,6 +33,7 @@ from tcf.util.dist import DistContext, broadcast_object, init_distributed
 from tcf.util.fingerprint import file_digest
 from tcf.util.lock import Locked, file_lock
 from tcf.util.progress import Reporter, Tee
+from tcf.util.threads import apply_threads, choose_threads
 
 
 @dataclass
@@ -44,6 +45,7 @@ class RunResult:
     protocol: str = "full"
     epoch_seconds: list[float] = field(default_factory=list)
     eval_seconds: float = 0.0
+    threads: int | None = None  # the CPU threads torch computed with (tcf.util.threads)
 
 
 @functools.lru_cache(maxsize=4)
@@ -110,9 +112,10 @@ def check_inputs(run: dict, inputs: dict[str, dict[str, str]]) -> None:
 
 
 @contextmanager
-def owning(store: Store | None, run: dict, ckpt: Path, resume: bool) -> Iterator[None]:
-    """Rank 0 holds the run's lock (dies with the process) and records itself as its owner, for the run's
-    whole training: a second `tcf run --resume` or a retried job fails at once instead of training it too."""
+def owning(store: Store | None, run: dict, ckpt: Path, resume: bool, threads: int | None = None) -> Iterator[None]:
+    """Rank 0 holds the run's lock (dies with the process) and records itself as its owner (and the CPU threads
+    it trains with), for the run's whole training: a second `tcf run --resume` or a retried job fails at once
+    instead of training it too."""
     if store is None:
         yield
         return
@@ -125,7 +128,7 @@ def owning(store: Store | None, run: dict, ckpt: Path, resume: bool) -> Iterator
             owner = store.get_run(run["id"])
             who = f"pid {owner['owner_pid']} on {owner['owner_host']}" if owner["owner_pid"] else "another process"
             raise TcfError(f"run {run['id']} is being trained by {who}; one run has one trainer") from None
-        store.claim_run(run["id"])
+        store.claim_run(run["id"], threads)
         yield
 
 
@@ -157,6 +160,8 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
     pre-inference also keep what the other runs of a sweep need (tcf.preinfer.encode.sweep_depths).
     """
     ctx = ctx or init_distributed(cfg.train.device)
+    threads = choose_threads(cfg.train.threads)  # the free cores, once per process, unless pinned
+    apply_threads(threads)
     cfg = cfg.resolved()  # absolute paths: a resume from another folder reads the same files
     data = prepared_data(cfg)
     text_model = model_dir_of(cfg.text_encoder) if cfg.trains_text_tower else None  # fails before the db is touched
@@ -166,7 +171,8 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
     run_id = run["id"]
     reporter = Tee(EventWriter(store, f"run:{run_id}", run_id), reporter) if store is not None else (
         reporter or Reporter())
-    with owning(store, run, ckpt, resume_run_id is not None):  # a second claimant leaves the run untouched
+    # a second claimant leaves the run untouched
+    with owning(store, run, ckpt, resume_run_id is not None, threads.threads):
         try:
             text = _text_source(cfg, db_path, ctx, store, run, text_model, keep_depths, reporter)
             identity = {"run": run["uuid"], "config_hash": run["config_hash"],
@@ -188,7 +194,7 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
     metrics = {f"valid_{k}": v for k, v in result.valid.items()}
     metrics.update({f"test_{k}": v for k, v in result.test.items()})
     return RunResult(run_id, cfg.run_name, metrics, result.best_epoch, cfg.eval.protocol, result.epoch_seconds,
-                     result.eval_seconds)
+                     result.eval_seconds, threads.threads)
 
 
 def _text_source(cfg: Config, db_path: Path, ctx: DistContext, store: Store | None, run: dict,

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
+# the suite runs as two processes on two cores: one torch thread each, in this process (set before tcf and torch
+# are imported: tcf.util.threads reads it as the user's pin) and in every `tcf` subprocess a test starts
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from tcf.data.synth import synth_dataset
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tcf.data.synth import synth_dataset  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

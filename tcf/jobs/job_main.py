@@ -134,9 +134,13 @@ def _work(job: Any, db: Path, store: Any, main_rank: bool) -> str | None:
     from tcf.experiment import run_experiment
     from tcf.preinfer.encode import run_infer_job
     from tcf.util.dist import init_distributed
+    from tcf.util.threads import apply_threads, choose_threads
 
     cfg = Config.model_validate(job.config)
     keep = tuple(job.spec.get("keep_depths", ()))
+    threads = choose_threads(cfg.train.threads)  # the cores free as the job starts (recorded with its run)
+    apply_threads(threads)
+    _say(f"computing with {threads.describe()}")
     if job.kind == "infer":
         ctx = init_distributed("auto")
         device = ctx.device if ctx.distributed else (

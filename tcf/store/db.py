@@ -293,15 +293,17 @@ class Store:
             self._db.execute("UPDATE runs SET inputs_json = ? WHERE id = ?",
                              [json.dumps({**known, **inputs}, sort_keys=True), run_id])
 
-    def claim_run(self, run_id: int) -> None:
+    def claim_run(self, run_id: int, threads: int | None = None) -> None:
         """This process owns the run now (status 'running'): readers tell a run whose owner is gone from one
-        that is training (the caller holds the run's lock, so no live process owns it already)."""
+        that is training (the caller holds the run's lock, so no live process owns it already). ``threads``:
+        the CPU threads it trains with (CPU results depend on them)."""
         with self.transaction():
             self._require_run(run_id)
             self._db.execute(
                 "UPDATE runs SET status = 'running', error = NULL, started_at = ifnull(started_at, ?), "
-                "finished_at = NULL, owner_host = ?, owner_pid = ?, owner_pid_start = ? WHERE id = ?",
-                [now_iso(), hostname(), os.getpid(), start_time(os.getpid()), run_id])
+                "finished_at = NULL, owner_host = ?, owner_pid = ?, owner_pid_start = ?, "
+                "threads = ifnull(?, threads) WHERE id = ?",
+                [now_iso(), hostname(), os.getpid(), start_time(os.getpid()), threads, run_id])
 
     def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
         """'running' stamps started_at the first time; a terminal status stamps finished_at."""

@@ -18,7 +18,7 @@ APPLICATION_ID = 0x74636621  # "tcf!"
 FINAL_SPLITS = ("test", "valid")  # order of the metric columns in the `results` view
 RESULT_FIXED_COLUMNS = (
     "run_id", "name", "status", "dataset", "architecture", "item_tower", "protocol",
-    "best_epoch", "stopped_epoch", "created_at", "finished_at", "lm_params",
+    "best_epoch", "stopped_epoch", "created_at", "finished_at", "lm_params", "threads",
 )
 # Metric names become column names and string literals of the `results` view, so only names that
 # can never need quoting are accepted: "hr@10", "ndcg@10", "mrr".
@@ -182,9 +182,15 @@ def _m007_protocol(db: Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN protocol TEXT NOT NULL DEFAULT 'full'")
 
 
+def _m008_run_threads(db: Database) -> None:
+    """The CPU threads torch computed a run with (tcf.util.threads): CPU results depend on the count, so a run
+    says which it had. NULL for runs recorded before."""
+    db.execute("ALTER TABLE runs ADD COLUMN threads INTEGER")
+
+
 # Append only: never edit or reorder an applied migration; user_version = len(applied).
 MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events, _m004_lm_params,
-                                                _m005_jobs, _m006_run_identity, _m007_protocol]
+                                                _m005_jobs, _m006_run_identity, _m007_protocol, _m008_run_threads]
 READABLE_FROM = 5  # the oldest schema a reader understands: columns added later read as absent
 
 

@@ -181,3 +181,25 @@ def test_cold_start_protocol_from_run_to_results(tmp_path, small_dataset):
     cells = list(csv.DictReader(io.StringIO(pivot.stdout)))
     assert sorted((c["protocol"], c["architecture"], c["item_tower"]) for c in cells) == [
         ("cold", "pop", "text"), ("cold", "sasrec", "text"), ("full", "pop", "id")]  # no cell mixes them
+
+
+def test_each_run_records_its_threads_and_repeats_exactly_at_that_count(tmp_path, small_dataset):
+    """Two runs pinned to 2 threads (no OMP_NUM_THREADS) record 2 and end with the same metrics to the last bit;
+    the user's OMP_NUM_THREADS=1 overrides train.threads and is what the run records."""
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"dataset:\n  path: {small_dataset}\nmodel:\n  embedding_dim: 16\n"
+                      "train:\n  epochs: 2\n  batch_size: 64\n  threads: 2\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-m", "tcf.cli", "run", str(config)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        assert "computing with 2 CPU threads (set by train.threads)" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "tcf.cli", "run", str(config)], cwd=tmp_path,
+                       env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "computing with 1 CPU thread (set by OMP_NUM_THREADS)" in r.stderr
+    rows = json.loads(subprocess.run([sys.executable, "-m", "tcf.cli", "results", "--format", "json"], cwd=tmp_path,
+                                     env=env, capture_output=True, text=True, check=True).stdout)
+    assert [row["threads"] for row in rows] == [2, 2, 1]
+    metrics = [{k: v for k, v in row.items() if k.startswith(("test_", "valid_"))} for row in rows]
+    assert metrics[0] == metrics[1] and metrics[0]["test_hr@10"] > 0

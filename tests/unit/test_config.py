@@ -88,6 +88,7 @@ def test_text_template_is_hashed_when_set_and_checked_at_load(tmp_path):
     data = unset.model_dump(mode="json", exclude={"name"})
     assert data["dataset"].pop("text_template") is None
     data["eval"] = unset.eval.hashed()  # the evaluation protocol's own rule (next test)
+    assert data["train"].pop("threads") is None  # so is train.threads (chosen per machine when unset)
     assert unset.hash() == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -113,6 +114,7 @@ def test_protocol_settings_are_part_of_the_run_identity(tmp_path):
     data = plain.model_dump(mode="json", exclude={"name"})
     del data["dataset"]["text_template"]
     data["eval"] = {"ks": data["eval"]["ks"], "batch_size": data["eval"]["batch_size"]}  # eval before protocols
+    del data["train"]["threads"]
     assert plain.hash() == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
     p = write(tmp_path, "dataset:\n  path: /data/mind\nsweep:\n  eval.protocol: [full, cold]\n")
     full, cold = load_config(p)
@@ -205,3 +207,13 @@ def test_a_sweep_of_a_million_runs_is_refused_before_it_is_expanded(tmp_path):
     with pytest.raises(ConfigError, match="expands to 1,000,000 runs; one config holds at most 10,000") as info:
         load_config(p)
     assert info.value.key == "sweep"
+
+
+def test_pinned_threads_are_part_of_the_hash_and_unset_keeps_it(tmp_path):
+    p = write(tmp_path, "dataset:\n  path: d\n")
+    (auto,) = load_config(p)
+    (one,) = load_config(p, ["train.threads=1"])
+    (two,) = load_config(p, ["train.threads=2"])
+    assert auto.train.threads is None and len({auto.hash(), one.hash(), two.hash()}) == 3
+    with pytest.raises(ConfigError, match="train.threads"):
+        load_config(p, ["train.threads=0"])

@@ -200,7 +200,7 @@ def test_results_view_gains_columns_for_new_metrics(tmp_path):
     columns = [r[1] for r in conn.execute("PRAGMA table_info(results)")]
     assert columns == [
         "run_id", "name", "status", "dataset", "architecture", "item_tower", "protocol", "best_epoch",
-        "stopped_epoch", "created_at", "finished_at", "lm_params",
+        "stopped_epoch", "created_at", "finished_at", "lm_params", "threads",
         "test_hr@5", "test_hr@10", "test_hr@20", "test_ndcg@10", "valid_hr@10", "valid_ndcg@10",
     ]
     assert conn.execute('SELECT name, "test_hr@20" FROM results ORDER BY run_id').fetchall() == [
@@ -310,7 +310,7 @@ def test_runs_recorded_before_protocols_read_full(tmp_path, monkeypatch):
     path = tmp_path / "e.db"
     monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:6])  # the store as schema 6 made it
     monkeypatch.setattr(schema, "RESULT_FIXED_COLUMNS", tuple(c for c in schema.RESULT_FIXED_COLUMNS
-                                                              if c != "protocol"))
+                                                              if c not in ("protocol", "threads")))
     old = Store(path)
     with old.transaction():
         sql(old).execute("INSERT INTO runs (name, uuid, config_json, config_hash, status, created_at) "
