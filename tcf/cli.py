@@ -168,6 +168,22 @@ def _rich_table(grid: Grid) -> Table:
     return table
 
 
+def _fit_terminal(grid: Grid) -> Grid:
+    """The grid at this terminal's width: columns left out (named in the caption) before a run's id or name
+    would be cut or wrapped."""
+    from dataclasses import replace
+
+    from tcf.report.render import fit_grid
+
+    fitted, left_out = fit_grid(grid, out.width)
+    if not left_out:
+        return fitted
+    caption = grid.note if grid.caption is None else grid.caption
+    more = (f"not shown at {out.width} columns: {', '.join(left_out)} (a wider terminal, or --format md, csv or "
+            "json, shows them)")
+    return replace(fitted, caption=f"{caption}; {more}" if caption else more)
+
+
 def _plain(table: Table) -> str:
     """A rich table as plain text for a file: uncoloured, unwrapped, no trailing spaces."""
     buffer = io.StringIO()
@@ -231,7 +247,7 @@ def results(
         runs = load_runs(Store(db, readonly=True), dataset=dataset, name_glob=name) if db.exists() else []
         table = results_table([run.row for run in runs])
     if format == "table" and output is None:
-        out.print(_rich_table(table.grid))
+        out.print(_rich_table(_fit_terminal(table.grid)))
         return
     text = _plain(_rich_table(table.grid)) if format == "table" else render(table, format)
     if output is not None:
@@ -406,18 +422,36 @@ def queue_ls(
     progress = {j.id: progress_summary(live_view(store, j)) for j in jobs if j.state in ("running", "finished")}
     if as_json:
         keys = ("id", "kind", "name", "priority", "tags", "note", "gpus", "devices", "attempts", "run_id",
-                "artifact", "created_at", "started_at", "finished_at", "error", "deps", "log_path")
+                "artifact", "created_at", "started_at", "finished_at", "error", "deps", "log_path", "host", "pid")
         rows = [{**{k: getattr(j, k) for k in keys}, "state": j.display, "stored_state": j.state,
                  "progress": progress.get(j.id, "")} for j in jobs]
         print(json.dumps(rows, indent=2, default=list))
         return
+    from tcf.report.render import column_width, fit_columns
+
+    # (header, cells, left out at a narrow terminal: highest first, 0 never): id, state and name say which job
+    columns = [("id", [str(j.id) for j in jobs], 0), ("state", [j.display for j in jobs], 0),
+               ("kind", [j.kind for j in jobs], 3), ("name", [printable(j.name) for j in jobs], 0),
+               ("devices", [printable(j.devices or "") for j in jobs], 4),
+               ("progress", [printable(progress.get(j.id, "")) for j in jobs], 2),
+               ("prio", [str(j.priority) for j in jobs], 5), ("tags", [printable(",".join(j.tags)) for j in jobs], 5),
+               ("note / error", [printable(j.error or j.note) for j in jobs], 6)]
+    widths = [min(column_width([h, *cells]), 24 if h == "note / error" else 1_000) for h, cells, _ in columns]
+    kept = fit_columns(widths, [d for _, _, d in columns], out.width)
+    whole = sum(widths[i] + 3 for i in kept) + 1 <= out.width  # names never wrap mid-word when they fit at all
     table = Table(title=f"jobs in {db}")
-    for col in ("id", "state", "kind", "name", "devices", "progress", "prio", "tags", "note / error"):
-        table.add_column(col, overflow="fold")
-    for j in jobs:
-        table.add_row(str(j.id), Text(j.display, style=STATE_STYLE.get(j.display, "")), j.kind,
-                      *(Text(printable(t)) for t in (j.name, j.devices or "", progress.get(j.id, ""))),
-                      str(j.priority), *(Text(printable(t)) for t in (",".join(j.tags), j.error or j.note)))
+    for i in kept:
+        header, cells, _ = columns[i]
+        if header == "note / error" or not whole:
+            table.add_column(header, overflow="fold")
+        else:
+            table.add_column(header, no_wrap=True, min_width=widths[i])
+    for n, j in enumerate(jobs):
+        table.add_row(*(Text(columns[i][1][n], style=STATE_STYLE.get(j.display, "") if columns[i][0] == "state"
+                             else "") for i in kept))
+    left_out = [columns[i][0] for i in range(len(columns)) if i not in kept]
+    if left_out:
+        table.caption = f"not shown at {out.width} columns: {', '.join(left_out)} (--json has every field)"
     out.print(table)
 
 

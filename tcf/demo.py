@@ -32,7 +32,8 @@ DEMO_CONFIG: dict = {
     "text_encoder": {"model": DEMO_ENCODER, "max_tokens": 16, "latent_dtype": "fp32"},
     "runs": [
         {"model.architecture": "pop"},
-        {"model.architecture": "sasrec"},
+        # lr 0.003: the best epoch comes at 12 instead of 26, for 0.25 HR@10 points less
+        {"model.architecture": "sasrec", "train.lr": 0.003},
         # DSSM trains on (user, item) pairs, ~12x more rows than users: a larger batch keeps epochs short
         {"model.architecture": "dssm", "train.batch_size": 1024, "train.lr": 0.003},
         {**_TEXT, "text_encoder.unfreeze": 0},

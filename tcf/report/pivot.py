@@ -160,7 +160,7 @@ def _grid(p: Pivot) -> Grid:
                         *(number(p.cells.get((row, col)), stated) for col in p.col_keys)])
                  for row in p.row_keys)
     data = [GridColumn(tuple(display(f, v) for f, v in zip(p.col_fields, col, strict=True)) or (p.metric,),
-                       numeric=True, fit="whole") for col in p.col_keys]
+                       numeric=True, fit="whole", drop=1) for col in p.col_keys]
     title = f"{p.metric} by {', '.join(p.row_fields)}" + (f" x {', '.join(p.col_fields)}" if p.col_fields else "")
     return Grid(columns=(*(GridColumn((f,), fit="fold") for f in p.row_fields), *data), rows=rows,
                 note=_note(p), title=title, stub=len(p.row_fields), levels=tuple(p.col_fields))

@@ -20,7 +20,7 @@ import io
 import json
 import statistics
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 from typing import Any
 
@@ -127,6 +127,7 @@ class GridColumn:
     label: tuple[str, ...]  # the header, one line per header level (a pivot's column fields)
     numeric: bool = False  # right-aligned
     fit: str = "ellipsis"  # on a narrow terminal: "fold" (wrap), "ellipsis" (cut) or "whole" (never cut)
+    drop: int = 0  # on a narrow terminal, columns are left out highest first; 0: never (what says which row it is)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,44 @@ class Table:
     csv_header: tuple[str, ...]
     csv_rows: tuple[tuple[Any, ...], ...]
     json: Any = None
+
+
+# -- fitting a terminal ------------------------------------------------------------------------
+
+def column_width(texts: Sequence[str]) -> int:
+    """The widest line among a column's header lines and cells."""
+    return max((len(line) for text in texts for line in (text.splitlines() or [""])), default=0)
+
+
+def table_width(widths: Sequence[int]) -> int:
+    """A boxed terminal table's width: each column's text, a space either side and a rule, plus the last rule."""
+    return sum(w + 3 for w in widths) + 1
+
+
+def fit_columns(widths: Sequence[int], drops: Sequence[int], width: int) -> list[int]:
+    """The indices of the columns to show in ``width`` characters: while the table is too wide, the column with
+    the highest ``drop`` (the rightmost of equals) is left out; ``drop == 0`` columns always stay, so a reader
+    sees which run each row is at any width."""
+    kept = list(range(len(widths)))
+    while table_width([widths[i] for i in kept]) > width:
+        droppable = [i for i in kept if drops[i] > 0]
+        if not droppable:
+            break
+        kept.remove(max(droppable, key=lambda i: (drops[i], i)))
+    return kept
+
+
+def fit_grid(grid: Grid, width: int) -> tuple[Grid, list[str]]:
+    """The grid as a terminal of ``width`` columns shows it, and the labels of the columns left out: metric and
+    descriptive columns go until the rest fits whole, never those that say which row it is (they fold only
+    when they alone are too wide)."""
+    widths = [column_width([*c.label, *(row[i].text or MISSING for row in grid.rows)])
+              for i, c in enumerate(grid.columns)]
+    kept = fit_columns(widths, [c.drop for c in grid.columns], width)
+    fits = table_width([widths[i] for i in kept]) <= width
+    columns = tuple(replace(grid.columns[i], fit="whole" if fits else grid.columns[i].fit) for i in kept)
+    left_out = [" / ".join(c.label) for i, c in enumerate(grid.columns) if i not in kept]
+    return replace(grid, columns=columns, rows=tuple(tuple(row[i] for i in kept) for row in grid.rows)), left_out
 
 
 # -- writers -----------------------------------------------------------------------------------

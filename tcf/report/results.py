@@ -28,10 +28,30 @@ def result_columns(rows: list[dict[str, Any]]) -> list[str]:
     return [c for c in LEADING_COLUMNS if c in present] + metrics
 
 
+IDENTITY_COLUMNS = ("run_id", "name", "status")  # which run a row is: shown at any terminal width
+MAIN_METRICS = ("test_hr@10", "test_ndcg@10")
+
+
+def _drop(name: str) -> int:
+    """Which columns a narrow terminal leaves out first (highest first; 0 never): validation and per-bucket
+    metrics, then the best epoch, other cut-offs and the protocol, then what describes the run, then the
+    main metrics; never the run's id, name and status."""
+    if name in IDENTITY_COLUMNS:
+        return 0
+    if name in MAIN_METRICS:
+        return 1
+    if name in ("dataset", "architecture", "item_tower"):
+        return 2
+    if name == "protocol" or (name.startswith("test_") and not name.startswith("test_pop")):
+        return 3
+    return 4 if name == "best_epoch" else 5
+
+
 def _column(name: str) -> GridColumn:
-    if is_metric_column(name):  # metric headers stay whole; the run name folds on a narrow terminal
-        return GridColumn((name,), numeric=True, fit="whole")
-    return GridColumn((name,), numeric=name in ("run_id", "best_epoch"), fit="fold" if name == "name" else "ellipsis")
+    if is_metric_column(name):  # metric headers stay whole; the run name folds only when nothing else can go
+        return GridColumn((name,), numeric=True, fit="whole", drop=_drop(name))
+    return GridColumn((name,), numeric=name in ("run_id", "best_epoch"), fit="fold" if name == "name" else "ellipsis",
+                      drop=_drop(name))
 
 
 def _shown(value: Any, column: str) -> Shown:

@@ -129,3 +129,19 @@ def test_one_metric_order_for_every_table():
     assert sorted(["ndcg@10", "hr@20", "hr@5"], key=metric_key) == ["hr@5", "hr@20", "ndcg@10"]  # bare names too
     rows = [{"run_id": 1, "name": "a", "test_hr@20": 0.2, "test_hr@5": 0.1, "valid_hr@5": 0.3}]
     assert result_columns(rows) == ["run_id", "name", "test_hr@5", "test_hr@20", "valid_hr@5"]
+
+
+def test_a_narrow_terminal_leaves_out_metrics_before_the_runs_identity(rows):
+    from tcf.report.render import column_width, fit_grid, table_width
+
+    grid = results_table(rows).grid
+    for width, kept in [(1000, None), (70, ["run_id", "name", "status", "test_hr@10", "test_ndcg@10"]),
+                        (20, ["run_id", "name", "status"])]:
+        fitted, left_out = fit_grid(grid, width)
+        labels = [c.label[0] for c in fitted.columns]
+        assert labels == (kept or [c.label[0] for c in grid.columns])
+        assert sorted(labels + left_out) == sorted(c.label[0] for c in grid.columns)
+        widths = [column_width([*c.label, *(row[i].text for row in fitted.rows)])
+                  for i, c in enumerate(fitted.columns)]
+        # what fits is drawn whole; identity alone too wide for the terminal folds rather than go
+        assert all(c.fit == "whole" for c in fitted.columns) == (table_width(widths) <= width)
