@@ -27,8 +27,10 @@ from tcf.report.runs import (
     RunRecord,
     check_fields,
     check_metric,
+    differing_keys,
     display,
     field_value,
+    key_field,
     known_fields,
     load_runs,
     no_runs,
@@ -36,6 +38,7 @@ from tcf.report.runs import (
     parse_selector,
     selects,
     sort_key,
+    split_fields,
 )
 from tcf.store.db import Store
 
@@ -69,14 +72,37 @@ class Pivot:
     cells: dict[tuple[Key, Key], Cell]
     baseline: str | None = None
     column_baselines: dict[Key, float] = field(default_factory=dict)
+    split_by: list[str] = field(default_factory=list)  # row fields added because a cell's runs differed in them
 
 
-def _column_baselines(grouped: dict[tuple[Key, Key], list[RunRecord]], metric: str,
-                      selector: dict[str, str]) -> dict[Key, float]:
-    per_column: dict[Key, list[float]] = {}
+def _column_baselines(grouped: dict[tuple[Key, Key], list[RunRecord]], metric: str, baseline: str,
+                      selector: dict[str, str], col_fields: Sequence[str]) -> dict[Key, float]:
+    """Each column's baseline: the mean of the runs the selector picks there, which must be one model over its
+    seeds (a ConfigError naming the keys they differ in, and a narrower selector, otherwise)."""
+    per_column: dict[Key, list[RunRecord]] = {}
     for (_, col), members in grouped.items():
-        per_column.setdefault(col, []).extend(r.metrics[metric] for r in members if selects(r, selector))
-    return {col: statistics.fmean(v) for col, v in per_column.items() if v}
+        per_column.setdefault(col, []).extend(r for r in members if selects(r, selector))
+    for col, chosen in per_column.items():
+        keys = differing_keys(chosen)
+        if keys:
+            first = key_field(keys[0], ())
+            narrower = f"{baseline},{first}={display(first, field_value(chosen[0], first))}"
+            where = f" in column {', '.join(map(str, col))}" if col_fields else ""
+            raise ConfigError(None, "baseline", f"{baseline!r} picks runs that differ in {', '.join(keys)} "
+                              f"(runs {', '.join(str(r.run_id) for r in chosen)}){where}: a baseline is one model "
+                              f"over its seeds; narrow it, e.g. {narrower}")
+    return {col: statistics.fmean(r.metrics[metric] for r in chosen) for col, chosen in per_column.items() if chosen}
+
+
+def _group(runs: Sequence[RunRecord], metric: str, row_fields: Sequence[str],
+           col_fields: Sequence[str]) -> dict[tuple[Key, Key], list[RunRecord]]:
+    grouped: dict[tuple[Key, Key], list[RunRecord]] = {}
+    for run in runs:
+        if metric in run.metrics:
+            row = tuple(field_value(run, f) for f in row_fields)
+            col = tuple(field_value(run, f) for f in col_fields)
+            grouped.setdefault((row, col), []).append(run)
+    return grouped
 
 
 def split_protocols(runs: Sequence[RunRecord], row_fields: Sequence[str], col_fields: Sequence[str]) -> list[str]:
@@ -92,19 +118,22 @@ def build_pivot(runs: Sequence[RunRecord], row_fields: Sequence[str], col_fields
                 metric: str = DEFAULT_METRIC, baseline: str | None = None) -> Pivot:
     """Group ``runs`` into cells; runs without the metric (or with it not applicable: NULL) are left out.
 
-    With a baseline selector, each column's baseline is the mean over the matching runs in that
-    column, and every other cell of the column carries its delta from it. Runs of several protocols are
+    Only runs that differ in their seed alone share a cell: any other key that varies among a cell's runs
+    (the architecture of pop, SASRec and DSSM under one ``item_tower=id``, a pooling, a learning rate) becomes
+    a further row field (``Pivot.split_by``, :func:`tcf.report.runs.split_fields`). With a baseline selector,
+    each column's baseline is the mean over the matching runs in that column, which must be one model over
+    its seeds, and every other cell of the column carries its delta from it. Runs of several protocols are
     split by a leading ``protocol`` column level (:func:`split_protocols`).
     """
     selector = parse_selector(baseline) if baseline else None
     col_fields = split_protocols([r for r in runs if metric in r.metrics], row_fields, col_fields)
-    grouped: dict[tuple[Key, Key], list[RunRecord]] = {}
-    for run in runs:
-        if metric in run.metrics:
-            row = tuple(field_value(run, f) for f in row_fields)
-            col = tuple(field_value(run, f) for f in col_fields)
-            grouped.setdefault((row, col), []).append(run)
-    column_baselines = _column_baselines(grouped, metric, selector) if selector is not None else {}
+    grouped = _group(runs, metric, row_fields, col_fields)
+    split_by = split_fields(grouped.values(), [*row_fields, *col_fields], "pivot")
+    if split_by:  # only seeds are ever averaged: whatever else varies in a cell becomes part of its row
+        row_fields = [*row_fields, *split_by]
+        grouped = _group(runs, metric, row_fields, col_fields)
+    column_baselines = (_column_baselines(grouped, metric, baseline, selector, col_fields)
+                        if selector is not None and baseline is not None else {})
     if selector is not None and not column_baselines:
         raise ConfigError(None, "baseline", f"{baseline!r} matches no finished run with {metric}")
     cells = {key: Cell(run_ids=tuple(r.run_id for r in members), values=tuple(r.metrics[metric] for r in members),
@@ -117,7 +146,7 @@ def build_pivot(runs: Sequence[RunRecord], row_fields: Sequence[str], col_fields
 
     return Pivot(metric=metric, row_fields=list(row_fields), col_fields=list(col_fields),
                  row_keys=order(r for r, _ in cells), col_keys=order(c for _, c in cells),
-                 cells=cells, baseline=baseline, column_baselines=column_baselines)
+                 cells=cells, baseline=baseline, column_baselines=column_baselines, split_by=split_by)
 
 
 def pivot_from_store(store: Store, spec: str, metric: str | None = None, baseline: str | None = None,
@@ -149,6 +178,9 @@ def _note(p: Pivot) -> str:
     runs = ("one run per cell" if n == 1 else f"mean ± sample std over {n or '[n=k]'} runs "
             "(a cell of one run shows its value alone)")
     text = f"{p.metric} ×100; {runs}"
+    if p.split_by:
+        text += (f"; rows also split by {', '.join(p.split_by)}: runs differed in it (only runs that differ in "
+                 "seed alone are averaged)")
     if p.baseline:
         text += f"; (+d): difference from the mean of {p.baseline} in the same column"
     return text
@@ -159,8 +191,9 @@ def _grid(p: Pivot) -> Grid:
     rows = tuple(tuple([*(label(display(f, v)) for f, v in zip(p.row_fields, row, strict=True)),
                         *(number(p.cells.get((row, col)), stated) for col in p.col_keys)])
                  for row in p.row_keys)
+    # a narrow terminal leaves out columns from the right but keeps the first: the row labels fold around it
     data = [GridColumn(tuple(display(f, v) for f, v in zip(p.col_fields, col, strict=True)) or (p.metric,),
-                       numeric=True, fit="whole", drop=1) for col in p.col_keys]
+                       numeric=True, fit="whole", drop=min(i, 1)) for i, col in enumerate(p.col_keys)]
     title = f"{p.metric} by {', '.join(p.row_fields)}" + (f" x {', '.join(p.col_fields)}" if p.col_fields else "")
     return Grid(columns=(*(GridColumn((f,), fit="fold") for f in p.row_fields), *data), rows=rows,
                 note=_note(p), title=title, stub=len(p.row_fields), levels=tuple(p.col_fields))

@@ -35,12 +35,15 @@ from tcf.report.runs import (
     load_runs,
     no_runs,
     sort_key,
+    split_fields,
 )
 from tcf.store.db import Store
 from tcf.util.atomic import write_user_file
 
-PANEL_INCHES = (4.8, 3.6)  # one dataset's subplot
-DPI = 100
+PANEL_INCHES = (3.3, 2.5)  # one dataset's subplot: a column of a two-column paper
+DPI = 300  # the PNG's resolution (PDF and SVG are vector)
+FONT_PT = 8  # a paper's figure text
+DODGE_DECADES = 0.015  # how far apart (log10 of x) the series' points of one model size are drawn
 MAX_COLUMNS = 3
 
 
@@ -91,26 +94,66 @@ def _default_label(run: RunRecord, several_architectures: bool) -> str:
     return ", ".join(parts)
 
 
+def _split(groups: dict[Any, list[RunRecord]], fields: Sequence[str], by: Any) -> dict[tuple, list[RunRecord]]:
+    """The groups split further by every key that varies among runs of one group at one ``by`` value (a model
+    size, say), so that a point or a line only ever averages runs that differ in their seed; each key of the
+    result carries ``((field, value), ...)`` of the fields added."""
+    cells = [[r for r in members if by(r) == x] for members in groups.values() for x in {by(r) for r in members}]
+    added = split_fields(cells, fields, "series")
+    out: dict[tuple, list[RunRecord]] = {}
+    for key, members in groups.items():
+        for run in members:
+            out.setdefault((key, tuple((f, field_value(run, f)) for f in added)), []).append(run)
+    return out
+
+
+def _extra(pairs: tuple[tuple[str, Any], ...]) -> str:
+    return "".join(f", {f}={display(f, v)}" for f, v in pairs)
+
+
+def _baselines(runs: Sequence[RunRecord], architectures: Sequence[str], metric: str,
+               marked: Sequence[RunRecord] | None) -> tuple[Baseline, ...]:
+    """A panel's baselines: the runs the user marked, else each architecture's ID-tower runs, one line per
+    model (runs that differ in anything but their seed are separate lines, labelled by what differs)."""
+    if marked is not None:
+        chosen = [r for r in marked if metric in r.metrics]
+        if not chosen:
+            return ()
+        groups = _split({"": chosen}, ["name"], lambda r: 0)
+        ids = ",".join(str(r.run_id) for r in chosen)
+        return tuple(Baseline(f"baseline (run {ids}){_extra(extra)}", *_stats([r.metrics[metric] for r in members]))
+                     for (_, extra), members in sorted(groups.items(), key=lambda kv: str(kv[0])))
+    by_arch = {arch: [r for r in runs if r.architecture == arch and r.item_tower == "id" and r.lm_params is None]
+               for arch in architectures}
+    groups = _split({a: members for a, members in by_arch.items() if members}, ["architecture"], lambda r: 0)
+    return tuple(Baseline(f"ID {arch}{_extra(extra)} (baseline)", *_stats([r.metrics[metric] for r in members]))
+                 for (arch, extra), members in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))))
+
+
 def scaling_panels(runs: Sequence[RunRecord], metric: str = DEFAULT_METRIC,
-                   series_fields: Sequence[str] | None = None) -> list[Panel]:
+                   series_fields: Sequence[str] | None = None,
+                   baseline: Sequence[RunRecord] | None = None) -> list[Panel]:
     """Group finished runs into panels (datasets) of series (lines) of points (model sizes).
 
-    Runs with ``lm_params`` are points; ID-tower runs without it become each panel's baselines,
-    one per architecture that the panel's text runs use (pop, say, is left out when no text run
-    is a pop). With the default series and several architectures, the architecture joins the series
-    label, so that SASRec and DSSM never share a line. Runs of another evaluation protocol than ``full``
-    get panels of their own ("mind (cold)"): numbers of two protocols never share a line either.
+    Runs with ``lm_params`` are points; a point averages only runs that differ in their seed: any other key
+    that varies among the runs of one series at one size (a pooling, a learning rate) splits the series, and
+    the key joins its label. The baselines are the runs in ``baseline`` (what the user marked) of the panel,
+    else the ID-tower runs of each architecture that the panel's text runs use, one dashed line per model
+    (pop, say, is left out when no text run is a pop). With the default series and several architectures, the
+    architecture joins the series label, so that SASRec and DSSM never share a line. Runs of another evaluation
+    protocol than ``full`` get panels of their own ("mind (cold)"): numbers of two protocols never share a line.
     """
     runs = [r for r in runs if metric in r.metrics]
     text_runs = [r for r in runs if r.lm_params is not None]
     several = len({r.architecture for r in text_runs}) > 1
+    fields = list(series_fields) if series_fields is not None else [
+        *(["architecture"] if several else []), "item_tower", "text_encoder.unfreeze"]
 
     def series_key(run: RunRecord) -> tuple[tuple, str]:
         if series_fields is None:
-            label = _default_label(run, several)
             key = (run.architecture if several else None, run.item_tower,
                    field_value(run, "text_encoder.unfreeze") or 0)
-            return tuple(sort_key(v) for v in key), label
+            return tuple(sort_key(v) for v in key), _default_label(run, several)
         values = [field_value(run, f) for f in series_fields]
         label = ", ".join(f"{f}={display(f, v)}" for f, v in zip(series_fields, values, strict=True))
         return tuple(sort_key(v) for v in values), label
@@ -118,27 +161,33 @@ def scaling_panels(runs: Sequence[RunRecord], metric: str = DEFAULT_METRIC,
     panels = []
     for dataset, protocol in sorted({(r.dataset, r.protocol) for r in text_runs},
                                     key=lambda k: (sort_key(k[0]), k[1] != "full", k[1])):
-        lines: dict[tuple[tuple, str], dict[int, list[float]]] = {}
-        for run in (r for r in text_runs if r.dataset == dataset and r.protocol == protocol):
-            lines.setdefault(series_key(run), {}).setdefault(int(run.lm_params), []).append(run.metrics[metric])
-        series = tuple(
-            Series(label, tuple(Point(x, *_stats(by_x[x])) for x in sorted(by_x)))
-            for (_, label), by_x in sorted(lines.items(), key=lambda kv: kv[0])
-        )
-        architectures = sorted({r.architecture for r in text_runs if r.dataset == dataset and r.protocol == protocol})
-        baselines = []
-        for arch in architectures:
-            values = [r.metrics[metric] for r in runs if r.dataset == dataset and r.protocol == protocol
-                      and r.architecture == arch and r.item_tower == "id" and r.lm_params is None]
-            if values:
-                baselines.append(Baseline(f"ID {arch} (baseline)", *_stats(values)))
+        here = [r for r in runs if r.dataset == dataset and r.protocol == protocol]
+        by_series: dict[tuple[tuple, str], list[RunRecord]] = {}
+        for run in (r for r in here if r.lm_params is not None):
+            by_series.setdefault(series_key(run), []).append(run)
+        lines = _split(by_series, [*fields, "lm_params"], lambda r: r.lm_params)
+        series = []
+        for ((_, label), extra), members in sorted(lines.items(), key=lambda kv: (kv[0][0][0], str(kv[0][1]))):
+            by_x: dict[int, list[float]] = {}
+            for run in members:
+                by_x.setdefault(int(run.lm_params), []).append(run.metrics[metric])
+            series.append(Series(label + _extra(extra), tuple(Point(x, *_stats(by_x[x])) for x in sorted(by_x))))
+        architectures = sorted({r.architecture for r in here if r.lm_params is not None})
+        marked = None if baseline is None else [r for r in baseline if r.dataset == dataset and r.protocol == protocol]
         title = str(dataset) if protocol == "full" else f"{dataset} ({protocol})"
-        panels.append(Panel(title, series, tuple(baselines)))
+        panels.append(Panel(title, tuple(series), _baselines(here, architectures, metric, marked)))
     return panels
 
 
+def dodge(n_series: int, index: int) -> float:
+    """The factor that moves series ``index`` of ``n_series`` sideways on the log x axis, so that frozen and
+    fine-tuned points of one model size sit side by side instead of on top of each other (1 for one series)."""
+    return 10 ** (DODGE_DECADES * (index - (n_series - 1) / 2))
+
+
 def draw_scaling(panels: Sequence[Panel], metric: str = DEFAULT_METRIC) -> Any:
-    """A matplotlib Figure (Agg canvas, no pyplot state) with one subplot per panel."""
+    """A matplotlib Figure (Agg canvas, no pyplot state) with one subplot per panel, at a paper's size and fonts:
+    a panel a column wide (3.3 in), 8 pt text."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
@@ -149,14 +198,17 @@ def draw_scaling(panels: Sequence[Panel], metric: str = DEFAULT_METRIC) -> Any:
     FigureCanvasAgg(fig)
     labels = sorted({s.label for p in panels for s in p.series})
     colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one colour per series in every panel
+    markers = {label: "os^Dv<>ph*"[i % 10] for i, label in enumerate(labels)}
     for index, panel in enumerate(panels):
         ax = fig.add_subplot(rows, columns, index + 1)
-        for series in panel.series:
-            ax.errorbar([p.x for p in series.points], [100 * p.mean for p in series.points],
-                        yerr=[100 * p.std for p in series.points], marker="o", capsize=3,
-                        color=colours[series.label], label=series.label)
+        for i, series in enumerate(panel.series):
+            shift = dodge(len(panel.series), i)
+            ax.errorbar([p.x * shift for p in series.points], [100 * p.mean for p in series.points],
+                        yerr=[100 * p.std for p in series.points], marker=markers[series.label], markersize=4,
+                        linewidth=1.2, capsize=2, elinewidth=0.8, color=colours[series.label], label=series.label)
         for i, baseline in enumerate(panel.baselines):
-            ax.axhline(100 * baseline.mean, linestyle="--", color=str(0.25 + 0.2 * i), label=baseline.label)
+            ax.axhline(100 * baseline.mean, linestyle="--", linewidth=1, color=str(0.25 + 0.2 * i),
+                       label=baseline.label)
         xs = sorted({p.x for s in panel.series for p in s.points})
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator(xs))
@@ -164,11 +216,12 @@ def draw_scaling(panels: Sequence[Panel], metric: str = DEFAULT_METRIC) -> Any:
         ax.xaxis.set_minor_locator(NullLocator())
         pad = 1.5 if len(xs) > 1 else 3.0  # a single size sits mid-axis, not on its edge
         ax.set_xlim(xs[0] / pad, xs[-1] * pad)
-        ax.set_title(panel.dataset)
-        ax.set_xlabel("text encoder parameters")
-        ax.set_ylabel(f"{metric} ×100")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.set_title(panel.dataset, fontsize=FONT_PT + 1)
+        ax.set_xlabel("text encoder parameters", fontsize=FONT_PT)
+        ax.set_ylabel(f"{metric} ×100", fontsize=FONT_PT)
+        ax.tick_params(labelsize=FONT_PT - 1)
+        ax.grid(True, alpha=0.3, linewidth=0.5)
+        ax.legend(fontsize=FONT_PT - 1, frameon=False)
     return fig
 
 

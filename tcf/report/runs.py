@@ -192,6 +192,70 @@ def sort_key(value: Any) -> tuple:
     return (1, _natural(str(value)))
 
 
+# -- what runs measure: only seeds fold ------------------------------------------------------------
+
+FOLDED = "seed"  # the one key by which runs of one model may differ and still be averaged
+#: Config keys that say how a run was computed or named, not what it measures.
+NOT_A_VARIANT = frozenset({FOLDED, "name", "train.device", "train.threads", "eval.batch_size",
+                           "text_encoder.gpu_memory_budget", "text_encoder.ranges", "text_encoder.batch_size"})
+#: Config keys that a `results` column shows: an added row or series field uses the column's name.
+COLUMN_OF_KEY = {"model.architecture": "architecture", "model.item_tower": "item_tower", "dataset.path": "dataset",
+                 "eval.protocol": "protocol"}
+_FIRST_KEYS = ("model.architecture", "model.item_tower", "dataset.path", "eval.protocol", "text_encoder.model",
+               "text_encoder.unfreeze", "text_encoder.pooling")
+
+
+def variant(run: RunRecord) -> dict[str, str]:
+    """What a run measures: its config as dotted keys (paths as base names, values as JSON), without the seed
+    and :data:`NOT_A_VARIANT`; unset and absent are the same (an ID tower's text_encoder keys are unset)."""
+    return {k: json.dumps(v, sort_keys=True) for k, v in run.config.items()
+            if v is not None and k not in NOT_A_VARIANT and not isinstance(v, dict)}
+
+
+def differing_keys(runs: Sequence[RunRecord]) -> list[str]:
+    """Keys whose values are not the same in every run (a key some runs lack counts), in the order in which
+    they best tell runs apart: architecture, item tower, dataset, protocol, encoder, depth, pooling, then by name.
+    Empty: the runs differ in their seed alone (and in how they were computed), so they may be averaged."""
+    variants = [variant(r) for r in runs]
+    keys = {k for v in variants for k in v}
+    differ = [k for k in keys if len({v.get(k) for v in variants}) > 1]
+    return sorted(differ, key=lambda k: (_FIRST_KEYS.index(k) if k in _FIRST_KEYS else len(_FIRST_KEYS), k))
+
+
+def key_field(key: str, taken: Iterable[str]) -> str:
+    """The field that shows a config key: the `results` column that holds it (``architecture``), else the key."""
+    field = COLUMN_OF_KEY.get(key, key)
+    return key if field in set(taken) else field
+
+
+def split_fields(groups: Iterable[Sequence[RunRecord]], fields: Sequence[str], param: str) -> list[str]:
+    """Fields to add to ``fields`` so that no group's runs differ in anything but their seed, found one at a
+    time (the key :func:`differing_keys` puts first, over every group), re-grouping by the fields so far.
+
+    ``groups``: the runs that ``fields`` put together. A ConfigError about ``param`` names the keys that vary
+    when adding fields cannot separate the runs (two dataset folders with one name, say)."""
+    added: list[str] = []
+    pending = [list(g) for g in groups]
+    while True:
+        within = {k for g in pending for k in differing_keys(g)}
+        varying = [k for k in differing_keys([r for g in pending for r in g]) if k in within]
+        if not varying:
+            return added
+        field = key_field(varying[0], [*fields, *added])
+        if field in (*fields, *added):
+            raise ConfigError(None, param, f"runs that {', '.join(fields)} put together differ in "
+                              f"{', '.join(varying)}, which this table cannot tell apart; pick runs that "
+                              "differ in seed alone")
+        added.append(field)
+        regrouped: list[list[RunRecord]] = []
+        for g in pending:
+            by_value: dict[Any, list[RunRecord]] = {}
+            for run in g:
+                by_value.setdefault(field_value(run, field), []).append(run)
+            regrouped.extend(by_value.values())
+        pending = regrouped
+
+
 # -- checking fields and metrics ---------------------------------------------------------------
 
 def known_fields(columns: Iterable[str], runs: Iterable[RunRecord]) -> set[str]:

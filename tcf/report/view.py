@@ -23,7 +23,16 @@ from typing import Any
 
 from tcf.report.plot import Panel, scaling_panels
 from tcf.report.render import Cell, Grid, GridColumn, Shown, Table, latex_escape, metric_text, render
-from tcf.report.runs import DEFAULT_METRIC, RunRecord, display, flatten, matches, parse_query, sort_key
+from tcf.report.runs import (
+    DEFAULT_METRIC,
+    RunRecord,
+    display,
+    flatten,
+    matches,
+    parse_query,
+    sort_key,
+    variant,
+)
 from tcf.store.schema import metric_key
 
 VIEW_FORMATS = ("latex", "md", "csv")  # what the screen exports (tcf.report.render's registry)
@@ -89,6 +98,7 @@ class View:
     rows: tuple[Row, ...]
     baseline_ids: tuple[int, ...] = ()
     pool: int = 0  # runs before the `/` query (after the finished/all toggle)
+    baseline_runs: tuple[RunRecord, ...] = ()  # the runs of baseline_ids (shown or not)
 
     def column(self, column_id: str) -> Column | None:
         return next((c for c in self.columns if c.id == column_id), None)
@@ -104,13 +114,11 @@ def metric_label(metric: str) -> str:
 
 
 def group_signature(run: RunRecord) -> tuple:
-    """What must agree for runs to share a group: everything but the seed (and the name, which is free text).
-
-    Absent and None are the same (an ID run with or without a stale text_encoder section).
-    """
-    config = tuple(sorted((k, json.dumps(v)) for k, v in run.config.items()
-                          if k not in (SEED, "name") and v is not None))
-    return (run.dataset, run.architecture, run.item_tower, run.lm_params, config)
+    """What must agree for runs to share a group: everything they measure (tcf.report.runs.variant: all but the
+    seed, the name and how they were computed). Absent and None are the same (an ID run with or without a stale
+    text_encoder section)."""
+    return (run.dataset, run.architecture, run.item_tower, run.lm_params, run.protocol,
+            tuple(sorted(variant(run).items())))
 
 
 def _cells(runs: Sequence[RunRecord], metrics: Iterable[str], baseline: dict[str, Cell] | None = None,
@@ -256,7 +264,7 @@ def build_view(runs: Sequence[RunRecord], state: ViewState) -> View:
     columns = _columns(state, shown, metrics)
     sort = state.sort if state.sort and any(c.id == state.sort[0] for c in columns) else None
     return View(state=state, columns=tuple(columns), rows=tuple(sort_rows(rows, sort)), baseline_ids=base_ids,
-                pool=len(pool))
+                pool=len(pool), baseline_runs=tuple(r for r in pool if r.run_id in base_set))
 
 
 # -- cell text and exports ---------------------------------------------------------------------
@@ -373,5 +381,8 @@ def plot_metric(view: View, preferred: Sequence[str | None] = ()) -> str | None:
 
 
 def plot_panels(view: View, metric: str) -> list[Panel]:
-    """tcf.report.plot's panels (per dataset, a line per frozen/top-N series, ID baselines) of the shown runs."""
-    return scaling_panels([r for row in view.rows for r in row.runs if r.status == "finished"], metric)
+    """tcf.report.plot's panels (per dataset, a line per frozen/top-N series) of the shown runs; the baseline is
+    the one marked with ``b`` when there is one, else the ID runs of each architecture, one line per model."""
+    marked = [r for r in view.baseline_runs if r.status == "finished"] if view.baseline_ids else None
+    return scaling_panels([r for row in view.rows for r in row.runs if r.status == "finished"], metric,
+                          baseline=marked)

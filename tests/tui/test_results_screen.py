@@ -316,6 +316,18 @@ async def test_p_plots_the_metric_against_model_size(results_db):
         assert pilot.app.screen.metric == "test_ndcg@10"
 
 
+async def test_the_plots_baseline_is_the_one_marked(results_db):
+    """Reported (issue 22, 3): the plot's baseline ignored the run marked with b and mixed in other runs."""
+    async with ResultsApp(results_db).run_test(size=SIZE) as pilot:
+        screen = await loaded(pilot)
+        goto(screen, run_id=1)
+        await pilot.press("b")  # one seed of the ID runs, not their mean over three
+        goto(screen, label="HR@10")
+        await pilot.press("p")
+        text = pilot.app.screen.text.plain
+        assert f"baseline (run 1): {pct(2 * 0.101)}" in text and "ID sasrec (baseline)" not in text
+
+
 async def test_refresh_keeps_cursor_sort_and_filter(results_db):
     async with ResultsApp(results_db, refresh_s=0.1).run_test(size=SIZE) as pilot:
         screen = await loaded(pilot)

@@ -426,7 +426,10 @@ class PlotScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         width = max(40, self.app.size.width - 12)
-        self.text = render_plot(plot_panels(self.view, self.metric), self.metric, width=width, height=12)
+        try:
+            self.text = render_plot(plot_panels(self.view, self.metric), self.metric, width=width, height=12)
+        except TcfError as e:  # runs this plot cannot tell apart: say so instead of averaging them
+            self.text = Text(f"Nothing to plot: {e}", style="red")
         self.query_one("#plot-body", Static).update(self.text)
 
     def action_close(self) -> None:

@@ -112,12 +112,13 @@ def test_cells_fold_seeds_into_mean_std_n(db):
 
 def test_baseline_is_the_column_mean_of_matching_runs(db):
     p = pivot_from_store(Store(db), "item_tower,text_encoder.model:dataset", baseline="item_tower=id")
+    assert p.split_by == ["text_encoder.unfreeze"]  # frozen and fine-tuned opt-1.3b never share a cell
     for dataset in ("mind", "bili_50k"):
         ids = expected_values(dataset, None)
         assert math.isclose(p.column_baselines[(dataset,)], sum(ids) / len(ids))
-        base_cell = p.cells[(("id", None), (dataset,))]
+        base_cell = p.cells[(("id", None, None), (dataset,))]
         assert base_cell.is_baseline and base_cell.delta is None
-        cell = p.cells[(("text", "opt-125m"), (dataset,))]
+        cell = p.cells[(("text", "opt-125m", 0), (dataset,))]
         values = expected_values(dataset, "opt-125m")
         want = sum(values) / len(values) - sum(ids) / len(ids)
         assert math.isclose(cell.delta, want)
@@ -125,7 +126,9 @@ def test_baseline_is_the_column_mean_of_matching_runs(db):
     md = format_pivot(p, "md")
     mind_ids = expected_values("mind", None)
     mind_13b = expected_values("mind", "opt-13b")[0]
-    assert f"| text | opt-13b | - | {mind_13b * 100:.2f} ({(mind_13b - statistics.fmean(mind_ids)) * 100:+.2f}) |" in md
+    delta = (mind_13b - statistics.fmean(mind_ids)) * 100
+    assert f"| text | opt-13b | 0 | - | {mind_13b * 100:.2f} ({delta:+.2f}) |" in md
+    assert "rows also split by text_encoder.unfreeze" in md
 
 
 def test_baseline_matches_paths_by_base_name_or_full_path(db):
@@ -142,10 +145,12 @@ def test_baseline_matches_paths_by_base_name_or_full_path(db):
 
 def test_config_keys_and_view_columns_as_fields(db):
     p = pivot_from_store(Store(db), "lm_params:seed", metric="valid_hr@10", dataset="mind")
-    assert [k for (k,) in p.row_keys] == [125_239_616, 1_315_758_080, 12_853_770_240, None]
+    assert p.split_by == ["text_encoder.unfreeze"]  # never the mean of frozen and fine-tuned 1.3B
+    assert p.row_keys == [(125_239_616, 0), (1_315_758_080, 0), (1_315_758_080, 2), (12_853_770_240, 0),
+                          (None, None)]
     assert p.col_keys == [(1,), (2,), (3,)]
-    cell = p.cells[((1_315_758_080,), (2,))]  # frozen and fine-tuned 1.3B, seed 2
-    assert cell.n == 2 and math.isclose(cell.mean, (2 * 0.127 + 2 * 0.129) / 2)
+    frozen, tuned = p.cells[((1_315_758_080, 0), (2,))], p.cells[((1_315_758_080, 2), (2,))]
+    assert (frozen.values, tuned.values) == ((2 * 0.127,), (2 * 0.129,))
     assert "1.3B" in format_pivot(p, "md") and human_count(12_853_770_240) == "13B"
 
 
@@ -308,10 +313,10 @@ def test_runs_of_two_protocols_never_share_a_cell(tmp_path):
     p = pivot_from_store(Store(db, readonly=True), "item_tower,text_encoder.model:dataset", baseline="item_tower=id")
     assert p.col_fields == ["protocol", "dataset"]  # added, since the runs come from two protocols
     assert set(p.col_keys) == {("cold", "mind"), ("full", "mind"), ("full", "bili_50k")}
-    cold = p.cells[(("text", "opt-125m"), ("cold", "mind"))]
+    cold = p.cells[(("text", "opt-125m", 0), ("cold", "mind"))]
     assert cold.values == (0.031, 0.035)  # not folded into the full runs of the same model
-    assert p.cells[(("text", "opt-125m"), ("full", "mind"))].values == tuple(expected_values("mind", "opt-125m"))
-    assert (("id", None), ("cold", "mind")) not in p.cells  # the ID run's cold metric does not apply: no cell
+    assert p.cells[(("text", "opt-125m", 0), ("full", "mind"))].values == tuple(expected_values("mind", "opt-125m"))
+    assert (("id", None, None), ("cold", "mind")) not in p.cells  # the ID run's cold metric does not apply
     assert ("cold", "mind") not in p.column_baselines  # so the cold column has no baseline to compare with
     assert p.column_baselines[("full", "mind")] == pytest.approx(statistics.fmean(expected_values("mind", None)))
     table = format_pivot(p, "md")
@@ -322,7 +327,63 @@ def test_runs_of_two_protocols_never_share_a_cell(tmp_path):
     assert row[header.index("full / mind")].startswith(f"{100 * statistics.fmean(expected_values('mind', None)):.2f}")
 
     named = pivot_from_store(Store(db, readonly=True), "protocol,item_tower:dataset")
-    assert named.col_fields == ["dataset"] and ("cold", "text") in named.row_keys  # the user placed it
+    assert named.col_fields == ["dataset"] and ("cold", "text", "opt-125m", 0) in named.row_keys  # the user placed it
+    assert named.split_by == ["text_encoder.model", "text_encoder.unfreeze"]  # never the mean of two encoders
     only_full = pivot_from_store(Store(db, readonly=True), "item_tower:dataset", metric="test_ndcg@10",
                                  name_glob="mind-*")
     assert only_full.col_fields == ["dataset"]  # one protocol: nothing added
+
+
+def _models_store(db: Path) -> dict[str, list[float]]:
+    """pop, ID-SASRec, ID-DSSM (another batch size and lr) and text SASRec with two poolings, in one dataset."""
+    variants = {  # name -> (architecture, item tower, config changes, ndcg per seed)
+        "pop": ("pop", "id", {}, [0.04, 0.04]),
+        "sasrec": ("sasrec", "id", {}, [0.50, 0.52, 0.51]),
+        "dssm": ("dssm", "id", {"train": {"lr": 0.003, "batch_size": 1024}}, [0.07, 0.08]),
+        "text-mean": ("sasrec", "text", {"text_encoder": {"model": "/m/opt", "pooling": "mean"}}, [0.31, 0.33]),
+        "text-first": ("sasrec", "text", {"text_encoder": {"model": "/m/opt", "pooling": "first"}}, [0.21]),
+    }
+    store = Store(db)
+    for name, (arch, tower, changes, values) in variants.items():
+        for seed, ndcg in enumerate(values, start=1):
+            config = {"seed": seed, "name": f"{name}-{seed}", "dataset": {"path": "/data/demo"},
+                      "model": {"architecture": arch, "item_tower": tower},
+                      "train": {"lr": 0.001, "batch_size": 128, "device": "cpu" if seed % 2 else "auto"},
+                      "text_encoder": None, **changes}
+            run = store.create_run(name=f"{name}-{seed}", config=config, config_hash=f"{name}{seed}", dataset="demo",
+                                   architecture=arch, item_tower=tower, lm_params=1000 if tower == "text" else None)
+            store.log_final(run, "test", {"hr@10": 2 * ndcg, "ndcg@10": ndcg}, best_epoch=1, stopped_epoch=2)
+            store.set_status(run, "finished")
+    store.close()
+    return {name: v[3] for name, v in variants.items()}
+
+
+def test_runs_that_differ_in_more_than_their_seed_are_never_averaged(tmp_path):
+    """Reported (issue 22, 3): an `id` row averaged pop, SASRec and DSSM as if they were seeds. Whatever else varies
+    in a cell joins the row; the seed (and how a run was computed: train.device) alone is folded."""
+    from tcf.report.runs import differing_keys
+
+    values = _models_store(tmp_path / "e.db")
+    p = pivot_from_store(Store(tmp_path / "e.db"), "item_tower:dataset")
+    assert p.split_by == ["architecture", "text_encoder.pooling"]
+    by_row = {row: cell for (row, _), cell in p.cells.items()}
+    assert {row: list(cell.values) for row, cell in by_row.items()} == {
+        ("id", "dssm", None): values["dssm"], ("id", "pop", None): values["pop"],
+        ("id", "sasrec", None): values["sasrec"], ("text", "sasrec", "first"): values["text-first"],
+        ("text", "sasrec", "mean"): values["text-mean"]}
+    runs = {r.run_id: r for r in finished_runs(Store(tmp_path / "e.db"))}
+    assert all(differing_keys([runs[i] for i in cell.run_ids]) == [] for cell in p.cells.values())
+    assert "rows also split by architecture, text_encoder.pooling" in format_pivot(p, "md")
+
+    with pytest.raises(ConfigError) as e:  # a baseline of three models is refused, naming what they differ in
+        pivot_from_store(Store(tmp_path / "e.db"), "item_tower:dataset", baseline="item_tower=id")
+    assert e.value.key == "baseline" and e.value.message.startswith(
+        "'item_tower=id' picks runs that differ in model.architecture, train.batch_size, train.lr (runs 1, 2, 3, 4, "
+        "5, 6, 7)")
+    assert e.value.message.endswith("narrow it, e.g. item_tower=id,architecture=pop")
+    p = pivot_from_store(Store(tmp_path / "e.db"), "architecture,item_tower:dataset",
+                         baseline="architecture=sasrec,item_tower=id")
+    base = statistics.fmean(values["sasrec"])
+    assert p.column_baselines[("demo",)] == pytest.approx(base)
+    assert p.cells[(("sasrec", "text", "mean"), ("demo",))].delta == pytest.approx(
+        statistics.fmean(values["text-mean"]) - base)

@@ -10,7 +10,7 @@ import pytest
 from helpers import tcf
 
 from tcf.errors import ConfigError, TcfError
-from tcf.report.plot import DPI, PANEL_INCHES, draw_scaling, plot_scaling
+from tcf.report.plot import DPI, FONT_PT, PANEL_INCHES, dodge, draw_scaling, plot_scaling
 from tcf.store.db import Store
 
 # dataset, architecture, item tower, unfreeze, lm_params, seed, test ndcg@10
@@ -72,8 +72,12 @@ def test_png_has_every_series_point_and_baseline(tmp_path):
         assert [s.label for s in panel.series] == [("frozen" if u == 0 else f"top-{u} fine-tuned") for u in lines]
         drawn = [c.lines[0] for c in ax.containers]  # one errorbar line per series
         assert len(drawn) == len(lines)
-        for line, series, (_, by_size) in zip(drawn, panel.series, sorted(lines.items()), strict=True):
-            assert list(line.get_xdata()) == sorted(by_size)
+        for i, (line, series, (_, by_size)) in enumerate(zip(drawn, panel.series, sorted(lines.items()),
+                                                             strict=True)):
+            # frozen and fine-tuned points of one size are drawn side by side, not on top of each other
+            shift = dodge(len(panel.series), i)
+            assert [x / shift for x in line.get_xdata()] == pytest.approx(sorted(by_size))
+            assert (shift != 1) == (len(panel.series) > 1)
             want = [statistics.fmean(by_size[x]) for x in sorted(by_size)]
             assert all(math.isclose(y, 100 * w) for y, w in zip(line.get_ydata(), want, strict=True))
             assert [p.n for p in series.points] == [len(by_size[x]) for x in sorted(by_size)]
@@ -83,6 +87,7 @@ def test_png_has_every_series_point_and_baseline(tmp_path):
         labels = [t.get_text() for t in ax.get_xticklabels()]
         assert labels[:2] == ["125M", "1.3B"]
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["125M", "1.3B", "6.7B"]
+    assert PANEL_INCHES[0] <= 3.5 and fig.axes[0].xaxis.label.get_fontsize() == FONT_PT <= 9  # a paper's column
     mind = panels[1]
     assert mind.series[0].points[0].std == pytest.approx(statistics.stdev([0.110, 0.114]))
 
@@ -113,8 +118,14 @@ def test_the_extension_picks_the_figure_format_and_errors_name_parameters(tmp_pa
 
 
 def test_cli_plot(tmp_path):
+    """Reported (issue 22, 6): the format is the one the suffix names, magic bytes and all."""
     db = tmp_path / "experiments.db"
     seed(db)
+    for name, magic in (("f.pdf", b"%PDF-"), ("f.svg", b"<?xml"), ("f.png", b"\x89PNG\r\n\x1a\n"), ("F.PDF", b"%PDF-")):
+        r = tcf("plot", "--out", name, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / name).read_bytes().startswith(magic)
+    assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:1000]
     r = tcf("plot", "--out", "fig.png", "--dataset", "mind", "--series", "text_encoder.unfreeze", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG" and "1 dataset(s), 5 point(s)" in r.stderr
@@ -162,3 +173,35 @@ def test_cold_protocol_runs_get_panels_of_their_own():
     assert [p.mean for s in full.series for p in s.points] == [0.11]
     assert [p.mean for s in cold.series for p in s.points] == [0.03]
     assert [b.mean for b in full.baselines] == [0.10] and cold.baselines == ()
+
+
+def _run(run_id: int, tower: str, lm_params: int | None, ndcg: float, seed_: int = 1, **config: dict) -> object:
+    from tcf.report.runs import record
+
+    text = ({"model": f"/m/lm-{lm_params}", "unfreeze": 0, "pooling": "mean", **config.pop("text_encoder", {})}
+            if lm_params else None)
+    return record({"run_id": run_id, "name": f"r{run_id}", "status": "finished", "dataset": "mind",
+                   "architecture": "sasrec", "item_tower": tower, "lm_params": lm_params, "test_ndcg@10": ndcg,
+                   "config": {"seed": seed_, "model": {"architecture": "sasrec", "item_tower": tower},
+                              "text_encoder": text, "train": {"lr": 0.001}, **config}})
+
+
+def test_a_point_or_a_baseline_never_averages_runs_that_differ_in_more_than_the_seed():
+    """Reported (issue 22, 3): the "frozen" line folded runs that differ in pooling, and the baseline mixed in an
+    unrelated run. Each is a line of its own now, labelled by what differs; a marked baseline is used as marked."""
+    from tcf.report.plot import scaling_panels
+
+    runs = [_run(1, "text", 125, 0.10), _run(2, "text", 125, 0.12, seed_=2),
+            _run(3, "text", 125, 0.20, text_encoder={"pooling": "first"}),
+            _run(4, "text", 1300, 0.14), _run(5, "text", 1300, 0.24, text_encoder={"pooling": "first"}),
+            _run(6, "id", None, 0.30), _run(7, "id", None, 0.32, seed_=2),
+            _run(8, "id", None, 0.05, train={"lr": 0.1})]  # an unrelated ID run: another learning rate
+    (panel,) = scaling_panels(runs)
+    lines = {s.label: [(p.x, p.mean, p.n) for p in s.points] for s in panel.series}
+    assert lines == {"frozen, text_encoder.pooling=mean": [(125, pytest.approx(0.11), 2), (1300, 0.14, 1)],
+                     "frozen, text_encoder.pooling=first": [(125, 0.20, 1), (1300, 0.24, 1)]}
+    assert [(b.label, b.mean, b.n) for b in panel.baselines] == [
+        ("ID sasrec, train.lr=0.001 (baseline)", pytest.approx(0.31), 2),
+        ("ID sasrec, train.lr=0.1 (baseline)", 0.05, 1)]
+    (marked,) = scaling_panels(runs, baseline=[runs[7]])
+    assert [(b.label, b.mean) for b in marked.baselines] == [("baseline (run 8)", 0.05)]
