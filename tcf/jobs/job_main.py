@@ -73,10 +73,22 @@ def _heartbeats(db: Path, job_id: int, attempt: int, stop: threading.Event) -> N
 
 def _interrupt(signum: int, frame: Any) -> None:
     """The first SIGTERM/SIGINT stops the job; later ones (a cancel and the worker forwarding it both send
-    one) are ignored, so the job records its end in peace: its worker SIGKILLs it if that takes too long."""
+    one) are ignored, so this raises at most once per process and the job records its end in peace: its
+    worker SIGKILLs it if that takes too long."""
+    _ignore_signals()
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+_early: list[int] = []  # SIGTERM/SIGINT that came before run_job set its handlers
+
+
+def _remember(signum: int, frame: Any) -> None:
+    _early.append(signum)
+
+
+def _ignore_signals() -> None:
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, signal.SIG_IGN)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _physical_gpu() -> int:
@@ -96,18 +108,24 @@ def run_job(db: Path, job_id: int) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     store = Store(db)
     job = get_job(store, job_id)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
     stop = threading.Event()
-    if main_rank:
-        threading.Thread(target=_heartbeats, args=(db, job_id, job.attempts, stop), daemon=True,
-                         name="heartbeat").start()
-    _say(f"job {job_id} ({job.kind}) {job.name}: attempt {job.attempts}, devices {job.devices}")
     state, error, code, artifact = "finished", None, 0, None
+    # Every KeyboardInterrupt that _interrupt raises (at most one) lands inside this try: the handlers are set
+    # inside it, and from the end of the work on signals are ignored, so the end is recorded whatever comes.
     try:
-        if get_job(store, job_id).cancel_requested:  # cancelled while its process started
-            raise KeyboardInterrupt("before it started")
-        artifact = _work(job, db, store, main_rank)
+        try:
+            signal.signal(signal.SIGTERM, _interrupt)
+            signal.signal(signal.SIGINT, _interrupt)
+            if main_rank:
+                threading.Thread(target=_heartbeats, args=(db, job_id, job.attempts, stop), daemon=True,
+                                 name="heartbeat").start()
+            _say(f"job {job_id} ({job.kind}) {job.name}: attempt {job.attempts}, devices {job.devices}")
+            if _early or get_job(store, job_id).cancel_requested:  # cancelled while its process started
+                _ignore_signals()
+                raise KeyboardInterrupt(f"{signal.Signals(_early[0]).name if _early else 'cancel'} before it started")
+            artifact = _work(job, db, store, main_rank)
+        finally:
+            _ignore_signals()  # the work is over: a cancel that comes now stops nothing
     except KeyboardInterrupt as e:
         state, error, code = "cancelled", f"cancelled ({e or 'SIGINT'})", 130
     except TcfError as e:
@@ -115,9 +133,8 @@ def run_job(db: Path, job_id: int) -> int:
     except BaseException as e:  # noqa: BLE001 - recorded, with the traceback in the log
         traceback.print_exc()
         state, error, code = "failed", f"{type(e).__name__}: {e}", 1
-    finally:
-        stop.set()
-        shutdown()
+    stop.set()
+    shutdown()
     if main_rank:
         from tcf.jobs.queue import finish_job
 
@@ -167,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tcf.jobs.job_main", description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True, type=Path)
     parser.add_argument("job_id", type=int)
+    for s in (signal.SIGTERM, signal.SIGINT):  # a cancel while the job opens its store is acted on, not lost
+        signal.signal(s, _remember)
     args = parser.parse_args(argv)
     sys.exit(run_job(args.db.resolve(), args.job_id))
 

@@ -95,7 +95,8 @@ def display_state(row: dict[str, Any], dep_states: list[str], now: float | None 
     whose dependency ended badly; else the stored state."""
     state = row["state"]
     if state == "running":
-        return liveness(row, time.time() if now is None else now, host or hostname(), workers or {})[0]
+        shown = liveness(row, time.time() if now is None else now, host or hostname(), workers or {})[0]
+        return "cancelled" if shown == "lost" and row["cancel_requested"] else shown  # gone as it was asked
     if state == "queued" and any(s in ENDED_BADLY for s in dep_states):
         return "blocked"
     return state
@@ -187,13 +188,15 @@ def _encoder_key(cfg: Config, keep: tuple[int, ...]) -> str:
 
 def _insert(store: Store, kind: str, name: str, cfg: Config, spec: dict[str, Any], key: str | None,
             priority: int, tags: list[str], note: str, gpus: int, mem_bytes: int | None, deps: list[int]) -> int:
-    cursor = sql(store).execute(
-        "INSERT INTO jobs (kind, name, config_json, spec_json, key, state, priority, tags_json, note, gpus, "
-        "mem_bytes, created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-        [kind, name, json.dumps(cfg.model_dump(mode="json"), sort_keys=True), json.dumps(spec), key, priority,
+    # above every id ever given (counters, migration 9), not max(id) + 1: a removed job's id is never reused
+    (job_id,) = sql(store).execute("SELECT max(value, (SELECT ifnull(max(id), 0) FROM jobs)) + 1 FROM counters "
+                                   "WHERE name = 'jobs'").fetchone()
+    sql(store).execute(
+        "INSERT INTO jobs (id, kind, name, config_json, spec_json, key, state, priority, tags_json, note, gpus, "
+        "mem_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+        [job_id, kind, name, json.dumps(cfg.model_dump(mode="json"), sort_keys=True), json.dumps(spec), key, priority,
          json.dumps(tags), note, gpus, mem_bytes, now_iso()],
     )
-    job_id = int(cursor.lastrowid)
     sql(store).conn.executemany("INSERT INTO job_deps (job_id, dep_id) VALUES (?, ?)", [(job_id, d) for d in deps])
     return job_id
 
@@ -340,7 +343,8 @@ def retry_jobs(store: Store, job_ids: list[int] | None = None, *, failed: bool =
 
 
 def remove_job(store: Store, job_id: int) -> None:
-    """Delete a job that is not running and that no queued job waits for (its run stays in ``runs``)."""
+    """Delete a job that is not running and that no queued job waits for (its run stays in ``runs``); its id
+    is never given to another job (:func:`_insert`), so no new job appends to its log or shows its events."""
     with store.transaction():
         job = get_job(store, job_id)
         if job.display in ("running",):
@@ -439,8 +443,8 @@ def finish_job(store: Store, job_id: int, state: str, *, error: str | None = Non
 
 
 def reap_lost(store: Store, now: float | None = None, skip: Collection[int] = ()) -> list[int]:
-    """Record every running job whose process is gone (this host) or long silent (another host) as lost;
-    a paused or busy job is only stale and stays running.
+    """Record every running job whose process is gone (this host) or long silent (another host) as lost (as
+    cancelled when it had been asked to stop); a paused or busy job is only stale and stays running.
 
     ``skip``: the calling worker's own children, which it waits for itself to record how they ended (a
     SIGKILLed child is gone, a zombie, before the worker collects its exit status)."""
@@ -448,7 +452,11 @@ def reap_lost(store: Store, now: float | None = None, skip: Collection[int] = ()
     lost = []
     for row in sql(store).query("SELECT * FROM jobs WHERE state = 'running'"):
         state, why = liveness(row, now, host, workers)
-        if state == "lost" and row["id"] not in skip and finish_job(store, row["id"], "lost", error=f"lost: {why}"):
+        if state != "lost" or row["id"] in skip:
+            continue
+        if row["cancel_requested"]:  # it was asked to stop and stopped before it could say so: cancelled
+            finish_job(store, row["id"], "cancelled", error=f"cancelled ({why})")
+        elif finish_job(store, row["id"], "lost", error=f"lost: {why}"):
             lost.append(row["id"])
     return lost
 

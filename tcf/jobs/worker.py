@@ -185,7 +185,9 @@ class Worker:
     def _launch(self, job: q.Job, devices: list[str]) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"job-{job.id}.log"
-        log = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed when the job ends
+        # a retry appends to its job's log; a first attempt starts it afresh (a store made anew in this folder
+        # numbers its jobs from 1 again)
+        log = open(log_path, "a" if job.attempts > 1 else "w", buffering=1)  # noqa: SIM115 - closed at the end
         log.write(f"=== attempt {job.attempts} on {hostname()} devices {','.join(devices)} "
                   f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
         env = {**os.environ, JOB_ENV: str(job.id), "TCF_JOB_DEVICES": ",".join(devices),

@@ -188,9 +188,21 @@ def _m008_run_threads(db: Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN threads INTEGER")
 
 
+def _m009_job_ids(db: Database) -> None:
+    """Job ids are never reused: a removed job's id went to the next job, which then appended to its log and
+    showed its events. ``counters`` keeps the highest job id ever given (a trigger keeps it up to date whoever
+    inserts); the queue numbers new jobs above it."""
+    for sql in ("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+                "INSERT INTO counters (name, value) SELECT 'jobs', ifnull(max(id), 0) FROM jobs",
+                "CREATE TRIGGER jobs_high_water AFTER INSERT ON jobs BEGIN "
+                "UPDATE counters SET value = max(value, NEW.id) WHERE name = 'jobs'; END"):
+        db.execute(sql)
+
+
 # Append only: never edit or reorder an applied migration; user_version = len(applied).
 MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events, _m004_lm_params,
-                                                _m005_jobs, _m006_run_identity, _m007_protocol, _m008_run_threads]
+                                                _m005_jobs, _m006_run_identity, _m007_protocol, _m008_run_threads,
+                                                _m009_job_ids]
 READABLE_FROM = 5  # the oldest schema a reader understands: columns added later read as absent
 
 

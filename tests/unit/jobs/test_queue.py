@@ -136,6 +136,38 @@ def test_cancel_retry_edit_remove(tmp_path, store, small_dataset):
         q.get_job(store, a)
 
 
+def test_job_ids_are_never_reused_after_rm(tmp_path, store, small_dataset):
+    """Reported (issue 22, 5): a removed job's id went to the next job, which appended to its log."""
+    a, b, c = (q.add_jobs(store, _configs(tmp_path, small_dataset))[0] for _ in range(3))
+    assert (a, b, c) == (1, 2, 3)
+    q.remove_job(store, c)  # the newest: max(id) + 1 would give its id out again
+    (d,) = q.add_jobs(store, _configs(tmp_path, small_dataset))
+    for job_id in (a, b, d):
+        q.remove_job(store, job_id)
+    (e,) = q.add_jobs(store, _configs(tmp_path, small_dataset))
+    assert (d, e) == (4, 5)
+    with store.transaction():  # whoever inserts (an older tcf, the sqlite3 CLI) moves the mark too
+        sql(store).execute("INSERT INTO jobs (id, kind, name, config_json, spec_json, state, created_at) "
+                           "VALUES (9, 'train', 'by hand', '{}', '{}', 'finished', '2025-01-01')")
+    q.remove_job(store, 9)
+    assert q.add_jobs(store, _configs(tmp_path, small_dataset)) == [10]
+
+
+def test_a_cancelled_job_whose_process_died_before_it_could_say_so_is_cancelled(tmp_path, store, small_dataset):
+    """A cancel that lands before the job set its handlers kills it at once: cancelled, for readers and for any
+    worker that reaps it, never lost."""
+    (job_id,) = q.add_jobs(store, _configs(tmp_path, small_dataset))
+    q.claim(store, 1, "cpu", 1)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    q.set_process(store, job_id, proc.pid, start_time(proc.pid), "log")
+    assert "SIGTERM" in q.cancel_job(store, job_id)
+    proc.wait()
+    assert q.get_job(store, job_id).display == "cancelled"
+    assert q.reap_lost(store) == []
+    job = q.get_job(store, job_id)
+    assert job.state == "cancelled" and "is gone" in job.error
+
+
 def test_running_job_with_dead_process_shows_lost_and_is_reaped(tmp_path, store, small_dataset):
     (job_id,) = q.add_jobs(store, _configs(tmp_path, small_dataset))
     q.claim(store, 1, "cpu", 1)
