@@ -1,8 +1,11 @@
 """The README is part of the product: its commands and its config reference must stay true."""
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
+import pytest
 import typer
 
 from tcf.config import Config
@@ -11,11 +14,34 @@ from tcf.report.runs import schema_keys
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_ci_runs_the_readme_test_command():
+def _readme_test_command() -> str:
     readme = (ROOT / "README.md").read_text()
+    return next(line for line in readme.splitlines() if "pip install -e '.[test]'" in line)
+
+
+def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    test_cmd = next(line for line in readme.splitlines() if "pip install -e '.[test]'" in line)
-    assert test_cmd in ci and test_cmd.endswith("python -m pytest tests/tui")
+    assert _readme_test_command() in ci
+
+
+@pytest.mark.parametrize(("engine", "tui", "ok"), [(1, 0, False), (0, 1, False), (0, 0, True), (2, 1, False)])
+def test_the_test_command_runs_and_reports_both_parts(tmp_path, engine, tui, ok):
+    """Reported (issue 22, 7): chained with &&, a failing engine suite skipped the TUI tests. The command's test
+    part, as .ci/run runs it (set -euo pipefail), with a `python` that fails as told: both parts run, both
+    are reported, and the status says whether both passed."""
+    command = _readme_test_command()
+    tests = command[command.index("{ "):]
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\ncase "$*" in *--ignore=tests/tui*) exit {engine};; '
+                    f"esac\nexit {tui}\n")
+    stub.chmod(0o755)
+    path = f"{tmp_path}:/usr/bin:/bin"
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", tests], env={**os.environ, "PATH": path},
+                       capture_output=True, text=True, timeout=60)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert [c.split()[-1] for c in calls] == ["--durations=15", "tests/tui"]
+    assert f"engine tests: exit {engine}, TUI tests: exit {tui}" in r.stdout
+    assert (r.returncode == 0) == ok
 
 
 def test_readme_documents_every_config_key():
