@@ -27,6 +27,23 @@ from tcf.util.text import printable
 if TYPE_CHECKING:
     from tcf.report.render import Grid
 
+def _flags_show_no_type() -> None:
+    """typer 0.2x prints a type after every flag in help (``--json <bool>``) though a flag takes no value: a flag
+    shows none (options with a value keep theirs)."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "tcf_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: object) -> str | None:
+        return None if getattr(self, "is_flag", False) and not getattr(self, "count", False) else shown(self, ctx)
+
+    display_type_rich.tcf_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
 app = typer.Typer(help="Text-based collaborative filtering experiments.", rich_markup_mode="rich",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Check, convert, filter and synthesize datasets.", no_args_is_help=True)
@@ -69,22 +86,21 @@ def run(
     resume: Annotated[int | None, typer.Option("--resume", help="Continue an interrupted run by id.")] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Train and evaluate; with no CONFIG, run the demo (pop, ID-SASRec, ID-DSSM, frozen and fine-tuned
-    text SASRec on synthetic data with a tiny text encoder)."""
+    """Train and evaluate every run of CONFIG; with no CONFIG, run the demo.
+
+    The demo: pop, ID-SASRec, ID-DSSM, frozen and fine-tuned text SASRec on synthetic data with a tiny text
+    encoder."""
     from tcf.config import Config, load_config
     from tcf.demo import demo_configs
     from tcf.experiment import prepared_data, run_experiment
     from tcf.preinfer.encode import sweep_depths
-    from tcf.store.db import Store
     from tcf.util.dist import init_distributed, shutdown
 
     overrides = set_ or []
     if resume is not None:
         if config is not None or overrides:
             raise TcfError("--resume takes the run's stored config; give no CONFIG or -S with it")
-        if not db.exists():
-            raise TcfError(f"{db}: no such result store")
-        row = Store(db).get_run(resume)
+        row = _store(db).get_run(resume)
         if row["status"] == "finished":
             raise TcfError(f"run {resume} already finished")
         configs = [Config.model_validate(json.loads(row["config_json"]))]
@@ -224,7 +240,6 @@ def results(
     from tcf.report.render import TABLE_FORMATS, format_for_path, render
     from tcf.report.results import results_table
     from tcf.report.runs import load_runs
-    from tcf.store.db import Store
     from tcf.util.atomic import write_user_file
 
     metric = _one_metric(metric, value)
@@ -239,12 +254,10 @@ def results(
     if pivot is not None:
         from tcf.report.pivot import pivot_from_store, pivot_table
 
-        if not db.exists():
-            raise TcfError(f"{db}: no such result store")
-        table = pivot_table(pivot_from_store(Store(db, readonly=True), pivot, metric=metric, baseline=baseline,
+        table = pivot_table(pivot_from_store(_store(db, readonly=True), pivot, metric=metric, baseline=baseline,
                                              dataset=dataset, name_glob=name))
     else:
-        runs = load_runs(Store(db, readonly=True), dataset=dataset, name_glob=name) if db.exists() else []
+        runs = load_runs(_store(db, readonly=True), dataset=dataset, name_glob=name)
         table = results_table([run.row for run in runs])
     if format == "table" and output is None:
         out.print(_rich_table(_fit_terminal(table.grid)))
@@ -270,13 +283,10 @@ def plot(
     """Scaling figure: a metric against text-encoder size (lm_params), one panel per dataset, ID runs as baseline."""
     from tcf.report.plot import plot_scaling
     from tcf.report.runs import parse_fields
-    from tcf.store.db import Store
 
     _flags_given.update(metric="--metric", series="--series", out="--out")
     fields = parse_fields(series, "series") if series is not None else None
-    if not db.exists():
-        raise TcfError(f"{db}: no such result store")
-    panels = plot_scaling(Store(db, readonly=True), out_path, metric=metric, dataset=dataset, series=fields)
+    panels = plot_scaling(_store(db, readonly=True), out_path, metric=metric, dataset=dataset, series=fields)
     points = sum(len(s.points) for p in panels for s in p.series)
     err.print(f"wrote {out_path}: {len(panels)} dataset(s), {points} point(s)")
 
@@ -409,7 +419,6 @@ def queue_ls(
 ) -> None:
     """The jobs: running, then queued by priority, then ended (newest first)."""
     from tcf.jobs.queue import SHOWN, list_jobs
-    from tcf.store.db import Store
     from tcf.store.events import live_view, progress_summary
     from tcf.tui.styles import STATE_STYLE
 
@@ -417,8 +426,8 @@ def queue_ls(
     for s in states or ():
         if s not in SHOWN:
             raise TcfError(f"--state: unknown state {s!r}; one of {', '.join(SHOWN)}")
-    store = Store(db, readonly=True) if db.exists() else None
-    jobs = list_jobs(store, states) if store is not None else []
+    store = _store(db, readonly=True)
+    jobs = list_jobs(store, states)
     progress = {j.id: progress_summary(live_view(store, j)) for j in jobs if j.state in ("running", "finished")}
     if as_json:
         keys = ("id", "kind", "name", "priority", "tags", "note", "gpus", "devices", "attempts", "run_id",
@@ -465,7 +474,7 @@ def queue_cancel(job_id: JobIdArg, db: DbOption = DEFAULT_DB) -> None:
 
 @queue_app.command("retry")
 def queue_retry(
-    job_id: Annotated[int | None, typer.Argument(metavar="[ID]", help="Job id.")] = None,
+    job_id: Annotated[int | None, typer.Argument(metavar="ID", help="Job id.")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Retry every failed, lost or cancelled job.")] = False,
     db: DbOption = DEFAULT_DB,
 ) -> None:
@@ -488,6 +497,39 @@ def queue_rm(job_id: JobIdArg, db: DbOption = DEFAULT_DB) -> None:
     err.print(f"removed job {job_id}")
 
 
+@queue_app.command("wait")
+def queue_wait(job_id: JobIdArg, db: DbOption = DEFAULT_DB) -> int:
+    """Block until the job ends; the exit status is its outcome: 0 finished, else its exit code (1 without one),
+    130 cancelled. As task-spooler's `ts -w`."""
+    from tcf.jobs.follow import exit_status, wait_for
+
+    def say(job) -> None:
+        why = " (a job it depends on ended badly; it waits for a retry)" if job.display == "blocked" else ""
+        err.print(f"job {job.id} {printable(job.name)}: {job.display}{why}", highlight=False, soft_wrap=True)
+
+    job = wait_for(_store(db, readonly=True), job_id, on_change=say)
+    if job.error:
+        err.print(Text(printable(job.error)), soft_wrap=True)
+    return exit_status(job)
+
+
+@app.command()
+def logs(
+    job_id: JobIdArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing what the job writes until it "
+                                                                "ends (waiting for a queued one to start).")] = False,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """A job's log: stdout and stderr of its process (every attempt), as `ts -c`; --follow as `ts -t`."""
+    from tcf.jobs.follow import stream_log
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    stream_log(_store(db, readonly=True), job_id, write, follow=follow)
+
+
 @queue_app.command("edit")
 def queue_edit(
     job_id: JobIdArg,
@@ -503,12 +545,15 @@ def queue_edit(
     err.print(f"job {job.id}: priority {job.priority}, tags {','.join(job.tags) or '-'}, note {job.note or '-'}")
 
 
-def _store(db: Path):
+def _store(db: Path, readonly: bool = False):
+    """The store at ``db``, which must exist: a mistyped --db is one line saying so, never an empty table (nor a
+    new file: commands that create a store are run, queue add and worker)."""
     from tcf.store.db import Store
 
     if not db.exists():
-        raise TcfError(f"{db}: no such result store")
-    return Store(db)
+        raise TcfError(f"{db}: no tcf result store there (check --db or TCF_DB; tcf run, tcf queue add or "
+                       "tcf worker make one)")
+    return Store(db, readonly=readonly)
 
 
 @app.command()
@@ -520,8 +565,10 @@ def worker(
         "--exit-when-idle", help="Stop when no queued job is left that this worker could run.")] = False,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Run queued jobs, each as its own process (torchrun for several GPUs), on free GPUs with enough
-    free memory. Ctrl-C: take no new jobs and wait; twice: cancel the running ones."""
+    """Run queued jobs on free GPUs (or the CPU), each as its own process.
+
+    A job waits for a GPU with enough free memory; several GPUs: torchrun. Ctrl-C: take no new jobs and wait;
+    twice: cancel the running ones."""
     from tcf.jobs.worker import Worker, parse_gpus
     from tcf.util.gpu import get_provider
 

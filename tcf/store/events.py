@@ -205,17 +205,37 @@ _HANDLERS: dict[str, Callable[[_Fold, dict[str, Any]], None]] = {
 
 
 def _resume(since: LiveView | None, job: FollowedJob) -> _Fold:
-    if since is None or since.job.id != job.id:
+    another_attempt = (since is not None and (since.job.started_at != job.started_at or
+                                              getattr(since.job, "attempts", 0) != getattr(job, "attempts", 0)))
+    if since is None or since.job.id != job.id or another_attempt:
         return _Fold()
     return _Fold({r.index: copy.copy(r) for r in since.ranges}, {e.epoch: copy.deepcopy(e) for e in since.epochs},
                  since.stage, since.gpu_mem_bytes, since.event_peak_bytes, since.last_event_id)
 
 
+def _settle(f: _Fold) -> None:
+    """What an attempt that ended leaves to the next: committed ranges and finished epochs, not its open
+    progress, stage or memory (a retried job showed them for seconds as if they were its own)."""
+    f.ranges = {i: r for i, r in f.ranges.items() if r.finished}
+    f.epochs = {i: e for i, e in f.epochs.items() if e.finished}
+    f.stage, f.mem = None, None
+
+
 def _elapsed(job: FollowedJob, now: float) -> float | None:
+    """From the attempt's start to its end; a job whose process died without recording its end (lost) stopped
+    at its last heartbeat, not at now, nor at when a worker noticed."""
     if job.started_at is None:
         return None
     start = datetime.fromisoformat(job.started_at).timestamp()
-    end = datetime.fromisoformat(job.finished_at).timestamp() if job.finished_at and job.state != "running" else now
+    shown = getattr(job, "display", job.state)
+    heartbeat = getattr(job, "heartbeat", None)
+    if heartbeat is not None and (job.state == "lost" or (job.state == "running" and shown not in ("running",
+                                                                                                      "stale"))):
+        end = float(heartbeat)
+    elif job.finished_at and job.state != "running":
+        end = datetime.fromisoformat(job.finished_at).timestamp()
+    else:
+        end = now
     return max(end - start, 0.0)
 
 
@@ -242,12 +262,17 @@ def _fraction_and_eta(f: _Fold, job: FollowedJob) -> tuple[float | None, float |
 
 
 def live_view(store: Store, job: FollowedJob, now: float | None = None, since: LiveView | None = None) -> LiveView:
-    """Fold the job's events (all attempts: a retried pre-inference keeps its committed ranges) and its
-    run's epochs into progress bars. With ``since`` (an earlier view of the same job) only the events
-    after it are read, so a UI that refreshes every second does not reread a long job's history."""
+    """Fold the job's events and its run's epochs into progress bars. Earlier attempts leave their committed
+    ranges (a retried pre-inference keeps them) and finished epochs, never their open progress (:func:`_settle`).
+    With ``since`` (an earlier view of the same attempt) only the events after it are read, so a UI that
+    refreshes every second does not reread a long job's history."""
     now = time.time() if now is None else now
     f = _resume(since, job)
+    earlier = f.last_id == 0  # reading from the first event: those before this attempt started come first
     for ev in store.events(job_id=job.id, after_id=f.last_id):
+        if earlier and job.started_at is not None and ev["time"] >= job.started_at:
+            _settle(f)
+            earlier = False
         f.last_id = ev["id"]
         p: dict[str, Any] = ev["payload"]
         f.mem = p.get("gpu_mem_bytes", f.mem)
@@ -255,6 +280,8 @@ def live_view(store: Store, job: FollowedJob, now: float | None = None, since: L
         handler = _HANDLERS.get(ev["kind"])
         if handler is not None:
             handler(f, p)
+    if earlier:  # every event came before this attempt (or the job waits to run again)
+        _settle(f)
     if job.run_id is not None:
         for row in store.epochs(job.run_id):
             e = f.epochs.setdefault(row["epoch"], EpochProgress(row["epoch"], 0, 0))

@@ -278,3 +278,37 @@ def test_a_multi_column_item_file_without_a_template_is_one_line(tmp_path):
     assert not (tmp_path / "experiments.db").exists()
     check = tcf_here("data", "check", str(wide), cwd=tmp_path)
     assert check.returncode == 2 and "set --text-template to make each item's text" in check.stderr
+
+
+def _command_paths(command, path=()) -> list[tuple[str, ...]]:
+    paths = [path]
+    for name, sub in getattr(command, "commands", {}).items():
+        paths += _command_paths(sub, (*path, name))
+    return paths
+
+
+def test_help_texts_show_no_flag_types_and_no_doubled_brackets(tmp_path):
+    """Reported (issue 22, 8): help showed `--json <bool>` and `tcf queue retry [OPTIONS] [[ID]]`."""
+    import typer
+
+    from tcf.cli import app
+
+    paths = _command_paths(typer.main.get_command(app))
+    assert ("queue", "retry") in paths and len(paths) > 20
+    for path in paths:
+        r = tcf_here(*path, "--help", cwd=tmp_path)
+        assert r.returncode == 0 and "Usage: tcf" in r.stdout, path
+        assert "<bool>" not in r.stdout and "[[" not in r.stdout and "]]" not in r.stdout, (path, r.stdout)
+    assert "Usage: tcf queue retry [OPTIONS] [ID]" in tcf_here("queue", "retry", "--help", cwd=tmp_path).stdout
+
+
+@pytest.mark.parametrize("args", [("results",), ("results", "--format", "json"), ("queue", "ls"),
+                                  ("queue", "ls", "--json"), ("plot", "--out", "f.png"), ("logs", "1"),
+                                  ("queue", "wait", "1")])
+def test_reading_a_mistyped_store_says_none_is_there_and_creates_none(tmp_path, args):
+    """Reported (issue 22, 8): a mistyped --db showed an empty queue. Commands that read say no store is there."""
+    r = tcf_here(*args, "--db", "experimnets.db", cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == ("error: experimnets.db: no tcf result store there (check --db or TCF_DB; tcf run, tcf queue "
+                        "add or tcf worker make one)\n")
+    assert list(tmp_path.iterdir()) == []

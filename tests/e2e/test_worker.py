@@ -306,3 +306,52 @@ def test_cancels_of_running_jobs_all_end_cancelled_without_a_traceback(tmp_path,
         log = Path(job.log_path).read_text()
         assert (job.state, job.exit_code in (130, -15)) == ("cancelled", True), (job_id, job.error, log)
         assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
+
+
+def test_queue_wait_and_logs_follow_as_task_spooler_users_expect(tmp_path, small_dataset):
+    """Reported (issue 22, 8): `tcf logs ID [--follow]` and `tcf queue wait ID` were missing. `wait` blocks until
+    the job ends and exits with its outcome; `logs --follow`, started before the job, prints its log to the end."""
+    import shutil
+
+    doomed = tmp_path / "doomed"
+    shutil.copytree(small_dataset, doomed)
+    db = tmp_path / "experiments.db"
+    store = Store(db)
+    (good,) = q.add_jobs(store, load_config(_config(tmp_path, small_dataset)))
+    (bad,) = q.add_jobs(store, load_config(_config(tmp_path, doomed)))
+    shutil.rmtree(doomed)  # the job fails when it reads its dataset: a one-line error, exit code 2
+    env = {**os.environ, **ENV}
+    cli = [sys.executable, "-m", "tcf.cli"]
+    follow = subprocess.Popen([*cli, "logs", str(good), "--follow", "--db", str(db)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait = subprocess.Popen([*cli, "queue", "wait", str(bad), "--db", str(db)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    assert follow.poll() is None and wait.poll() is None  # both wait for jobs that have not started
+    assert _worker(db, "--exit-when-idle").wait(timeout=300) == 0
+    out, _ = follow.communicate(timeout=120)
+    assert follow.returncode == 0 and out == Path(_job(db, good).log_path).read_text()
+    assert f"job {good} finished" in out
+    _, said = wait.communicate(timeout=120)
+    assert wait.returncode == 2 and f"job {bad} " in said and "failed" in said and str(doomed) in said
+    again = subprocess.run([*cli, "queue", "wait", str(good), "--db", str(db)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "finished" in again.stderr
+    whole = subprocess.run([*cli, "logs", str(bad), "--db", str(db)], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert whole.returncode == 0 and whole.stdout == Path(_job(db, bad).log_path).read_text()
+
+
+def test_exit_status_of_every_ending():
+    from dataclasses import replace
+
+    from tcf.jobs.follow import exit_status
+
+    job = q.Job(id=1, kind="train", name="x", state="finished", display="finished", priority=0, tags=(), note="",
+                gpus=1, mem_bytes=None, created_at="", started_at=None, finished_at=None, attempts=1, worker_id=None,
+                host=None, pid=None, pid_start=None, devices=None, heartbeat=None, peak_mem_bytes=None,
+                cancel_requested=False, run_id=None, artifact=None, exit_code=0, error=None, log_path=None)
+    cases = [("finished", 0, 0), ("failed", 2, 2), ("failed", None, 1), ("cancelled", 130, 130),
+             ("cancelled", -15, 130), ("lost", -9, 137), ("lost", None, 1)]
+    for state, code, status in cases:
+        assert exit_status(replace(job, state=state, display=state, exit_code=code)) == status, (state, code)

@@ -68,11 +68,13 @@ async def test_quitting_leaves_jobs_alone(db, provider):
     store.close()
 
 
-async def test_a_missing_store_is_not_created_by_looking(tmp_path, provider):
+async def test_a_missing_store_is_said_and_not_created_by_looking(tmp_path, provider):
+    """Reported (issue 22, 8): `tcf-tui --db` with a mistyped path showed an empty queue and no word about it."""
     db = tmp_path / "experiments.db"
     app = TcfApp(db, provider=provider, refresh_s=0, clock=clock)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
+        assert plain(app.screen.query_one("#workers")).startswith(f"no tcf result store at {db}: check --db")
         assert "press a to queue a config" in plain(app.screen.query_one("#detail"))
         await pilot.press("2")
         await settle(pilot)

@@ -117,6 +117,25 @@ async def test_c_cancels_the_selected_queued_job(db, provider):
         assert {int(r[0]): r[1] for r in rows(app)}[4] == "cancelled"
 
 
+async def test_c_asks_before_it_stops_a_running_job(db, provider):
+    """Reported (issue 22, 8): `c` cancelled a running job without a question."""
+    from tcf.tui.widgets.dialogs import ConfirmDialog
+
+    app = make_app(db, provider)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await select(pilot, 1)
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfirmDialog) and "Stop running job 1" in app.screen.question
+        await pilot.press("n")
+        await settle(pilot)
+        assert isinstance(app.screen, QueueScreen) and not db_job(db, 1).cancel_requested
+        await pilot.press("c")
+        await pilot.press("y")
+        await settle(pilot)
+        assert db_job(db, 1).cancel_requested  # (its worker on gpu-node-1 stops it)
+
+
 async def test_cancel_of_an_ended_job_is_a_notification_not_a_crash(db, provider):
     app = make_app(db, provider)
     notes = record_notes(app)

@@ -366,7 +366,8 @@ async def test_a_missing_database_is_reported_not_created(tmp_path):
     path = tmp_path / "nothing" / "experiments.db"
     async with ResultsApp(path).run_test(size=SIZE) as pilot:
         screen = await loaded(pilot)
-        assert "no experiments.db here yet" in str(screen.query_one("#results-status").content)
+        assert f"no tcf result store at {path} (nor the folder {path.parent})" in str(
+            screen.query_one("#results-status").content)
         assert table_of(screen).row_count == 0
         await pilot.press("g", "b", "m", "d", "p", "e")  # nothing to act on: no crash, no dialog
         assert pilot.app.screen is screen
@@ -388,8 +389,8 @@ async def test_a_store_that_appears_later_replaces_the_error(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         screen = await loaded(pilot, loads=3)  # three failed reads, one notification
         status = screen.query_one("#results-status")
-        assert "no experiments.db here yet" in str(status.content)
-        assert len(errors) == 1 and "no experiments.db here yet" in errors[0]
+        assert f"no tcf result store at {path}: check --db" in str(status.content)
+        assert len(errors) == 1 and "no tcf result store at" in errors[0]
         store = Store(path)
         add_run(store, 0, RUNS[0])
         store.close()

@@ -19,6 +19,15 @@ from textual.worker import Worker, WorkerState
 from tcf.store.db import READ_ERRORS, Store
 
 
+def no_store(path: Any) -> str:
+    """What a screen says while no store exists at the path it reads: a mistyped --db shows here, not as an
+    empty queue."""
+    where = Path(path).expanduser().absolute()
+    folder = "" if where.parent.is_dir() else f" (nor the folder {where.parent})"
+    return (f"no tcf result store at {where}{folder}: check --db or TCF_DB; tcf run, tcf queue add or "
+            "tcf worker make one there")
+
+
 @contextmanager
 def open_store(path: Any, readonly: bool = True) -> Iterator[Store]:
     """This thread's own Store: read-only for the screens' loads (watching never changes a byte of the file),
@@ -72,7 +81,7 @@ class DataScreen(Screen):
 
     def missing(self) -> Message:
         """What to show while there is no experiments.db (reading must not create an empty one)."""
-        return LoadFailed(f"{self.app.db_path}: no experiments.db here yet")
+        return LoadFailed(no_store(self.app.db_path))
 
     def _load(self) -> None:
         try:

@@ -30,9 +30,9 @@ from tcf.jobs.queue import (
 )
 from tcf.store.db import Store
 from tcf.store.events import LiveView, live_view, progress_summary
-from tcf.tui.screens.base import DataScreen
+from tcf.tui.screens.base import DataScreen, no_store
 from tcf.tui.styles import STATE_STYLE
-from tcf.tui.widgets.dialogs import AddJobDialog, AddRequest, PromptDialog, split_tags
+from tcf.tui.widgets.dialogs import AddJobDialog, AddRequest, ConfirmDialog, PromptDialog, split_tags
 from tcf.tui.widgets.filter_box import FilterBox
 from tcf.tui.widgets.footer import KeyFooter
 from tcf.tui.widgets.table import Table
@@ -63,9 +63,10 @@ class JobProgress:
 class JobsLoaded(Message):
     """A fresh read of the queue: jobs in queue order, progress of the started ones, live workers."""
 
-    def __init__(self, jobs: list[Job], progress: dict[int, JobProgress], workers: list[dict[str, Any]]) -> None:
+    def __init__(self, jobs: list[Job], progress: dict[int, JobProgress], workers: list[dict[str, Any]],
+                 missing: str | None = None) -> None:
         super().__init__()
-        self.jobs, self.progress, self.workers = jobs, progress, workers
+        self.jobs, self.progress, self.workers, self.missing = jobs, progress, workers, missing
 
 
 def times_cell(job: Job, p: JobProgress | None) -> str:
@@ -98,7 +99,7 @@ class QueueScreen(DataScreen):
 
     BINDINGS = [
         Binding("a", "add", "Add", tooltip="queue the jobs of a config file (path, tags, note)"),
-        Binding("c", "cancel", "Cancel", tooltip="cancel the selected job (a running one is asked to stop)"),
+        Binding("c", "cancel", "Cancel", tooltip="cancel the selected job (a running one after you confirm)"),
         Binding("r", "retry", "Retry", tooltip="queue a failed, lost or cancelled job again (it resumes)"),
         Binding("plus", "priority(1)", "Prio+", key_display="+", tooltip="raise the priority of the selected job"),
         Binding("minus", "priority(-1)", "Prio-", key_display="-", tooltip="lower the priority of the selected job"),
@@ -141,7 +142,9 @@ class QueueScreen(DataScreen):
         return JobsLoaded(jobs, progress, live_workers(store, now=now))
 
     def missing(self) -> JobsLoaded:
-        return JobsLoaded([], {}, [])  # an empty queue: `a` creates the store with the first job
+        """No store at the path: say so where the workers line is (a mistyped --db is no empty queue); `a`
+        creates the store with the first job it queues."""
+        return JobsLoaded([], {}, [], missing=no_store(self.app.db_path))
 
     def _job_progress(self, store: Store, job: Job, now: float) -> JobProgress:
         key = (job.id, job.state, job.attempts, job.finished_at)
@@ -159,9 +162,12 @@ class QueueScreen(DataScreen):
         return p
 
     def on_jobs_loaded(self, message: JobsLoaded) -> None:
-        self._last_error = None
+        if message.missing is not None and message.missing != self._last_error:
+            self.notify(message.missing, title="experiments.db", severity="warning")
+        self._last_error = message.missing
         self.jobs, self.progress = message.jobs, message.progress
-        self.query_one("#workers", Static).update(workers_line(message.workers))
+        line = Text(message.missing, style="yellow") if message.missing else workers_line(message.workers)
+        self.query_one("#workers", Static).update(line)
         self.show_jobs()
 
     def show_jobs(self) -> None:
@@ -234,8 +240,21 @@ class QueueScreen(DataScreen):
             self.app.switch_mode("live")
 
     def action_cancel(self) -> None:
-        if (job := self._target()) is not None:
+        """Cancel a queued job at once; a running one only after the user confirms (it is stopped, mid-work)."""
+        if (job := self._target()) is None:
+            return
+        if job.display not in ("running", "stale"):
             self.act(lambda store: cancel_job(store, job.id))
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.act(lambda store: cancel_job(store, job.id))
+
+        where = f" on GPU {job.devices}" if job.devices and job.devices != "cpu" else ""
+        self.app.push_screen(ConfirmDialog(f"Stop running job {job.id} ({printable(job.name)}){where}?",
+                                           "Its process gets SIGTERM and records itself cancelled; `r` queues it "
+                                           "again (it resumes from its last checkpoint or block range)."), answer)
 
     def action_retry(self) -> None:
         if (job := self._target()) is not None:

@@ -1,4 +1,4 @@
-"""Modal dialogs of the Queue screen: one line of text (tags, note) and adding jobs from a config."""
+"""Modal dialogs of the Queue screen: one line of text (tags, note), a yes/no question, adding jobs from a config."""
 
 from __future__ import annotations
 
@@ -29,6 +29,24 @@ class PromptDialog(ModalScreen[str | None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         self.dismiss(event.value)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """A yes/no question for an action that cannot be undone (stopping a running job): y or Enter confirm,
+    n or Escape do nothing."""
+
+    BINDINGS = [Binding("y,enter", "dismiss(True)", "Yes"), Binding("n,escape", "dismiss(False)", "No")]
+
+    def __init__(self, question: str, detail: str = "") -> None:
+        super().__init__()
+        self.question, self.detail = question, detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="dialog-title")
+            if self.detail:
+                yield Label(self.detail)
+            yield Label("y / enter: yes   n / escape: no", classes="dialog-help")
 
 
 @dataclass(frozen=True)

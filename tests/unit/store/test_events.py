@@ -86,3 +86,55 @@ def test_log_tail_reads_the_end_of_the_job_log(store, tmp_path):
     log.write_text("".join(f"line {i}\n" for i in range(100)))
     q.set_process(store, store.job_id, 1, None, str(log))
     assert log_tail(q.get_job(store, store.job_id), lines=3) == ["line 97", "line 98", "line 99"]
+
+
+def test_a_retry_shows_no_open_progress_of_the_attempt_before(store):
+    """Reported (issue 22, 8): after a retry the old attempt's progress showed for seconds as the new one's. The
+    committed range stays (the retry resumes after it); the open range, the stage and the memory go."""
+    from tcf.store.sql import connection as sql
+
+    job = q.get_job(store, store.job_id)
+    store.log_event("infer:x", "range_start", {"range": 0, "start": 0, "stop": 8, "n_items": 1000})
+    store.log_event("infer:x", "range_end", {"range": 0, "start": 0, "stop": 8, "seconds": 5.0})
+    store.log_event("infer:x", "range_start", {"range": 1, "start": 8, "stop": 16, "n_items": 1000})
+    store.log_event("infer:x", "progress", {"range": 1, "start": 8, "stop": 16, "items_done": 400, "n_items": 1000,
+                                            "items_per_s": 200.0, "gpu_mem_bytes": 7 << 30})
+    before = live_view(store, job)
+    assert progress_summary(before) == "blocks 8:16 40%"
+    with store.transaction():  # the first attempt ran a minute ago
+        sql(store).execute("UPDATE events SET time = '2025-01-01T00:00:00+00:00'")
+    assert q.finish_job(store, job.id, "lost", error="lost: gone")
+    assert q.retry_jobs(store, [job.id]) == [job.id]
+    queued = live_view(store, q.get_job(store, job.id), since=before)
+    assert [(r.label, r.finished) for r in queued.ranges] == [("blocks 0:8", True)] and queued.stage is None
+    q.claim(store, 1, "0", 1)
+    again = q.get_job(store, job.id)
+    view = live_view(store, again, since=before)
+    assert [(r.label, r.finished) for r in view.ranges] == [("blocks 0:8", True)]
+    assert view.gpu_mem_bytes is None and progress_summary(view) == "starting"
+    store.log_event("infer:x", "range_start", {"range": 1, "start": 8, "stop": 16, "n_items": 1000})
+    assert progress_summary(live_view(store, again, since=view)) == "blocks 8:16 0%"
+
+
+def test_a_lost_jobs_elapsed_time_stops_at_its_last_heartbeat(store):
+    """Reported (issue 22, 8): a lost job's elapsed time kept ticking."""
+    import subprocess
+    import sys
+    from datetime import datetime
+
+    from tcf.store.sql import connection as sql
+    from tcf.util.process import start_time
+
+    job = q.get_job(store, store.job_id)
+    start = datetime.fromisoformat(job.started_at).timestamp()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a process that is gone
+    q.set_process(store, job.id, proc.pid, start_time(proc.pid) or 1, "log")
+    with store.transaction():
+        sql(store).execute("UPDATE jobs SET heartbeat = ? WHERE id = ?", [start + 30, job.id])
+    lost = q.get_job(store, job.id)
+    assert lost.display == "lost" and lost.state == "running"
+    assert live_view(store, lost, now=start + 500).elapsed_s == pytest.approx(30)  # not 500: it died at 30
+    q.reap_lost(store)
+    recorded = q.get_job(store, job.id)
+    assert recorded.state == "lost" and live_view(store, recorded, now=start + 900).elapsed_s == pytest.approx(30)
