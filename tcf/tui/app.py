@@ -25,14 +25,16 @@ from tcf.tui.screens.queue import JobTable, QueueScreen
 from tcf.tui.screens.results import ResultsScreen
 from tcf.tui.widgets.gpu_panel import GpuHistory, GpuPanel
 from tcf.util.gpu import GpuError, GpuInfo, GpuProvider, get_provider
+from tcf.util.host import HostInfo, HostSampler
 
 
 class GpuSampled(Message):
-    """One reading of every GPU; ``reason`` says why there is none (no NVML, or NVML failed)."""
+    """One reading of every GPU; ``reason`` says why there is none (no NVML, or NVML failed); ``host``: this
+    machine's CPU and memory (shown where there is no GPU)."""
 
-    def __init__(self, gpus: list[GpuInfo], reason: str | None) -> None:
+    def __init__(self, gpus: list[GpuInfo], reason: str | None, host: HostInfo | None = None) -> None:
         super().__init__()
-        self.gpus, self.reason = gpus, reason
+        self.gpus, self.reason, self.host = gpus, reason, host
 
 
 class TcfApp(App[None]):
@@ -57,10 +59,11 @@ class TcfApp(App[None]):
     ]
 
     def __init__(self, db_path: Path, provider: GpuProvider | None = None, refresh_s: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, host: Callable[[], HostInfo] | None = None) -> None:
         super().__init__()
         self.db_path = Path(db_path)
         self.provider: GpuProvider = provider if provider is not None else get_provider()
+        self.host = host if host is not None else HostSampler().sample  # CPU and RAM, where no GPU is
         self.refresh_s = refresh_s
         self.clock = clock
         self.job_id: int | None = None
@@ -99,10 +102,10 @@ class TcfApp(App[None]):
             gpus, reason = self.provider.all(), (None if self.provider.available else self.provider.reason)
         except GpuError as e:
             gpus, reason = [], str(e)
-        self.post_message(GpuSampled(gpus, reason))
+        self.post_message(GpuSampled(gpus, reason, self.host()))
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
-        self.gpu_history.add(message.gpus, message.reason)
+        self.gpu_history.add(message.gpus, message.reason, message.host)
         for screen in self.screen_stack[-1:]:  # none while the app exits: a late sample is only recorded
             for panel in screen.query(GpuPanel):
                 panel.show(self.gpu_history)

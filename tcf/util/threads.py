@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
+from tcf.util.host import cpu_times
+
 #: OMP_NUM_THREADS as the user's environment had it when tcf was imported (before anything set it).
 USER_OMP = os.environ.get("OMP_NUM_THREADS")
 SAMPLE_S = 0.2  # how long /proc/stat is watched for the cores busy right now
@@ -65,17 +67,6 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all cores from /proc/stat; None where there is none."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields[:8]) - idle, sum(fields[:8])
-
-
 def busy_cores(sample_s: float = SAMPLE_S) -> float:
     """Cores busy with other work: the larger of the 1-minute load average (slow to see a new load) and
     a short sample of /proc/stat (sees a process that started a second ago)."""
@@ -83,11 +74,11 @@ def busy_cores(sample_s: float = SAMPLE_S) -> float:
         load = os.getloadavg()[0]
     except OSError:
         load = 0.0
-    before = _cpu_times()
+    before = cpu_times()
     if before is None:
         return load
     time.sleep(sample_s)
-    after = _cpu_times()
+    after = cpu_times()
     if after is None or after[1] <= before[1]:
         return load
     share = (after[0] - before[0]) / (after[1] - before[1])

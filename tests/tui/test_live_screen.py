@@ -16,11 +16,12 @@ from textual.widgets import DataTable, Sparkline
 from tcf.store.db import Store
 from tcf.tui.app import TcfApp
 from tcf.tui.screens.live import NO_JOB
-from tcf.tui.widgets.gpu_panel import GpuPanel, GpuRow
+from tcf.tui.widgets.gpu_panel import GpuPanel, GpuRow, HostRow
 from tcf.tui.widgets.progress_bars import ProgressRow
 from tcf.util.gpu import NullProvider
+from tcf.util.host import HostInfo
 
-from .conftest import FIXED, add_event, add_job, clock, iso, plain, settle
+from .conftest import FIXED, GiB, add_event, add_job, clock, iso, plain, settle
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
@@ -82,15 +83,30 @@ async def test_gpu_panel_shows_provider_memory_and_the_jobs_peak(db, provider):
         assert [("job" in plain(r.query_one(".gpu-title"))) for r in panel.query(GpuRow)] == [False, False]
 
 
-async def test_without_nvml_the_panel_says_why_and_the_rest_works(db):
+async def test_without_nvml_the_panel_says_why_and_shows_cpu_and_memory(db):
+    """Reported (issue 22, 8): without NVML the GPU panel was an empty box where CPU and RAM use would serve."""
     reason = "NVML unavailable: NVML Shared Library Not Found"
-    app = TcfApp(db, provider=NullProvider(reason), refresh_s=0, clock=clock)
+    host = HostInfo(cpu_percent=37.5, cores=2, mem_used_bytes=5 * GiB, mem_total_bytes=16 * GiB)
+    app = TcfApp(db, provider=NullProvider(reason), refresh_s=0, clock=clock, host=lambda: host)
     async with app.run_test(size=SIZE) as pilot:
         await open_live(pilot, 1)
         panel = app.screen.query_one(GpuPanel)
         assert plain(panel.query_one("#gpu-reason")) == reason
-        assert not panel.query(GpuRow)
+        assert not panel.query(GpuRow) and panel.border_title == "CPU and memory (no GPU)"
+        await pilot.pause()
+        row = panel.query_one(HostRow)
+        assert plain(row.query_one(".host-cpu")) == "CPU   38% of 2 cores"
+        assert plain(row.query_one(".host-ram")) == "RAM  5.0/16.0 GiB  31%"
         assert len(bars(app, "epochs")) == 3
+
+
+async def test_with_gpus_the_panel_shows_them_not_the_host(db, provider):
+    host = HostInfo(cpu_percent=10.0, cores=2, mem_used_bytes=GiB, mem_total_bytes=2 * GiB)
+    app = TcfApp(db, provider=provider, refresh_s=0, clock=clock, host=lambda: host)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_live(pilot, 1)
+        panel = app.screen.query_one(GpuPanel)
+        assert panel.query(GpuRow) and not panel.query(HostRow) and panel.border_title == "GPUs"
 
 
 async def test_refresh_follows_new_events_and_gpu_history(db, provider):
@@ -163,17 +179,24 @@ async def key_latency(app: TcfApp, key: str, mode: str) -> float:
 
 async def test_keys_are_handled_within_100ms_while_ten_jobs_report(tmp_path, provider):
     """Ten running jobs each write 10 progress events a second (10x a real job's rate) from another
-    process, as real jobs do, while the app refreshes every 0.2 s: switching screens stays under 100 ms."""
+    process, as real jobs do, while the app refreshes every 0.2 s: switching screens stays under 100 ms, or
+    (on a machine busy with other work, issue 22, 7) within 3x what the same switch takes with no writer."""
     db = tmp_path / "experiments.db"
     seed_running(db, 10)
     app = TcfApp(db, provider=provider, refresh_s=0.2, clock=clock)
     app.job_id = 1
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), "10", str(Path(__file__).parent)])
+    writer = None
     try:
         async with app.run_test(size=SIZE) as pilot:
             for key in "212":  # mount both screens and paint what their first loads brought
                 await pilot.press(key)
                 await settle(pilot)
+            alone = []
+            for key, mode in [("1", "queue"), ("2", "live")] * 3:
+                await pilot.pause(0.25)
+                alone.append(await key_latency(app, key, mode))
+            writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), "10", str(Path(__file__).parent)])
+            await pilot.pause(1.0)
             timings = []
             for key, mode in [("1", "queue"), ("2", "live")] * 5:
                 await pilot.pause(0.25)  # a refresh (reading the new events) is under way or just done
@@ -182,7 +205,9 @@ async def test_keys_are_handled_within_100ms_while_ten_jobs_report(tmp_path, pro
             await settle(pilot)
             progressed = app.screen.query_one(DataTable).get_row_at(0)[5]  # the queue did follow the writer
     finally:
-        writer.kill()
-        writer.wait()
+        if writer is not None:
+            writer.kill()
+            writer.wait()
     assert str(progressed) != "blocks 0:8 0%"
-    assert max(timings) < 0.1, [f"{t * 1000:.0f} ms" for t in timings]
+    bound = max(0.1, 3 * sorted(alone)[len(alone) // 2])
+    assert max(timings) < bound, ([f"{t * 1000:.0f} ms" for t in timings], [f"{t * 1000:.0f} ms" for t in alone])

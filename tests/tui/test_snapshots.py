@@ -1,7 +1,8 @@
 """SVG snapshots of each screen at 120x40 (``pytest tests/tui --snapshot-update`` rewrites them).
 
 Deterministic by construction: seeded times, a fixed clock, no refresh timer (refresh_s=0), running jobs
-on a fake host, a FakeProvider; the temporary database's path is never shown.
+on a fake host, a FakeProvider (or none, and a fixed reading of this machine's CPU and memory); the temporary
+database's path is never shown.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from textual.widgets import Input
 
 from tcf.tui.app import TcfApp
 from tcf.util.gpu import NullProvider
+from tcf.util.host import HostInfo
 
-from .conftest import clock, settle, two_gpus
+from .conftest import GiB, clock, settle, two_gpus
 
 SIZE = (120, 40)
+HOST = HostInfo(cpu_percent=62.5, cores=2, mem_used_bytes=9 * GiB, mem_total_bytes=24 * GiB)
 
 
 def app_for(db, provider=None) -> TcfApp:
-    return TcfApp(db, provider=provider or two_gpus(), refresh_s=0, clock=clock)
+    return TcfApp(db, provider=provider or two_gpus(), refresh_s=0, clock=clock, host=lambda: HOST)
 
 
 def follow(job_id: int):
@@ -60,7 +63,8 @@ def test_live_screen_training(snap_compare, db):
 
 
 def test_live_screen_pre_inference_without_nvml(snap_compare, db):
-    """Block-range bars; the GPU panel says why it has no GPUs and still shows the job's peak memory."""
+    """Block-range bars; the GPU panel says why it has no GPUs, shows this machine's CPU and memory instead, and
+    still the job's peak memory."""
     provider = NullProvider("NVML unavailable: NVML Shared Library Not Found")
     assert snap_compare(app_for(db, provider), terminal_size=SIZE, run_before=follow(2))
 

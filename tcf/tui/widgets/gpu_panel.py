@@ -2,7 +2,8 @@
 
 The app samples the provider (NVML) in a worker and keeps one :class:`GpuHistory`; every panel draws
 from it, so switching screens neither loses the history nor samples twice. Without NVML the panel
-says why (``provider.reason``) instead of showing nothing.
+says why (``provider.reason``) and shows this machine's CPU and memory use instead, which is what a CPU
+job runs on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Sparkline, Static
 
 from tcf.util.gpu import GpuInfo
+from tcf.util.host import HostInfo
 from tcf.util.units import format_bytes
 
 GiB = 1 << 30
@@ -30,9 +32,17 @@ class GpuHistory:
         self.reason: str | None = None
         self.mem: dict[int, deque[float]] = {}
         self.util: dict[int, deque[float]] = {}
+        self.host: HostInfo | None = None
+        self.cpu: deque[float] = deque(maxlen=size)  # host CPU and memory use, percent
+        self.ram: deque[float] = deque(maxlen=size)
 
-    def add(self, gpus: list[GpuInfo], reason: str | None = None) -> None:
-        self.latest, self.reason = list(gpus), reason
+    def add(self, gpus: list[GpuInfo], reason: str | None = None, host: HostInfo | None = None) -> None:
+        self.latest, self.reason, self.host = list(gpus), reason, host
+        if host is not None:
+            if host.cpu_percent is not None:
+                self.cpu.append(host.cpu_percent)
+            if host.mem_total_bytes:
+                self.ram.append(100.0 * (host.mem_used_bytes or 0) / host.mem_total_bytes)
         for g in gpus:
             self.mem.setdefault(g.index, deque(maxlen=self.size)).append(
                 100.0 * g.used_bytes / g.total_bytes if g.total_bytes else 0.0)
@@ -93,6 +103,57 @@ class GpuRow(Vertical):
             self.query_one(f".spark-{name}", Sparkline).data = data if len(data) > 1 else []
 
 
+class HostRow(Vertical):
+    """This machine's CPU and memory use with sparklines: the panel's content where there is no GPU."""
+
+    DEFAULT_CSS = """
+    HostRow { height: auto; margin-bottom: 1; }
+    HostRow Horizontal { height: 1; }
+    HostRow .gpu-value { width: 26; }
+    HostRow Sparkline { width: 1fr; height: 1; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._history: GpuHistory | None = None
+        self._ready = False
+
+    def on_mount(self) -> None:
+        self._ready = True
+        if self._history is not None:
+            self.draw(self._history)
+
+    def show(self, history: GpuHistory) -> None:
+        """Draw now, or once mounted."""
+        self._history = history
+        if self._ready:
+            self.draw(history)
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text("this machine", style="bold"), classes="gpu-title")
+        with Horizontal():
+            yield Static(classes="gpu-value host-cpu")
+            yield Sparkline([], classes="spark-cpu")
+        with Horizontal():
+            yield Static(classes="gpu-value host-ram")
+            yield Sparkline([], classes="spark-ram")
+
+    def draw(self, history: GpuHistory) -> None:
+        host = history.host
+        if host is None:
+            return
+        cpu = "n/a" if host.cpu_percent is None else f"{host.cpu_percent:3.0f}%"
+        self.query_one(".host-cpu", Static).update(f"CPU  {cpu} of {host.cores} cores")
+        if host.mem_total_bytes:
+            used = host.mem_used_bytes or 0
+            ram = f"{used / GiB:.1f}/{host.mem_total_bytes / GiB:.1f} GiB {100 * used / host.mem_total_bytes:3.0f}%"
+        else:
+            ram = "n/a"
+        self.query_one(".host-ram", Static).update(f"RAM  {ram}")
+        for name, series in (("cpu", history.cpu), ("ram", history.ram)):
+            self.query_one(f".spark-{name}", Sparkline).data = list(series) if len(series) > 1 else []
+
+
 class GpuPanel(VerticalScroll):
     """All GPUs the provider sees; the job's devices are marked and its own peak memory is on top."""
 
@@ -126,3 +187,18 @@ class GpuPanel(VerticalScroll):
             rows += new
         for row, gpu in zip(rows[:len(history.latest)], history.latest, strict=True):
             row.show(gpu, history, gpu.index in self.job_devices)
+        self._show_host(history)
+
+    def _show_host(self, history: GpuHistory) -> None:
+        """No GPU: the CPU and memory that a CPU job runs on, rather than an empty box."""
+        hosts = list(self.query(HostRow))
+        if history.latest or history.host is None:
+            for row in hosts:
+                row.remove()
+            self.border_title = "GPUs"
+            return
+        self.border_title = "CPU and memory (no GPU)"
+        if not hosts:
+            hosts = [HostRow()]
+            self.mount(hosts[0])
+        hosts[0].show(history)
