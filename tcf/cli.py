@@ -137,30 +137,44 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _print_comparison(results: list) -> None:
+    """The runs just trained: test metrics x100. On a narrow terminal the best epoch and the other cut-offs go
+    first (named in the caption); a run's id, name and protocol never wrap or go."""
+    from tcf.report.render import column_width, fit_columns
     from tcf.store.schema import metric_key
 
     def shown(value: float | None) -> str:  # None: recorded as not applicable; absent: not measured
         return "-" if value is None else f"{100 * value:.2f}"
 
     protocols = sorted({r.protocol for r in results})
-    # numbers of two protocols never compare: one protocol is named in the title, several in a column
-    table = Table(title=f"test metrics ({'full ranking' if protocols == ['full'] else ', '.join(protocols)}, x100)")
-    table.add_column("run")
-    table.add_column("name", overflow="fold")
-    if len(protocols) > 1:
-        table.add_column("protocol")
     # the overall metrics only: `tcf results` shows the per-bucket ones (eval.popularity_buckets)
     keys = sorted({k for r in results for k in r.metrics if re.fullmatch(r"test_(hr|ndcg)@\d+", k)}, key=metric_key)
-    for k in keys:
-        table.add_column(k.removeprefix("test_").upper(), justify="right")
-    table.add_column("best epoch", justify="right")
-    for r in results:
-        table.add_row(str(r.run_id), Text(printable(r.name)), *([r.protocol] if len(protocols) > 1 else []),
-                      *(shown(r.metrics.get(k)) for k in keys), str(r.best_epoch or "-"))
+    # (header, cells, right-aligned, left out at a narrow terminal: highest first, 0 never)
+    columns = [("run", [str(r.run_id) for r in results], False, 0), ("name", [printable(r.name) for r in results],
+                                                                      False, 0)]
+    if len(protocols) > 1:  # numbers of two protocols never compare: one is named in the title, several in a column
+        columns.append(("protocol", [r.protocol for r in results], False, 0))
+    columns += [(k.removeprefix("test_").upper(), [shown(r.metrics.get(k)) for r in results], True,
+                 1 if k.endswith("@10") else 2) for k in keys]
+    columns.append(("best epoch", [str(r.best_epoch or "-") for r in results], True, 3))
+    widths = [column_width([h, *cells]) for h, cells, _, _ in columns]
+    kept = fit_columns(widths, [d for *_, d in columns], out.width)
+    whole = sum(widths[i] + 3 for i in kept) + 1 <= out.width
+    table = Table(title=f"test metrics ({'full ranking' if protocols == ['full'] else ', '.join(protocols)}, x100)")
+    for i in kept:
+        header, _, right, _ = columns[i]
+        table.add_column(header, justify="right" if right else "left", no_wrap=whole,
+                         min_width=widths[i] if whole else None, overflow="fold")
+    for n in range(len(results)):
+        table.add_row(*(Text(columns[i][1][n]) for i in kept))
+    notes = []
     not_applicable = [str(r.run_id) for r in results if r.protocol == "cold" and r.metrics.get("test_hr@10") is None]
     if not_applicable:
-        table.caption = (f"-: not applicable (run {', '.join(not_applicable)}): an ID tower cannot rank the cold "
-                         "items it never trained on")
+        notes.append(f"-: not applicable (run {', '.join(not_applicable)}): an ID tower cannot rank the cold items "
+                     "it never trained on")
+    left_out = [columns[i][0] for i in range(len(columns)) if i not in kept]
+    if left_out:
+        notes.append(f"not shown at {out.width} columns: {', '.join(left_out)} (tcf results --format md has them)")
+    table.caption = "; ".join(notes) or None
     out.print(table)
 
 

@@ -179,7 +179,8 @@ def _note(p: Pivot) -> str:
             "(a cell of one run shows its value alone)")
     text = f"{p.metric} ×100; {runs}"
     if p.split_by:
-        text += (f"; rows also split by {', '.join(p.split_by)}: runs differed in it (only runs that differ in "
+        them = "them" if len(p.split_by) > 1 else "it"
+        text += (f"; rows also split by {', '.join(p.split_by)}: runs differed in {them} (only runs that differ in "
                  "seed alone are averaged)")
     if p.baseline:
         text += f"; (+d): difference from the mean of {p.baseline} in the same column"
