@@ -113,13 +113,9 @@ def run(
     depths = sweep_depths(configs)  # one pre-inference per encoder serves every unfreeze depth
 
     from tcf.tui.progress import RichReporter
-    from tcf.util.threads import choose_threads
 
     signal.signal(signal.SIGTERM, _interrupt)  # a killed run is recorded as interrupted, not left running
     ctx = init_distributed(configs[0].train.device)
-    if ctx.is_main:  # CPU results depend on the thread count: say which, and why (every run records it)
-        err.print(f"computing with {choose_threads(configs[0].train.threads).describe()}", highlight=False,
-                  soft_wrap=True)
     results = []
     try:
         for cfg, keep in zip(configs, depths, strict=True):
@@ -129,18 +125,20 @@ def run(
     finally:
         shutdown()
     if ctx.is_main:
-        _print_comparison(results)
+        _print_comparison(results, configs[0].train.threads)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _print_comparison(results: list) -> None:
-    """The runs just trained: test metrics x100. On a narrow terminal the best epoch and the other cut-offs go
-    first (named in the caption); a run's id, name and protocol never wrap or go."""
+def _print_comparison(results: list, pinned_threads: int | None = None) -> None:
+    """The runs just trained: test metrics x100, and the CPU threads they computed with (CPU results depend on
+    them). On a narrow terminal the best epoch and the other cut-offs go first (named in the caption); a run's
+    id, name and protocol never wrap or go."""
     from tcf.report.render import column_width, fit_columns
     from tcf.store.schema import metric_key
+    from tcf.util.threads import choose_threads
 
     def shown(value: float | None) -> str:  # None: recorded as not applicable; absent: not measured
         return "-" if value is None else f"{100 * value:.2f}"
@@ -166,7 +164,9 @@ def _print_comparison(results: list) -> None:
                          min_width=widths[i] if whole else None, overflow="fold")
     for n in range(len(results)):
         table.add_row(*(Text(columns[i][1][n]) for i in kept))
-    notes = []
+    counts = sorted({r.threads for r in results if r.threads is not None})
+    notes = [f"computed with {choose_threads(pinned_threads).describe()}" if len(counts) == 1 else
+             f"CPU threads: {', '.join(map(str, counts))} (train.threads per run)"] if counts else []
     not_applicable = [str(r.run_id) for r in results if r.protocol == "cold" and r.metrics.get("test_hr@10") is None]
     if not_applicable:
         notes.append(f"-: not applicable (run {', '.join(not_applicable)}): an ID tower cannot rank the cold items "

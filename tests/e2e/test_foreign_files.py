@@ -64,7 +64,8 @@ def test_only_writers_create_a_store(tmp_path):
     r = tcf_here("results", "--db", str(empty), cwd=tmp_path)
     assert r.returncode == 2 and "an empty file, not a tcf result store" in r.stderr
     assert empty.stat().st_size == 0
-    assert tcf_here("queue", "ls", "--db", str(tmp_path / "none.db"), cwd=tmp_path).returncode == 0
+    r = tcf_here("queue", "ls", "--db", str(tmp_path / "none.db"), cwd=tmp_path)
+    assert r.returncode == 2 and "no tcf result store there" in r.stderr  # said, not shown as an empty queue
     assert not (tmp_path / "none.db").exists()  # a reader does not create one
     Store(empty).close()  # a writer makes the empty file a store
     with sqlite3.connect(empty) as c:
