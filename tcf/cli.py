@@ -13,7 +13,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -46,6 +46,9 @@ TextConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML with a text
 BudgetOption = Annotated[str | None, typer.Option(help="e.g. 8GiB; default: config, else free memory.")]
 RangesOption = Annotated[str | None, typer.Option(help="Pin block ranges, e.g. 0:6,6:16,16:24.")]
 BatchOption = Annotated[int | None, typer.Option(min=1, help="Pin the batch size.")]
+ScheduleOption = Annotated[Literal["range", "chunk"] | None, typer.Option(
+    help="Pin the schedule: range (every item through one block range, boundaries on disk) or chunk (a chunk of "
+         "items through every range, boundaries in host memory); default: config, else the planner's choice.")]
 DEFAULT_DB = Path("experiments.db")
 
 
@@ -264,7 +267,7 @@ def plot(
 # -- plan ----------------------------------------------------------------------------------------
 #: Flags that set a config key; an error about the key names the flag the user typed instead.
 FLAG_KEYS = {"--gpu-memory-budget": "text_encoder.gpu_memory_budget", "--ranges": "text_encoder.ranges",
-             "--batch-size": "text_encoder.batch_size"}
+             "--batch-size": "text_encoder.batch_size", "--schedule": "text_encoder.schedule"}
 _flags_given: dict[str, str] = {}  # config key -> flag, for this invocation
 
 
@@ -295,16 +298,33 @@ def plan(
     gpu_memory_budget: BudgetOption = None,
     ranges: RangesOption = None,
     batch_size: BatchOption = None,
+    schedule: ScheduleOption = None,
     gpu: Annotated[int, typer.Option(min=0, help="GPU whose free memory is the default budget.")] = 0,
+    db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Plan block-wise pre-inference of the item texts under a GPU-memory budget."""
+    """Plan pre-inference of the item texts: block ranges under the GPU-memory budget (host memory on a
+    CPU-only machine), split where fine-tuned blocks start, and the schedule that fits the disk and host memory."""
     from tcf.experiment import prepared_data
     from tcf.preinfer.encode import default_device, make_plan
     from tcf.preinfer.planner import format_plan
 
-    cfg = _text_configs(config, set_, gpu_memory_budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size)[0]
-    result = make_plan(cfg, prepared_data(cfg).n_items, default_device(gpu))
+    configs = _text_configs(config, set_, gpu_memory_budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size,
+                            schedule=schedule)
+    cfg, keep = _encodings(configs)[0]
+    result = make_plan(cfg, prepared_data(cfg).n_items, default_device(gpu), keep=keep,
+                       latents_root=db.resolve().parent / "artifacts")
     sys.stdout.write(format_plan(result).rstrip("\n") + "\n")
+
+
+def _encodings(configs: list) -> list[tuple]:
+    """One (config, depths to keep) per distinct encoder, the depths every run sharing it needs; a run that
+    trains no text tower (pop, an ID tower) keeps none and decides nothing when another shares its encoder."""
+    from tcf.preinfer.encode import encoder_identity, sweep_depths
+
+    jobs: dict[tuple, tuple] = {}
+    for cfg, keep in sorted(zip(configs, sweep_depths(configs), strict=True), key=lambda ck: not ck[0].trains_text_tower):
+        jobs.setdefault(encoder_identity(cfg), (cfg, list(keep)))
+    return list(jobs.values())
 
 
 @app.command()
@@ -314,6 +334,7 @@ def infer(
     gpu_memory_budget: BudgetOption = None,
     ranges: RangesOption = None,
     batch_size: BatchOption = None,
+    schedule: ScheduleOption = None,
     gpu: Annotated[int, typer.Option(min=0, help="GPU to run on.")] = 0,
     db: DbOption = DEFAULT_DB,
 ) -> None:
@@ -321,20 +342,18 @@ def infer(
 
     A sweep encodes once per distinct encoder, keeping the depths of all its unfreeze values.
     """
-    from tcf.preinfer.encode import encoder_identity, run_infer_job, sweep_depths
+    from tcf.preinfer.encode import run_infer_job
     from tcf.tui.progress import InferProgress
     from tcf.util.dist import shutdown
 
-    configs = _text_configs(config, set_, gpu_memory_budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size)
-    jobs = {}
-    for cfg, keep in zip(configs, sweep_depths(configs), strict=True):
-        jobs.setdefault(encoder_identity(cfg), (cfg, keep))
+    configs = _text_configs(config, set_, gpu_memory_budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size,
+                            schedule=schedule)
     signal.signal(signal.SIGTERM, _interrupt)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 shows progress
     try:
-        for cfg, keep in jobs.values():
+        for cfg, keep in _encodings(configs):
             with InferProgress(err) if main_rank else contextlib.nullcontext() as ui:
-                path, reused = run_infer_job(cfg, db, gpu=gpu, ui=ui, keep_depths=keep)
+                path, reused = run_infer_job(cfg, db, gpu=gpu, ui=ui, keep_depths=tuple(keep))
             if main_rank:
                 err.print(("reused " if reused else "wrote ") + str(path))
                 print(path)

@@ -1,0 +1,247 @@
+"""Chunk-major pre-inference: a chunk of items through every block range, then the next chunk.
+
+At the scale the method is about, a boundary between two ranges (every item's hidden states) outgrows the
+disk: OPT-175B over a million 30-token items is 737 GB per boundary in bf16. Here a chunk's hidden states
+live in one pinned host buffer, laid out batch by batch (each batch [n, its longest length, hidden],
+packed): a range reads a batch's slice and its output is copied back into the same slice (the copy in and
+the copy out are ordered on one CUDA stream), so a chunk needs one buffer whatever the number of ranges.
+The next range's weights load on another thread while the current range computes (the planner leaves
+room for both); with a single range the weights load once.
+
+Commits are per chunk: the chunk's pooled embeddings (and kept depths) are written into the outputs'
+``.tmp`` files, flushed, and state.json records how many items are done. Chunks are slices of one fixed
+order (length, then row), so a rerun continues after the last committed chunk whatever its chunk size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.nn.attention import sdpa_kernel
+
+from tcf.errors import TcfError
+from tcf.lm.attention import ATTENTION_BACKENDS
+from tcf.lm.loader import load_stage
+from tcf.lm.pooling import POOLINGS, pool
+from tcf.preinfer.latents import DTYPES, ArrayFile, Key
+from tcf.preinfer.pinned import PinnedRing, slot_bytes
+from tcf.preinfer.planner import RangePlan
+
+if TYPE_CHECKING:
+    from tcf.preinfer.runner import _Job
+
+_AHEAD = 3  # pooled batches the GPU may run ahead of the writer thread
+
+
+def item_order(lengths: np.ndarray) -> np.ndarray:
+    """The one order chunks slice: by length, then by row."""
+    return np.lexsort((np.arange(len(lengths)), lengths))
+
+
+def chunk_spans(sorted_lengths: np.ndarray, start: int, chunk_tokens: int) -> list[tuple[int, int]]:
+    """Slices [a, b) of the ordered items from ``start`` on, each holding at most ``chunk_tokens`` real tokens
+    (at least one item)."""
+    cum = np.cumsum(sorted_lengths, dtype=np.int64)
+    spans, a = [], start
+    while a < len(cum):
+        base = int(cum[a - 1]) if a else 0
+        b = max(a + 1, int(np.searchsorted(cum, base + chunk_tokens, side="right")))
+        spans.append((a, b))
+        a = b
+    return spans
+
+
+@dataclass
+class _Layout:
+    """One chunk's batches: global rows, their offset in the packed buffer, the longest length, padding."""
+
+    rows: list[np.ndarray]
+    offsets: list[int]
+    lengths: list[int]
+    padded: list[bool]
+    elements: int  # of the packed buffer
+
+
+def layout(rows: np.ndarray, lengths: np.ndarray, batch_size: int, hidden: int) -> _Layout:
+    from tcf.preinfer.runner import length_batches
+
+    out = _Layout([], [], [], [], 0)
+    for local in length_batches(lengths[rows], batch_size):
+        batch = rows[local]
+        longest = int(lengths[batch].max())
+        out.rows.append(batch)
+        out.offsets.append(out.elements)
+        out.lengths.append(longest)
+        out.padded.append(bool(lengths[batch].min() < longest))
+        out.elements += len(batch) * longest * hidden
+    return out
+
+
+def run_chunks(job: _Job) -> None:
+    """Encode every item chunk by chunk into ``job.store``; resumes after the last committed chunk."""
+    store, ranges = job.store, job.ranges
+    if job.ctx.world_size > 1:
+        raise TcfError("chunk-major pre-inference runs in one process: set text_encoder.schedule: range "
+                       "to encode on several GPUs")
+    if store.has_pooled():
+        return
+    stops = {r.stop for r in ranges}
+    missing = [k for k in job.keep if k not in stops]
+    if missing:
+        raise TcfError(f"kept depths {missing} are not range boundaries of the plan")
+    outputs: list[Key] = [*POOLINGS, *job.keep]
+    state = store.state()
+    done = int(state.get("chunk_done", 0)) if state.get("schedule") == "chunk" else 0
+    listed = {*state.get("pooled", []), *state.get("boundaries", [])}
+    pending = [k for k in outputs if k not in listed]
+    if done and (state.get("chunk_outputs") != [str(k) for k in outputs]
+                 or not all(store.partial(k) for k in pending)):
+        done = 0
+    if not done:
+        if any(state.get(k) for k in ("boundaries", "pooled")) and state.get("schedule", "range") != "chunk":
+            raise TcfError(f"{store.folder} holds range-major progress; continue it with text_encoder.schedule: "
+                           "range, or delete the folder")
+        for k in outputs:
+            store.create(k, job.shape if isinstance(k, int) else (job.n_items, job.hidden), job.latent)
+        pending = outputs
+        store.update_state(schedule="chunk", chunk_done=0, chunks=[], chunk_outputs=[str(k) for k in outputs])
+    order = item_order(job.lengths)
+    spans = chunk_spans(job.lengths[order], done, job.plan.chunk_tokens)
+    writers = {k: store.open_tmp(k, job.latent) for k in pending}
+    try:
+        _Chunks(job, writers).run(order, spans)
+    finally:
+        for w in writers.values():
+            w.close()
+    for k in pending:
+        store.commit(k, job.latent, durable=True)
+
+
+class _Chunks:
+    """The chunks of one job: the packed pinned buffer, the weights in flight, the writer and committer threads."""
+
+    def __init__(self, job: _Job, writers: dict[Key, ArrayFile]):
+        self.job, self.writers = job, writers
+        self.latent = DTYPES[job.latent]
+        self.cuda = job.device.type == "cuda"
+        self.batch = job.ranges[0].batch_size
+
+    def _load(self, r: RangePlan) -> torch.nn.Module:
+        job = self.job
+        stage = load_stage(job.model_dir, r.start, r.stop, include_embedding=r.start == 0,
+                           include_final=r.stop == job.n_blocks, dtype=job.dtype, device=job.device)
+        stage.inspect_masks = False  # each batch says whether it is padded: the host never waits on a mask
+        return stage
+
+    def run(self, order: np.ndarray, spans: list[tuple[int, int]]) -> None:
+        job, ranges = self.job, self.job.ranges
+        if not spans:
+            return
+        layouts = [layout(order[a:b], job.lengths, self.batch, job.hidden) for a, b in spans]
+        packed = torch.empty(max(x.elements for x in layouts), dtype=self.latent, pin_memory=self.cuda)
+        spec = [((self.batch, job.hidden), self.latent)] * len(POOLINGS)
+        ring = PinnedRing(slot_bytes(spec), _AHEAD + 1, pin=self.cuda)
+        resident = len(ranges) == 1
+        with ThreadPoolExecutor(1, thread_name_prefix="tcf-load") as loader, \
+                ThreadPoolExecutor(1, thread_name_prefix="tcf-write") as writer, \
+                ThreadPoolExecutor(1, thread_name_prefix="tcf-commit") as committer:
+            steps = [(c, i) for c in range(len(spans)) for i in range(len(ranges))]
+            upcoming: Future = loader.submit(self._load, ranges[0])
+            stage = None
+            committing: Future | None = None
+            for n, (c, i) in enumerate(steps):
+                r = ranges[i]
+                if stage is None or not resident:
+                    stage = upcoming.result()
+                    if not resident and n + 1 < len(steps):
+                        upcoming = loader.submit(self._load, ranges[steps[n + 1][1]])
+                began = time.perf_counter()
+                a, b = spans[c]
+                if i == 0:
+                    job.reporter.stage("chunk", total=len(spans), epoch=c + 1)
+                job.reporter.range_start(i, r.start, r.stop, b - a)
+                writes = self._range(stage, r, layouts[c], packed, ring, writer)
+                while writes:
+                    writes.popleft().result()
+                if self.cuda:
+                    torch.cuda.current_stream(job.device).synchronize()  # before the weights' memory is reused
+                if r.stop in job.keep and r.stop in self.writers:
+                    self._write_kept(r.stop, layouts[c], packed)
+                if not resident:
+                    stage = None
+                job.reporter.range_end(i, time.perf_counter() - began)
+                if i == len(ranges) - 1:
+                    if committing is not None:
+                        committing.result()
+                    committing = committer.submit(self._commit, a, b)
+            if committing is not None:
+                committing.result()
+
+    def _range(self, stage: torch.nn.Module, r: RangePlan, lay: _Layout, packed: torch.Tensor, ring: PinnedRing,
+               writer: ThreadPoolExecutor) -> deque[Future]:
+        """Queue the chunk's batches through one range; its output back into ``packed``, or pooled to the writer."""
+        job, device = self.job, self.job.device
+        first, last = r.start == 0, r.stop == job.n_blocks
+        keep_out = not last or job.n_blocks in job.keep
+        writes: deque[Future] = deque()
+        n_items = sum(map(len, lay.rows))
+        done, t0, shown = 0, time.perf_counter(), time.perf_counter()
+        with torch.inference_mode(), sdpa_kernel(ATTENTION_BACKENDS):
+            for rows, off, length, padded in zip(lay.rows, lay.offsets, lay.lengths, lay.padded, strict=True):
+                view = packed[off: off + len(rows) * length * job.hidden].view(len(rows), length, job.hidden)
+                mask = torch.from_numpy(np.arange(length) < job.lengths[rows][:, None]).to(device, non_blocking=True)
+                if first:
+                    x = torch.from_numpy(job.ids[rows, :length]).to(device, non_blocking=True)
+                else:
+                    x = view.to(device, non_blocking=True).to(job.dtype)
+                out = stage(x, mask.long(), padded=padded).masked_fill(~mask[..., None], 0)
+                if keep_out:
+                    view.copy_(out.to(self.latent), non_blocking=True)
+                if last:
+                    writes.append(writer.submit(self._store, rows, *self._pooled(out, mask, rows, ring)))
+                    while len(writes) > _AHEAD:
+                        writes.popleft().result()
+                done += len(rows)
+                now = time.perf_counter()
+                if now - shown >= job.progress_every or done == n_items:
+                    job.reporter.progress(done, n_items, done / max(now - t0, 1e-9))
+                    shown = now
+        return writes
+
+    def _pooled(self, out: torch.Tensor, mask: torch.Tensor, rows: np.ndarray,
+                ring: PinnedRing) -> tuple[dict[str, torch.Tensor], torch.cuda.Event | None]:
+        pooled = pool(out, mask)
+        _, slots = ring.carve([((len(rows), out.shape[-1]), self.latent)] * len(POOLINGS))
+        results = {k: dst.copy_(pooled[k].to(self.latent), non_blocking=True)
+                   for k, dst in zip(POOLINGS, slots, strict=True)}
+        if not self.cuda:
+            return results, None
+        ready = torch.cuda.Event()
+        ready.record()
+        return results, ready
+
+    def _store(self, rows: np.ndarray, results: dict[str, torch.Tensor], ready: torch.cuda.Event | None) -> None:
+        if ready is not None:
+            ready.synchronize()
+        for k, value in results.items():
+            self.writers[k].write(rows, value)
+
+    def _write_kept(self, depth: int, lay: _Layout, packed: torch.Tensor) -> None:
+        """The chunk's hidden states at a kept depth, from the packed buffer (the GPU is done with it)."""
+        for rows, off, length in zip(lay.rows, lay.offsets, lay.lengths, strict=True):
+            self.writers[depth].write(rows, packed[off: off + len(rows) * length * self.job.hidden]
+                                      .view(len(rows), length, self.job.hidden))
+
+    def _commit(self, a: int, b: int) -> None:
+        """Items [a, b) of the order are in the outputs: flush them, then say so in state.json."""
+        for w in self.writers.values():
+            os.fdatasync(w.fd)
+        store = self.job.store
+        store.update_state(chunk_done=b, chunks=[*store.state().get("chunks", []), [a, b]])
