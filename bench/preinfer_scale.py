@@ -103,7 +103,7 @@ def ceiling(model_dir: Path, ids: np.ndarray, lengths: np.ndarray, batch: int, d
     stage = load_stage(model_dir, 0, n_blocks, include_embedding=True, include_final=True, dtype=dtype, device=device)
     stage.inspect_masks = False
     batches = length_batches(lengths, batch)
-    out = torch.empty(len(lengths), stage_width(model_dir), dtype=dtype, device=device)
+    out = torch.empty(len(lengths), stage_width(model_dir), dtype=torch.float32, device=device)
 
     def run(subset: list[np.ndarray]) -> None:
         with torch.inference_mode():
@@ -191,15 +191,21 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_per_process_memory_fraction(1.0)
     ceiling_s, ref = ceiling(model_dir, ids, lengths, plan.ranges[0].batch_size, device, dtype)
     got = LatentStore(out).read("mean").float()
-    diff = (got - ref).abs().max().item()
-    rel = ((got - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-6)).max().item()
+    bad_got, bad_ref = (~torch.isfinite(got).all(1)), (~torch.isfinite(ref).all(1))
+    ok = ~(bad_got | bad_ref)
+    diff = (got[ok] - ref[ok]).abs().max().item()
+    rel = ((got[ok] - ref[ok]).norm(dim=1) / ref[ok].norm(dim=1).clamp_min(1e-6)).max().item()
     report.update(ceiling_s=ceiling_s, ceiling_items_per_s=args.items / ceiling_s, ratio=ceiling_s / tcf_s,
-                  max_abs_diff=diff, max_rel_diff=rel)
+                  max_abs_diff=diff, max_rel_diff=rel, nonfinite_rows_tcf=int(bad_got.sum()),
+                  nonfinite_rows_ceiling=int(bad_ref.sum()), same_nonfinite_rows=bool((bad_got == bad_ref).all()),
+                  nonfinite_lengths=sorted({int(x) for x in lengths[(bad_got | bad_ref).numpy()]})[:10])
+    print(f"non-finite rows: tcf {int(bad_got.sum())}, ceiling {int(bad_ref.sum())}, same rows "
+          f"{bool((bad_got == bad_ref).all())}, their lengths {report['nonfinite_lengths']}", flush=True)
     print(f"ceiling (whole slice on the GPU, same batches): {ceiling_s:.1f} s, {args.items / ceiling_s:,.0f} items/s; "
           f"tcf / ceiling = {ceiling_s / tcf_s:.3f}; max |diff| {diff:.3g}, max relative {rel:.3g}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return 1 if int(bad_got.sum()) or int(bad_ref.sum()) else 0  # a non-finite embedding is a failed run
 
 
 if __name__ == "__main__":
