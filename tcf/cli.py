@@ -322,7 +322,8 @@ def _encodings(configs: list) -> list[tuple]:
     from tcf.preinfer.encode import encoder_identity, sweep_depths
 
     jobs: dict[tuple, tuple] = {}
-    for cfg, keep in sorted(zip(configs, sweep_depths(configs), strict=True), key=lambda ck: not ck[0].trains_text_tower):
+    pairs = zip(configs, sweep_depths(configs), strict=True)
+    for cfg, keep in sorted(pairs, key=lambda ck: not ck[0].trains_text_tower):
         jobs.setdefault(encoder_identity(cfg), (cfg, list(keep)))
     return list(jobs.values())
 
