@@ -3,8 +3,10 @@
 At the scale the method is about, a boundary between two ranges (every item's hidden states) outgrows the
 disk: OPT-175B over a million 30-token items is 737 GB per boundary in bf16. Here a chunk's hidden states
 live in one pinned host buffer, laid out batch by batch (each batch [n, its longest length, hidden],
-packed): a range reads a batch's slice and its output is copied back into the same slice (the copy in and
-the copy out are ordered on one CUDA stream), so a chunk needs one buffer whatever the number of ranges.
+packed): a range reads a batch's slice and its output is copied back into the same slice, so a chunk needs
+one buffer whatever the number of ranges. The copies run on streams of their own beside the compute (a
+batch's slice is read before its output is written: the copy out waits for the compute, which waited for
+the copy in; a range starts once the previous one is synchronised).
 The next range's weights load on another thread while the current range computes (the planner leaves
 room for both); with a single range the weights load once.
 
@@ -132,6 +134,9 @@ class _Chunks:
         self.latent = DTYPES[job.latent]
         self.cuda = job.device.type == "cuda"
         self.batch = job.ranges[0].batch_size
+        # a batch's copy in and the previous batch's copy out run beside the compute, on streams of their own
+        self.h2d = torch.cuda.Stream(job.device) if self.cuda else None
+        self.d2h = torch.cuda.Stream(job.device) if self.cuda else None
 
     def _load(self, r: RangePlan) -> torch.nn.Module:
         job = self.job
@@ -171,7 +176,7 @@ class _Chunks:
                 while writes:
                     writes.popleft().result()
                 if self.cuda:
-                    torch.cuda.current_stream(job.device).synchronize()  # before the weights' memory is reused
+                    torch.cuda.synchronize(job.device)  # copies out done; the weights' memory free to reuse
                 if r.stop in job.keep and r.stop in self.writers:
                     self._write_kept(r.stop, layouts[c], packed)
                 if not resident:
@@ -200,10 +205,10 @@ class _Chunks:
                 if first:
                     x = torch.from_numpy(job.ids[rows, :length]).to(device, non_blocking=True)
                 else:
-                    x = view.to(device, non_blocking=True).to(job.dtype)
+                    x = self._copy_in(view).to(job.dtype)
                 out = stage(x, mask.long(), padded=padded).masked_fill(~mask[..., None], 0)
                 if keep_out:
-                    view.copy_(out.to(self.latent), non_blocking=True)
+                    self._copy_out(out.to(self.latent), view)
                 if last:
                     writes.append(writer.submit(self._store, rows, *self._pooled(out, mask, rows, ring)))
                     while len(writes) > _AHEAD:
@@ -214,6 +219,27 @@ class _Chunks:
                     job.reporter.progress(done, n_items, done / max(now - t0, 1e-9))
                     shown = now
         return writes
+
+    def _copy_in(self, view: torch.Tensor) -> torch.Tensor:
+        """A batch's input from the packed buffer to the device, on the copy-in stream; the compute waits for it."""
+        if not self.cuda:
+            return view
+        compute = torch.cuda.current_stream(self.job.device)
+        with torch.cuda.stream(self.h2d):
+            staged = view.to(self.job.device, non_blocking=True)
+        compute.wait_stream(self.h2d)
+        staged.record_stream(compute)  # its memory is free again only once the compute has read it
+        return staged
+
+    def _copy_out(self, result: torch.Tensor, view: torch.Tensor) -> None:
+        """A batch's output back into its slice of the packed buffer, on the copy-out stream once computed."""
+        if not self.cuda:
+            view.copy_(result)
+            return
+        self.d2h.wait_stream(torch.cuda.current_stream(self.job.device))
+        with torch.cuda.stream(self.d2h):
+            view.copy_(result, non_blocking=True)
+        result.record_stream(self.d2h)
 
     def _pooled(self, out: torch.Tensor, mask: torch.Tensor, rows: np.ndarray,
                 ring: PinnedRing) -> tuple[dict[str, torch.Tensor], torch.cuda.Event | None]:
