@@ -285,7 +285,7 @@ class TextEncoderConfig(_Section):
     )
     host_memory_budget: ByteSize | None = Field(
         None, description="Host memory a chunk schedule may pin for one chunk's hidden states, e.g. 8GiB; unset = "
-        "half the available memory, at most 16GiB."
+        "half the available memory, at most 8GiB."
     )
     read_bandwidth: ByteSize | None = Field(
         None, description="Bytes per second the weights are read from disk at (the planner's cost model), e.g. "
