@@ -170,7 +170,7 @@ class _Chunks:
                 began = time.perf_counter()
                 a, b = spans[c]
                 if i == 0:
-                    job.reporter.stage("chunk", total=len(spans), epoch=c + 1)
+                    job.reporter.stage(f"chunk {c + 1} of {len(spans)}")  # the ranges below restart per chunk
                 job.reporter.range_start(i, r.start, r.stop, b - a)
                 writes = self._range(stage, r, layouts[c], packed, ring, writer)
                 while writes:

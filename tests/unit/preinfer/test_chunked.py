@@ -69,7 +69,8 @@ class Crash(Reporter):
         self.at, self.chunk, self.starts = at, 0, []
 
     def stage(self, name, total=None, epoch=None):
-        self.chunk = epoch
+        assert epoch is None and name.startswith("chunk ")  # a stage of its own, not a training epoch
+        self.chunk = int(name.split()[1])
 
     def range_start(self, i, start, stop, n_items):
         self.starts.append((self.chunk, i, n_items))
