@@ -35,6 +35,7 @@ from tcf.lm.pooling import POOLINGS, pool
 from tcf.preinfer.latents import DTYPES, ArrayFile, Key
 from tcf.preinfer.pinned import PinnedRing, slot_bytes
 from tcf.preinfer.planner import RangePlan
+from tcf.util.dist import barrier, broadcast_object
 
 if TYPE_CHECKING:
     from tcf.preinfer.runner import _Job
@@ -87,11 +88,12 @@ def layout(rows: np.ndarray, lengths: np.ndarray, batch_size: int, hidden: int) 
 
 
 def run_chunks(job: _Job) -> None:
-    """Encode every item chunk by chunk into ``job.store``; resumes after the last committed chunk."""
-    store, ranges = job.store, job.ranges
-    if job.ctx.world_size > 1:
-        raise TcfError("chunk-major pre-inference runs in one process: set text_encoder.schedule: range "
-                       "to encode on several GPUs")
+    """Encode every item chunk by chunk into ``job.store``; resumes after the last committed chunk.
+
+    Under torchrun every rank encodes every W-th item of each chunk (in length order, so shares cost the same)
+    into the same files; rank 0 decides where to resume, creates the files and commits each chunk once every
+    rank's rows of it are written."""
+    store, ranges, ctx = job.store, job.ranges, job.ctx
     if store.has_pooled():
         return
     stops = {r.stop for r in ranges}
@@ -99,6 +101,25 @@ def run_chunks(job: _Job) -> None:
     if missing:
         raise TcfError(f"kept depths {missing} are not range boundaries of the plan")
     outputs: list[Key] = [*POOLINGS, *job.keep]
+    start = _resume_point(job, outputs) if ctx.is_main else None
+    done, pending = broadcast_object(start, ctx)
+    order = item_order(job.lengths)
+    spans = chunk_spans(job.lengths[order], done, job.plan.chunk_tokens)
+    writers = {k: store.open_tmp(k, job.latent) for k in pending}
+    try:
+        _Chunks(job, writers).run(order, spans)
+    finally:
+        for w in writers.values():
+            w.close()
+    if ctx.is_main:
+        for k in pending:
+            store.commit(k, job.latent, durable=True)
+    barrier(ctx)
+
+
+def _resume_point(job: _Job, outputs: list[Key]) -> tuple[int, list[Key]]:
+    """(items of the order already committed, the outputs still to fill); fresh ``.tmp`` files when starting over."""
+    store = job.store
     state = store.state()
     done = int(state.get("chunk_done", 0)) if state.get("schedule") == "chunk" else 0
     listed = {*state.get("pooled", []), *state.get("boundaries", [])}
@@ -114,16 +135,7 @@ def run_chunks(job: _Job) -> None:
             store.create(k, job.shape if isinstance(k, int) else (job.n_items, job.hidden), job.latent)
         pending = outputs
         store.update_state(schedule="chunk", chunk_done=0, chunks=[], chunk_outputs=[str(k) for k in outputs])
-    order = item_order(job.lengths)
-    spans = chunk_spans(job.lengths[order], done, job.plan.chunk_tokens)
-    writers = {k: store.open_tmp(k, job.latent) for k in pending}
-    try:
-        _Chunks(job, writers).run(order, spans)
-    finally:
-        for w in writers.values():
-            w.close()
-    for k in pending:
-        store.commit(k, job.latent, durable=True)
+    return done, pending
 
 
 class _Chunks:
@@ -149,7 +161,8 @@ class _Chunks:
         job, ranges = self.job, self.job.ranges
         if not spans:
             return
-        layouts = [layout(order[a:b], job.lengths, self.batch, job.hidden) for a, b in spans]
+        rank, world = job.ctx.rank, job.ctx.world_size
+        layouts = [layout(order[a:b][rank::world], job.lengths, self.batch, job.hidden) for a, b in spans]
         packed = torch.empty(max(x.elements for x in layouts), dtype=self.latent, pin_memory=self.cuda)
         spec = [((self.batch, job.hidden), self.latent)] * len(POOLINGS)
         ring = PinnedRing(slot_bytes(spec), _AHEAD + 1, pin=self.cuda)
@@ -172,7 +185,7 @@ class _Chunks:
                 if i == 0:
                     job.reporter.stage(f"chunk {c + 1} of {len(spans)}")  # the ranges below restart per chunk
                 job.reporter.range_start(i, r.start, r.stop, b - a)
-                writes = self._range(stage, r, layouts[c], packed, ring, writer)
+                writes = self._range(stage, r, layouts[c], packed, ring, writer, b - a)
                 while writes:
                     writes.popleft().result()
                 if self.cuda:
@@ -183,15 +196,18 @@ class _Chunks:
                     stage = None
                 job.reporter.range_end(i, time.perf_counter() - began)
                 if i == len(ranges) - 1:
-                    if committing is not None:
-                        committing.result()
-                    committing = committer.submit(self._commit, a, b)
+                    barrier(job.ctx)  # every rank's rows of the chunk are in the files
+                    if job.ctx.is_main:
+                        if committing is not None:
+                            committing.result()
+                        committing = committer.submit(self._commit, a, b)
             if committing is not None:
                 committing.result()
 
     def _range(self, stage: torch.nn.Module, r: RangePlan, lay: _Layout, packed: torch.Tensor, ring: PinnedRing,
-               writer: ThreadPoolExecutor) -> deque[Future]:
-        """Queue the chunk's batches through one range; its output back into ``packed``, or pooled to the writer."""
+               writer: ThreadPoolExecutor, chunk_items: int) -> deque[Future]:
+        """Queue this rank's batches of the chunk through one range; its output back into ``packed``, or pooled to
+        the writer. Progress counts every rank's items, assuming they keep pace with this one."""
         job, device = self.job, self.job.device
         first, last = r.start == 0, r.stop == job.n_blocks
         keep_out = not last or job.n_blocks in job.keep
@@ -216,7 +232,8 @@ class _Chunks:
                 done += len(rows)
                 now = time.perf_counter()
                 if now - shown >= job.progress_every or done == n_items:
-                    job.reporter.progress(done, n_items, done / max(now - t0, 1e-9))
+                    total = chunk_items if done == n_items else min(done * job.ctx.world_size, chunk_items)
+                    job.reporter.progress(total, chunk_items, total / max(now - t0, 1e-9))
                     shown = now
         return writes
 

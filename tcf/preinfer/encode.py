@@ -186,7 +186,7 @@ def finish_artifact(work: Path, final: Path, meta: dict[str, Any]) -> None:
 
 
 def _look_up_or_plan(cfg: Config, db_path: Path, keep: list[int], compute: str, device: torch.device,
-                     store: Any, hold: ExitStack, ui: Reporter | None, ranks: int = 1) -> dict[str, Any]:
+                     store: Any, hold: ExitStack, ui: Reporter | None) -> dict[str, Any]:
     """Rank 0's share: tokenize (once), register the tokens, and find a finished artifact that serves
     ``keep`` or plan the ranges (with a boundary at each kept depth) of a new one.
 
@@ -213,7 +213,7 @@ def _look_up_or_plan(cfg: Config, db_path: Path, keep: list[int], compute: str, 
         return {"tokens": str(tokens_path), "key": key, "found": str(found)}
     work = work_folder(root, key, keep)
     plan = make_plan(cfg, len(table.item_keys), device, n_tokens=int(table.lengths.sum()), keep=keep,
-                     latents_root=root, schedule=_resumed_schedule(work, cfg, ranks))
+                     latents_root=root, schedule=_resumed_schedule(work, cfg))
     return {"tokens": str(tokens_path), "key": key, "found": None, "plan": plan}
 
 
@@ -223,15 +223,12 @@ def work_folder(root: Path, key: dict[str, Any], keep: list[int]) -> Path:
     return final.parent / f".work-{final.name}"
 
 
-def _resumed_schedule(work: Path, cfg: Config, ranks: int) -> str | None:
-    """The schedule a run must take: under torchrun range-major (chunks run in one process); an unfinished
-    work folder's own schedule when the config leaves it to the planner (its progress is kept)."""
+def _resumed_schedule(work: Path, cfg: Config) -> str | None:
+    """An unfinished work folder's own schedule when the config leaves it to the planner (its progress is kept)."""
     te = cfg.text_encoder
     assert te is not None
     if te.schedule != "auto":
         return None
-    if ranks > 1:
-        return "range"
     state = LatentStore(work).state() if (work / "state.json").is_file() else {}
     if state.get("schedule") == "chunk" and state.get("chunk_done"):
         return "chunk"
@@ -275,7 +272,7 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | No
     compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
     store = Store(db_path) if ctx.is_main else None
     with ExitStack() as hold:
-        job = broadcast_object(_look_up_or_plan(cfg, db_path, keep, compute, device, store, hold, ui, ctx.world_size)
+        job = broadcast_object(_look_up_or_plan(cfg, db_path, keep, compute, device, store, hold, ui)
                                if store is not None else {}, ctx)
         if job["found"]:
             return Path(job["found"]), True

@@ -121,3 +121,40 @@ def test_schedules_do_not_continue_each_others_progress(model, tmp_path):
         run(model, other, [(0, 2), (2, 4)], reporter=Fail())
     with pytest.raises(TcfError, match="range-major progress"):
         run(model, other, [(0, 2), (2, 4)], 30)
+
+
+def test_two_gloo_ranks_share_every_chunk(model, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import T
+
+    path, ids, lengths, keys, _ = model
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "lengths.npy", lengths)
+    script = tmp_path / "job.py"
+    script.write_text(f"""
+import numpy as np, torch
+from tcf.util.dist import init_distributed, shutdown
+from tcf.preinfer.planner import Plan, RangePlan
+from tcf.preinfer.runner import run_preinference
+ctx = init_distributed("cpu")
+ranges = [RangePlan(s, e, 0, 0, 2, s == 0, e == {N_BLOCKS}) for s, e in [(0, 1), (1, 3), (3, {N_BLOCKS})]]
+plan = Plan(ranges, 1 << 30, 0, {len(keys)}, {T}, "fp32", "fp32", 0, 0, 1.0, 0.0, schedule="chunk", chunk_tokens=30)
+run_preinference({str(path)!r}, np.load({str(tmp_path / 'ids.npy')!r}), np.load({str(tmp_path / 'lengths.npy')!r}),
+                 {keys!r}, plan, {str(tmp_path / 'out')!r}, device="cpu", dtype=torch.float32, ctx=ctx,
+                 keep_depths=[1])
+shutdown()
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(29500 + os.getpid() % 190), str(script)], env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = LatentStore(tmp_path / "out")
+    one = LatentStore(run(model, tmp_path / "one", [(0, 1), (1, 3), (3, N_BLOCKS)], 30, batch=2, keep_depths=[1]))
+    for k in (*POOLINGS, 1):  # every row written once, by one rank or the other
+        assert (two.read(k) - one.read(k)).abs().max().item() <= 1e-5, k
+    spans = two.state()["chunks"]
+    assert [a for a, _ in spans] == [0, *[b for _, b in spans[:-1]]] and spans[-1][1] == len(keys) and len(spans) > 2
