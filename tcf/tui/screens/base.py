@@ -16,7 +16,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
+from tcf.jobs.slurm import follow
 from tcf.store.db import READ_ERRORS, Store
+
+FOLLOW_EVERY_S = 2.0  # squeue at most this often, however often the screens refresh
 
 
 @contextmanager
@@ -75,6 +78,10 @@ class DataScreen(Screen):
         return LoadFailed(f"{self.app.db_path}: no experiments.db here yet")
 
     def _load(self) -> None:
+        try:
+            follow(self.app.db_path, min_interval_s=FOLLOW_EVERY_S)  # Slurm jobs: their records merged, if any
+        except READ_ERRORS as e:
+            self.post_message(LoadFailed(f"cannot sync the Slurm jobs: {e}"))
         try:
             if not Path(self.app.db_path).exists():
                 message = self.missing()
