@@ -101,8 +101,8 @@ def batch_script(job: q.Job, db: Path, opts: SlurmOptions, attempt: int, python:
     folder = job_folder(db, job.id)
     nodes, ranks = _layout(job, opts)
     need = job.mem_bytes
-    need_text = (f"{format_bytes(need)} free GPU memory per GPU (the planner's need)" if need
-                 else "no stated GPU memory need")
+    need_text = (f"GPU memory: {format_bytes(need)} free per GPU (the planner's need)" if need
+                 else "GPU memory: no need stated")
     lines = ["#!/bin/bash",
              f"#SBATCH --job-name=tcf-{job.id}-{re.sub(r'[^A-Za-z0-9_.-]', '_', job.name)[:60]}",
              f"#SBATCH --output={folder}/slurm-%j.log",
@@ -115,9 +115,9 @@ def batch_script(job: q.Job, db: Path, opts: SlurmOptions, attempt: int, python:
     if opts.gres:
         lines.append(f"#SBATCH --gres={opts.gres}")
     lines += ["#SBATCH --requeue",  # a node failure or preemption puts it back; it resumes from its checkpoint
-              f"#SBATCH --comment=tcf-job-{job.id}:gpu-mem={format_bytes(need) if need else 'unstated'}",
+              f"#SBATCH --comment=tcf-job-{job.id}:gpu-mem={format_bytes(need).replace(' ', '') if need else 'unstated'}",
               f"# tcf job {job.id} ({job.kind} {job.name}), attempt {attempt}: {job.gpus} rank(s) on {nodes} "
-              f"node(s); needs {need_text}.",
+              f"node(s). {need_text}.",
               "# It never opens experiments.db: it reads job.json and appends records-<attempt>.jsonl in "
               f"{folder}.",
               f"export TCF_JOB_ID={job.id} PYTHONUNBUFFERED=1"]
