@@ -193,6 +193,13 @@ def test_syncing_again_changes_nothing(sweep):
     assert _tables(sweep["db"]) == before
 
 
+def _ops(path: Path, op: str) -> list[dict]:
+    """The arguments of the complete records of kind ``op`` in a job's record file."""
+    from tcf.store.records import read_records
+
+    return [r.args for r in read_records(path)[0] if r.op == op]
+
+
 def _epochs(db: Path, run_id: int) -> int:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
         return c.execute("SELECT count(*) FROM epochs WHERE run_id = ?", [run_id]).fetchone()[0]
@@ -208,13 +215,16 @@ def test_scancel_and_kill_show_at_the_next_refresh_and_retry_resumes(env, small_
     db = tmp_path / "experiments.db"
     ids = [int(i) for i in tcf("queue", "add", str(cfg), *SASREC, "--db", str(db), cwd=tmp_path).stdout.split()]
     assert tcf("queue", "submit", "--db", str(db), cwd=tmp_path, env=env).returncode == 0
-    jobs = _sync_until(db, env, lambda js: all(j["state"] == "running" and _epochs(db, j["run_id"]) >= 2
-                                               for j in js), what="two epochs of each job")
-    cancelled, killed = (next(j for j in jobs if j["id"] == i) for i in ids)
-    subprocess.run(["scancel", cancelled["slurm_id"]], env={**os.environ, **env}, check=True)
+    records = [db.parent / "artifacts" / "jobs" / f"job-{i}" / "records-1.jsonl" for i in ids]
+    deadline = time.time() + 300
+    while not all(len(_ops(r, "log_epoch")) >= 2 for r in records):  # read as they are written, no sync needed
+        assert time.time() < deadline, "timed out waiting for two epochs of each job"
+        time.sleep(0.1)
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-        pid = c.execute("SELECT pid FROM jobs WHERE id = ?", [killed["id"]]).fetchone()[0]
-    os.kill(pid, signal.SIGKILL)
+        slurm_id = c.execute("SELECT slurm_id FROM jobs WHERE id = ?", [ids[0]]).fetchone()[0]
+    subprocess.run(["scancel", slurm_id], env={**os.environ, **env}, check=True)
+    os.kill(_ops(records[1], "start")[0]["pid"], signal.SIGKILL)
+    cancelled, killed = {"id": ids[0]}, {"id": ids[1]}
     time.sleep(2)  # Slurm notes both ends
     shown = {j["id"]: j for j in json.loads(tcf("queue", "ls", "--json", "--db", str(db), cwd=tmp_path,
                                                 env=env).stdout)}
