@@ -205,9 +205,12 @@ def _epochs(db: Path, run_id: int) -> int:
         return c.execute("SELECT count(*) FROM epochs WHERE run_id = ?", [run_id]).fetchone()[0]
 
 
-def test_scancel_and_kill_show_at_the_next_refresh_and_retry_resumes(env, small_dataset, tmp_path):
+def test_scancel_kill_and_requeue_of_running_jobs(env, small_dataset, tmp_path, cluster):
+    """scancel and kill -9 show as cancelled and lost at the next `tcf queue ls`, and `tcf queue retry` resumes
+    them from their checkpoints; a requeued job (preemption) resumes by itself. All end with the metrics of runs
+    that were never interrupted."""
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text(f"dataset:\n  path: {small_dataset}\nmodel:\n  architecture: sasrec\nsweep:\n  seed: [1, 2]\n")
+    cfg.write_text(f"dataset:\n  path: {small_dataset}\nmodel:\n  architecture: sasrec\nsweep:\n  seed: [1, 2, 3]\n")
     ref_db = tmp_path / "ref" / "experiments.db"
     assert tcf("run", str(cfg), *SASREC, "--db", str(ref_db), cwd=tmp_path).returncode == 0
     ref = _results(ref_db, env)
@@ -221,26 +224,36 @@ def test_scancel_and_kill_show_at_the_next_refresh_and_retry_resumes(env, small_
         assert time.time() < deadline, "timed out waiting for two epochs of each job"
         time.sleep(0.1)
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-        slurm_id = c.execute("SELECT slurm_id FROM jobs WHERE id = ?", [ids[0]]).fetchone()[0]
-    subprocess.run(["scancel", slurm_id], env={**os.environ, **env}, check=True)
+        slurm_ids = [c.execute("SELECT slurm_id FROM jobs WHERE id = ?", [i]).fetchone()[0] for i in ids]
+    subprocess.run(["scancel", slurm_ids[0]], env=cluster.env, check=True)
     os.kill(_ops(records[1], "start")[0]["pid"], signal.SIGKILL)
-    cancelled, killed = {"id": ids[0]}, {"id": ids[1]}
+    subprocess.run(["scontrol", "requeue", slurm_ids[2]], env=cluster.env, check=True)
+    deadline = time.time() + 60  # a requeued job waits two minutes (BeginTime) unless told to start now
+    while "PENDING" not in subprocess.run(["squeue", "-h", "-j", slurm_ids[2], "-o", "%T"], env=cluster.env,
+                                          capture_output=True, text=True).stdout:
+        assert time.time() < deadline, "the requeued job never went back to PENDING"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={slurm_ids[2]}", "StartTime=now"], env=cluster.env, check=True)
+    cancelled, killed, requeued = ({"id": i} for i in ids)
     time.sleep(2)  # Slurm notes both ends
     shown = {j["id"]: j for j in json.loads(tcf("queue", "ls", "--json", "--db", str(db), cwd=tmp_path,
                                                 env=env).stdout)}
     assert shown[cancelled["id"]]["state"] == "cancelled", shown
     assert shown[killed["id"]]["state"] == "lost" and "signal 9" in shown[killed["id"]]["error"], shown
-    stopped_at = {i: _epochs(db, shown[i]["run_id"]) for i in ids}
+    assert shown[requeued["id"]]["state"] in ("queued", "running"), shown  # back in Slurm's queue
+    stopped_at = {i: _epochs(db, shown[i]["run_id"]) for i in ids[:2]}
     assert all(2 <= n < 6 for n in stopped_at.values()), stopped_at
 
-    for i in ids:
+    for i in ids[:2]:
         r = tcf("queue", "retry", str(i), "--db", str(db), cwd=tmp_path, env=env)
         assert r.returncode == 0 and "Slurm job" in r.stderr, r.stderr
     jobs = _sync_until(db, env, lambda js: all(_ended(j) for j in js), what="the retried jobs")
-    assert all(j["state"] == "finished" and j["attempts"] == 2 for j in jobs), jobs
+    assert [(j["state"], j["attempts"]) for j in sorted(jobs, key=lambda j: j["id"])] == [
+        ("finished", 2), ("finished", 2), ("finished", 1)], jobs
     for j in jobs:
         log = Path(j["log_path"]).read_text()
-        assert f"resuming run {j['run_id']}" in log and "attempt 2" in log
+        assert f"resuming run {j['run_id']}" in log
+    assert len(_ops(records[2], "start")) == 2  # the requeued job started twice within its one attempt
     got = _results(db, env)
     for name, row in got.items():
         _assert_same(row, ref[name])
