@@ -30,7 +30,7 @@ from tcf.jobs.records import merge, write_spec
 from tcf.store.db import Store
 from tcf.util.units import format_bytes
 
-RDZV_PORT = 29500
+RDZV_PORT, RDZV_PORTS = 20000, 20000  # torchrun's rendezvous port: 20000 + the Slurm job id mod 20000
 _TIME = re.compile(r"^(\d+|\d+:\d{2}|\d+:\d{2}:\d{2}|\d+-\d+|\d+-\d+:\d{2}|\d+-\d+:\d{2}:\d{2}|UNLIMITED|INFINITE)$")
 _NAME = re.compile(r"^[A-Za-z0-9_.,:+=@-]+$")  # partitions, accounts, GRES: no spaces, quotes or shell syntax
 _GPU_GRES = re.compile(r"(?:^|,)gpu(?::[A-Za-z0-9_.-]+)?:(\d+)(?:,|$)")
@@ -101,6 +101,7 @@ def batch_script(job: q.Job, db: Path, opts: SlurmOptions, attempt: int, python:
     folder = job_folder(db, job.id)
     nodes, ranks = _layout(job, opts)
     need = job.mem_bytes
+    need_tag = format_bytes(need).replace(" ", "") if need else "unstated"  # squeue -o %k shows it
     need_text = (f"GPU memory: {format_bytes(need)} free per GPU (the planner's need)" if need
                  else "GPU memory: no need stated")
     lines = ["#!/bin/bash",
@@ -115,7 +116,7 @@ def batch_script(job: q.Job, db: Path, opts: SlurmOptions, attempt: int, python:
     if opts.gres:
         lines.append(f"#SBATCH --gres={opts.gres}")
     lines += ["#SBATCH --requeue",  # a node failure or preemption puts it back; it resumes from its checkpoint
-              f"#SBATCH --comment=tcf-job-{job.id}:gpu-mem={format_bytes(need).replace(' ', '') if need else 'unstated'}",
+              f"#SBATCH --comment=tcf-job-{job.id}:gpu-mem={need_tag}",
               f"# tcf job {job.id} ({job.kind} {job.name}), attempt {attempt}: {job.gpus} rank(s) on {nodes} "
               f"node(s). {need_text}.",
               "# It never opens experiments.db: it reads job.json and appends records-<attempt>.jsonl in "
@@ -126,10 +127,11 @@ def batch_script(job: q.Job, db: Path, opts: SlurmOptions, attempt: int, python:
         lines.append("exec " + shlex.join([python, *target]))
     else:
         lines += ['head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+                  f"rdzv_port=$(({RDZV_PORT} + SLURM_JOB_ID % {RDZV_PORTS}))  # two jobs on one node never share one",
                   "exec " + shlex.join(["srun", "--kill-on-bad-exit=1", python, "-m", "torch.distributed.run",
                                         f"--nproc_per_node={ranks}"])
                   + ' --nnodes="$SLURM_JOB_NUM_NODES" --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d '
-                  f'--rdzv_endpoint="$head_node:{RDZV_PORT}" ' + shlex.join(target)]
+                  '--rdzv_endpoint="$head_node:$rdzv_port" ' + shlex.join(target)]
     return "\n".join(lines) + "\n"
 
 

@@ -259,6 +259,26 @@ def test_scancel_kill_and_requeue_of_running_jobs(env, small_dataset, tmp_path, 
         _assert_same(row, ref[name])
 
 
+def test_a_job_of_two_ranks_runs_as_srun_torchrun_with_the_rendezvous_from_slurm(env, small_dataset, tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(f"dataset:\n  path: {small_dataset}\nmodel:\n  architecture: sasrec\n  dropout: 0.0\n"
+                   "train:\n  epochs: 1\n  device: cpu\n")
+    db = tmp_path / "experiments.db"
+    (job_id,) = map(int, tcf("queue", "add", str(cfg), "--gpus", "2", "--db", str(db), cwd=tmp_path).stdout.split())
+    r = tcf("queue", "submit", "--db", str(db), cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    script = (tmp_path / "artifacts" / "jobs" / f"job-{job_id}" / "job.sbatch").read_text()
+    assert "exec srun" in script and "--rdzv_backend=c10d" in script
+    (job,) = _sync_until(db, env, lambda js: all(_ended(j) for j in js), what="the two-rank job")
+    log = Path(job["log_path"]).read_text()
+    assert job["state"] == "finished", log
+    records = tmp_path / "artifacts" / "jobs" / f"job-{job_id}" / "records-1.jsonl"
+    assert len(_ops(records, "start")) == 1 and len(_ops(records, "log_epoch")) == 1  # rank 0 alone records
+    assert log.count(f"job {job_id} (train)") == 2  # both ranks ran the job process
+    (row,) = _results(db, env).values()
+    assert row["status"] == "finished" and row["test_hr@10"] is not None
+
+
 def test_submit_refuses_a_bad_flag_in_one_line(tmp_path, env):
     db = tmp_path / "experiments.db"
     for args, flag in ((["--time", "soon"], "--time"), (["--gres", "gpu:one"], "--gres"),

@@ -48,11 +48,12 @@ def test_a_job_of_eight_gpus_spans_two_nodes_of_four_through_srun_torchrun(store
     script = batch_script(job, store.path, SlurmOptions(gres="gpu:a100:4"), 1, python="/venv/py")
     lines = _script_lines(script)
     assert "#SBATCH --nodes=2" in lines and "#SBATCH --ntasks-per-node=1" in lines  # one torchrun per node
-    assert lines[-2] == 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+    assert lines[-3] == 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+    assert lines[-2].startswith("rdzv_port=$((20000 + SLURM_JOB_ID % 20000))")
     launch = shlex.split(lines[-1])
     assert launch[:6] == ["exec", "srun", "--kill-on-bad-exit=1", "/venv/py", "-m", "torch.distributed.run"]
     assert {"--nproc_per_node=4", "--nnodes=$SLURM_JOB_NUM_NODES", "--rdzv_id=$SLURM_JOB_ID",
-            "--rdzv_backend=c10d", "--rdzv_endpoint=$head_node:29500"} <= set(launch)
+            "--rdzv_backend=c10d", "--rdzv_endpoint=$head_node:$rdzv_port"} <= set(launch)
     assert launch[-7:] == ["-m", "tcf.jobs.job_main", "--db", str(store.path), "--job-dir",
                            str(store.path.parent / "artifacts" / "jobs" / "job-1"), "1"]
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
