@@ -159,6 +159,23 @@ def test_the_sweep_runs_on_slurm_with_the_results_of_a_local_worker(sweep):
         assert c.execute("SELECT count(*) FROM artifacts WHERE kind = 'latents'").fetchone()[0] == 1
 
 
+def test_live_progress_of_slurm_jobs_folds_as_for_local_ones(sweep):
+    """The Live screen's fold reads the merged events and epochs of a Slurm job as it reads a local job's."""
+    from tcf.jobs.queue import get_job
+    from tcf.store.events import live_view, progress_summary
+
+    store = Store(sweep["db"], readonly=True)
+    local = Store(sweep["local"], readonly=True)
+    infer, train = sweep["ids"][:2]
+    for s in (store, local):
+        ranges = live_view(s, get_job(s, infer)).ranges
+        assert [(r.label, r.finished, r.done == r.total > 0) for r in ranges] == [
+            ("blocks 0:1", True, True), ("blocks 1:2", True, True)]
+        view = live_view(s, get_job(s, train))
+        assert [(e.epoch, e.finished, e.done == e.total > 0) for e in view.epochs] == [(1, True, True), (2, True, True)]
+        assert progress_summary(view) == "2 epochs"
+
+
 def test_training_started_only_after_the_preinference_finished(sweep, cluster):
     infer, *trains = sweep["ids"]
     jobs = {j["id"]: j for j in sweep["jobs"]}
