@@ -366,6 +366,8 @@ def remove_job(store: Store, job_id: int) -> None:
         job = get_job(store, job_id)
         if job.display in ("running",):
             raise TcfError(f"job {job_id} is running; cancel it first")
+        if job.slurm_id and job.state == "queued":
+            raise TcfError(f"job {job_id} is Slurm job {job.slurm_id}, not ended; cancel it first")
         waiting = [r[0] for r in sql(store).execute(
             "SELECT j.id FROM job_deps d JOIN jobs j ON j.id = d.job_id WHERE d.dep_id = ? AND j.state = 'queued'",
             [job_id]).fetchall()]
