@@ -511,14 +511,17 @@ def match_jobs(jobs: list[Job], text: str) -> list[Job]:
 
 def submitted(store: Store, job_id: int, *, slurm_id: str, options: dict[str, Any], job_dir: str,
               log_path: str, attempt: int) -> None:
-    """Record that attempt ``attempt`` of a queued job is Slurm job ``slurm_id`` (it stays queued until it starts)."""
+    """Record that attempt ``attempt`` of a queued job is Slurm job ``slurm_id`` (it stays queued until it starts);
+    a job that stopped being queued meanwhile (cancelled, taken by a worker) is an error."""
     with store.transaction():
-        sql(store).execute(
+        cur = sql(store).execute(
             "UPDATE jobs SET slurm_id = ?, slurm_options = ?, job_dir = ?, log_path = ?, attempts = ?, host = NULL, "
             "slurm_state = NULL, pid = NULL, pid_start = NULL, worker_id = NULL, devices = NULL, heartbeat = NULL, "
             "started_at = NULL, finished_at = NULL, exit_code = NULL, error = NULL, cancel_requested = 0 "
-            "WHERE id = ? AND state = 'queued'",
+            "WHERE id = ? AND state = 'queued' AND slurm_id IS NULL",
             [slurm_id, json.dumps(options, sort_keys=True), job_dir, log_path, attempt, job_id])
+        if cur.rowcount == 0:
+            raise TcfError(f"job {job_id} is no longer queued for submission (cancelled, or taken meanwhile)")
 
 
 def unsubmit(store: Store, job_id: int) -> None:

@@ -28,6 +28,7 @@ from tcf.errors import TcfError
 from tcf.jobs import queue as q
 from tcf.jobs.records import merge, write_spec
 from tcf.store.db import Store
+from tcf.util.atomic import write_atomic
 from tcf.util.units import format_bytes
 
 RDZV_PORT, RDZV_PORTS = 20000, 20000  # torchrun's rendezvous port: 20000 + the Slurm job id mod 20000
@@ -204,7 +205,7 @@ def submit(store: Store, opts: SlurmOptions, job_ids: Sequence[int] | None = Non
             job = q.get_job(store, job.id)
         run = store.get_run(job.run_id) if job.run_id is not None else None
         write_spec(sub.folder, job, sub.attempt, run)
-        sub.script_path.write_text(sub.script)
+        write_atomic(sub.script_path, sub.script)
         argv = [re.sub(r"<job \d+>", lambda m: slurm_of[m.group(0)], a) for a in sub.argv]
         r = _run(argv, "tcf queue submit")
         slurm_id = r.stdout.strip().split(";")[0]
@@ -250,7 +251,8 @@ def slurm_states(slurm_ids: Sequence[str]) -> dict[str, SlurmState]:
         return {}
     wanted = set(slurm_ids)
     out: dict[str, SlurmState] = {}
-    r = _run(["squeue", "--noheader", "--states=all", "--Format=JobID:|,State:|,exit_code:|,Reason:"], "tcf queue sync")
+    r = _run(["squeue", "--me", "--noheader", "--states=all", "--Format=JobID:|,State:|,exit_code:|,Reason:"],
+             "tcf queue sync")
     if r.returncode != 0:
         raise TcfError(f"squeue failed: {(r.stderr or r.stdout).strip()}")
     for line in r.stdout.splitlines():
@@ -376,7 +378,10 @@ def follow(db: Path, min_interval_s: float = 0.0) -> list[str]:
     if not db.is_file() or time.monotonic() - _last_follow.get(db, -math.inf) < min_interval_s:
         return []
     _last_follow[db] = time.monotonic()
-    reader = Store(db, readonly=True)
+    try:
+        reader = Store(db, readonly=True)
+    except TcfError:
+        return []  # not a store this tcf can read: the read that follows says why, once
     try:
         if not needs_sync(reader):
             return []

@@ -159,9 +159,13 @@ class Store:
     def _check_ours(self) -> None:
         """A tcf store carries the application id; one written before it did is told by its tables; a new
         or empty file becomes one (writers only). Anything else is another program's file."""
-        app = int(self._db.execute("PRAGMA application_id").fetchone()[0])
-        version = self._user_version()
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self._db.execute("BEGIN")  # one snapshot: another process may be creating the store between two reads
+        try:
+            app = int(self._db.execute("PRAGMA application_id").fetchone()[0])
+            version = self._user_version()
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            self._db.conn.rollback()
         if app == APPLICATION_ID or (app == 0 and version >= 1 and {"runs", "metrics"} <= tables):
             return
         if app == 0 and version == 0 and not tables:

@@ -304,6 +304,32 @@ def test_a_job_of_two_ranks_runs_as_srun_torchrun_with_the_rendezvous_from_slurm
     assert row["status"] == "finished" and row["test_hr@10"] is not None
 
 
+def test_retrying_a_cancelled_preinference_resubmits_the_training_that_waits_for_it(env, small_dataset, tmp_path):
+    """afterok on a cancelled job can never be met: Slurm keeps the training pending (tcf: blocked), and the
+    retry of the pre-inference cancels it in Slurm and submits it again after the new pre-inference."""
+    model = make_tiny_opt(tmp_path / "opt", load_dataset(small_dataset).item_texts, hidden=32, n_blocks=2)
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(f"dataset:\n  path: {small_dataset}\nmodel:\n  item_tower: text\n  embedding_dim: 16\n"
+                   f"train:\n  epochs: 1\ntext_encoder:\n  model: {model}\n  max_tokens: 12\n")
+    db = tmp_path / "experiments.db"
+    infer, train = map(int, tcf("queue", "add", str(cfg), "--db", str(db), cwd=tmp_path).stdout.split())
+    assert tcf("queue", "submit", "--db", str(db), cwd=tmp_path, env=env).returncode == 0
+    assert tcf("queue", "cancel", str(infer), "--db", str(db), cwd=tmp_path, env=env).returncode == 0
+    def blocked(js: list[dict]) -> bool:
+        by_id = {j["id"]: j for j in js}
+        return by_id[train]["state"] == "blocked" and _ended(by_id[infer])
+
+    jobs = {j["id"]: j for j in _sync_until(db, env, blocked, timeout=60, what="the training blocked behind "
+                                                                              "the cancelled pre-inference")}
+    assert jobs[infer]["state"] == "cancelled" and jobs[train]["slurm_state"] == "PENDING"
+    old = jobs[train]["slurm_id"]
+    r = tcf("queue", "retry", str(infer), "--db", str(db), cwd=tmp_path, env=env)
+    assert r.returncode == 0 and f"job {train} " in r.stderr, r.stderr
+    jobs = {j["id"]: j for j in _sync_until(db, env, lambda js: all(_ended(j) for j in js), what="both jobs")}
+    assert jobs[infer]["state"] == jobs[train]["state"] == "finished", jobs
+    assert jobs[train]["slurm_id"] != old and jobs[train]["attempts"] == 2
+
+
 def test_submit_refuses_a_bad_flag_in_one_line(tmp_path, env):
     db = tmp_path / "experiments.db"
     for args, flag in ((["--time", "soon"], "--time"), (["--gres", "gpu:one"], "--gres"),
