@@ -225,9 +225,9 @@ def _epochs(db: Path, run_id: int) -> int:
 def test_scancel_kill_and_requeue_of_running_jobs(env, small_dataset, tmp_path, cluster):
     """scancel and kill -9 show as cancelled and lost at the next `tcf queue ls`, and `tcf queue retry` resumes
     them from their checkpoints; a requeued job (preemption) resumes by itself. All end with the metrics of runs
-    that were never interrupted. `tcf queue cancel` of a fourth is scancel too."""
+    that were never interrupted."""
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text(f"dataset:\n  path: {small_dataset}\nmodel:\n  architecture: sasrec\nsweep:\n  seed: [1, 2, 3, 4]\n")
+    cfg.write_text(f"dataset:\n  path: {small_dataset}\nmodel:\n  architecture: sasrec\nsweep:\n  seed: [1, 2, 3]\n")
     ref_db = tmp_path / "ref" / "experiments.db"
     assert tcf("run", str(cfg), *SASREC, "--db", str(ref_db), cwd=tmp_path).returncode == 0
     ref = _results(ref_db, env)
@@ -235,7 +235,6 @@ def test_scancel_kill_and_requeue_of_running_jobs(env, small_dataset, tmp_path, 
     db = tmp_path / "experiments.db"
     ids = [int(i) for i in tcf("queue", "add", str(cfg), *SASREC, "--db", str(db), cwd=tmp_path).stdout.split()]
     assert tcf("queue", "submit", "--db", str(db), cwd=tmp_path, env=env).returncode == 0
-    ids, fourth = ids[:3], ids[3]
     records = [db.parent / "artifacts" / "jobs" / f"job-{i}" / "records-1.jsonl" for i in ids]
     deadline = time.time() + 300
     while not all(len(_ops(r, "log_epoch")) >= 2 for r in records):  # read as they are written, no sync needed
@@ -253,15 +252,12 @@ def test_scancel_kill_and_requeue_of_running_jobs(env, small_dataset, tmp_path, 
         time.sleep(0.2)
     subprocess.run(["scontrol", "update", f"JobId={slurm_ids[2]}", "StartTime=now"], env=cluster.env, check=True)
     cancelled, killed, requeued = ({"id": i} for i in ids)
-    r = tcf("queue", "cancel", str(fourth), "--db", str(db), cwd=tmp_path, env=env)
-    assert r.returncode == 0 and "scancel" in r.stderr, r.stderr
     time.sleep(2)  # Slurm notes both ends
     shown = {j["id"]: j for j in json.loads(tcf("queue", "ls", "--json", "--db", str(db), cwd=tmp_path,
                                                 env=env).stdout)}
     assert shown[cancelled["id"]]["state"] == "cancelled", shown
     assert shown[killed["id"]]["state"] == "lost" and "signal 9" in shown[killed["id"]]["error"], shown
     assert shown[requeued["id"]]["state"] in ("queued", "running"), shown  # back in Slurm's queue
-    assert shown[fourth]["state"] == "cancelled", shown
     stopped_at = {i: _epochs(db, shown[i]["run_id"]) for i in ids[:2]}
     assert all(2 <= n < 6 for n in stopped_at.values()), stopped_at
 
@@ -269,8 +265,6 @@ def test_scancel_kill_and_requeue_of_running_jobs(env, small_dataset, tmp_path, 
         r = tcf("queue", "retry", str(i), "--db", str(db), cwd=tmp_path, env=env)
         assert r.returncode == 0 and "Slurm job" in r.stderr, r.stderr
     jobs = _sync_until(db, env, lambda js: all(_ended(j) for j in js), what="the retried jobs")
-    assert next(j for j in jobs if j["id"] == fourth)["state"] == "cancelled"
-    jobs = [j for j in jobs if j["id"] != fourth]
     assert [(j["state"], j["attempts"]) for j in sorted(jobs, key=lambda j: j["id"])] == [
         ("finished", 2), ("finished", 2), ("finished", 1)], jobs
     for j in jobs:
@@ -278,8 +272,6 @@ def test_scancel_kill_and_requeue_of_running_jobs(env, small_dataset, tmp_path, 
         assert f"resuming run {j['run_id']}" in log
     assert len(_ops(records[2], "start")) == 2  # the requeued job started twice within its one attempt
     got = _results(db, env)
-    assert got[("small-sasrec-id", 4)]["status"] == "interrupted"  # its cancelled job left it resumable
-    del got[("small-sasrec-id", 4)]
     for name, row in got.items():
         _assert_same(row, ref[name])
 
@@ -314,7 +306,8 @@ def test_retrying_a_cancelled_preinference_resubmits_the_training_that_waits_for
     db = tmp_path / "experiments.db"
     infer, train = map(int, tcf("queue", "add", str(cfg), "--db", str(db), cwd=tmp_path).stdout.split())
     assert tcf("queue", "submit", "--db", str(db), cwd=tmp_path, env=env).returncode == 0
-    assert tcf("queue", "cancel", str(infer), "--db", str(db), cwd=tmp_path, env=env).returncode == 0
+    r = tcf("queue", "cancel", str(infer), "--db", str(db), cwd=tmp_path, env=env)  # scancel
+    assert r.returncode == 0 and "scancel" in r.stderr, r.stderr
     def blocked(js: list[dict]) -> bool:
         by_id = {j["id"]: j for j in js}
         return by_id[train]["state"] == "blocked" and _ended(by_id[infer])
