@@ -152,7 +152,14 @@ class SlurmCluster:
         return "\n".join(out)
 
     def stop(self) -> None:
-        """SIGTERM each daemon by PID (slurmd and slurmctld first), SIGKILL any that lingers."""
+        """Cancel what still runs, SIGTERM each daemon by PID (slurmd and slurmctld first, SIGKILL any that
+        lingers), then any step daemon of this cluster's jobs that outlived them (it waits for its slurmd)."""
+        if self.procs and all(p.poll() is None for p in self.procs):
+            subprocess.run(["scancel", "--full", "--me"], env=self.env, capture_output=True, timeout=30)
+            deadline = time.monotonic() + 20
+            busy = ("RUNNING", "COMPLETING", "CONFIGURING")
+            while time.monotonic() < deadline and set(self._out(["squeue", "-h", "-o", "%T"]).split()) & set(busy):
+                time.sleep(0.2)
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -162,6 +169,25 @@ class SlurmCluster:
                     p.kill()
                     p.wait(timeout=5)
         self.procs.clear()
+        for pid in self._step_daemons():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _step_daemons(self) -> list[int]:
+        """slurmstepd processes started for this cluster (their environment names its slurm.conf)."""
+        mine = f"SLURM_CONF={self.conf}".encode()
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if (proc / "comm").read_text().strip() == "slurmstepd" and mine in (proc / "environ").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+        return pids
 
     def __enter__(self) -> SlurmCluster:
         try:
