@@ -31,7 +31,8 @@ app = typer.Typer(help="Text-based collaborative filtering experiments.", rich_m
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Check, convert, filter and synthesize datasets.", no_args_is_help=True)
 import_app = typer.Typer(help="Convert public datasets into the TCF layout.", no_args_is_help=True)
-queue_app = typer.Typer(help="Queue experiments for `tcf worker`: add, list, cancel, retry, edit, remove.",
+queue_app = typer.Typer(help="Queue experiments for `tcf worker` or Slurm: add, list, submit, sync, cancel, retry, "
+                             "edit, remove.",
                         no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(queue_app, name="queue")
@@ -219,6 +220,7 @@ def results(
     if pivot is None and (metric is not None or baseline is not None):
         flag = _flags_given["metric"] if metric is not None else "--baseline"
         raise TcfError(f"{flag} only applies with --pivot")
+    _follow_slurm(db)
     if pivot is not None:
         from tcf.report.pivot import pivot_from_store, pivot_table
 
@@ -415,12 +417,14 @@ def queue_ls(
     for s in states or ():
         if s not in SHOWN:
             raise TcfError(f"--state: unknown state {s!r}; one of {', '.join(SHOWN)}")
+    _follow_slurm(db)
     store = Store(db, readonly=True) if db.exists() else None
     jobs = list_jobs(store, states) if store is not None else []
     progress = {j.id: progress_summary(live_view(store, j)) for j in jobs if j.state in ("running", "finished")}
     if as_json:
         keys = ("id", "kind", "name", "priority", "tags", "note", "gpus", "devices", "attempts", "run_id",
-                "artifact", "created_at", "started_at", "finished_at", "error", "deps", "log_path")
+                "artifact", "created_at", "started_at", "finished_at", "error", "deps", "log_path", "slurm_id",
+                "slurm_state")
         rows = [{**{k: getattr(j, k) for k in keys}, "state": j.display, "stored_state": j.state,
                  "progress": progress.get(j.id, "")} for j in jobs]
         print(json.dumps(rows, indent=2, default=list))
@@ -429,8 +433,9 @@ def queue_ls(
     for col in ("id", "state", "kind", "name", "devices", "progress", "prio", "tags", "note / error"):
         table.add_column(col, overflow="fold")
     for j in jobs:
+        where = j.devices or (f"slurm {j.slurm_id}" if j.slurm_id else "")
         table.add_row(str(j.id), Text(j.display, style=STATE_STYLE.get(j.display, "")), j.kind,
-                      *(Text(printable(t)) for t in (j.name, j.devices or "", progress.get(j.id, ""))),
+                      *(Text(printable(t)) for t in (j.name, where, progress.get(j.id, ""))),
                       str(j.priority), *(Text(printable(t)) for t in (",".join(j.tags), j.error or j.note)))
     out.print(table)
 
@@ -440,7 +445,7 @@ def queue_cancel(job_id: JobIdArg, db: DbOption = DEFAULT_DB) -> None:
     """Cancel a queued job, or stop a running one (SIGTERM; it records itself as cancelled)."""
     from tcf.jobs.queue import cancel_job
 
-    err.print(cancel_job(_store(db), job_id))
+    err.print(cancel_job(_store(db, follow=True), job_id))
 
 
 @queue_app.command("retry")
@@ -451,12 +456,56 @@ def queue_retry(
 ) -> None:
     """Queue a failed, lost or cancelled job again: pre-inference resumes from its last committed
     block range, training from its last checkpoint."""
-    from tcf.jobs.queue import retry_jobs
+    from tcf.jobs.queue import get_job, retry_jobs
+    from tcf.jobs.slurm import resubmit
 
     if (job_id is None) == (not failed):
         raise TcfError("give a job ID or --failed (not both)")
-    ids = retry_jobs(_store(db), [job_id] if job_id is not None else None, failed=failed)
+    store = _store(db, follow=True)
+    ids = retry_jobs(store, [job_id] if job_id is not None else None, failed=failed)
     err.print(f"queued again: {', '.join(map(str, ids))}" if ids else "nothing to retry")
+    on_slurm = [i for i in ids if get_job(store, i).slurm_options]  # back to Slurm, with the options they had
+    if on_slurm:
+        resubmit(store, on_slurm, say=err.print)
+
+
+@queue_app.command("submit")
+def queue_submit(
+    partition: Annotated[str | None, typer.Option(help="Slurm partition (sbatch --partition).")] = None,
+    account: Annotated[str | None, typer.Option(help="Slurm account to charge (sbatch --account).")] = None,
+    time: Annotated[str | None, typer.Option(help="Time limit per job, e.g. 04:00:00 (sbatch --time).")] = None,
+    gres: Annotated[str | None, typer.Option(
+        help="GPUs per node, e.g. gpu:1 or gpu:a100:4 (sbatch --gres); a job of more GPUs spans nodes.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the batch scripts and sbatch argv; submit "
+                                                            "nothing, write nothing.")] = False,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Hand the queued jobs to Slurm: pre-inference first, training after it (afterok). Jobs never open
+    experiments.db; `tcf queue sync` (and `queue ls`, `results`, the TUI) merge what they record."""
+    from tcf.jobs.slurm import SlurmOptions, format_plan, plan, submit
+    from tcf.store.db import Store
+
+    opts = SlurmOptions(partition, account, time, gres).check()
+    if dry_run:
+        if not db.exists():
+            raise TcfError(f"{db}: no such result store")
+        sys.stdout.write(format_plan(*plan(Store(db, readonly=True), opts)))
+        return
+    subs = submit(_store(db, follow=True), opts, say=err.print)
+    err.print(f"submitted {len(subs)} job(s) to Slurm" if subs else "nothing to submit")
+    print(" ".join(str(s.job.id) for s in subs))
+
+
+@queue_app.command("sync")
+def queue_sync(db: DbOption = DEFAULT_DB) -> None:
+    """Ask Slurm how the submitted jobs stand and merge the records they wrote into experiments.db (exactly
+    once: syncing again changes nothing)."""
+    from tcf.jobs.slurm import sync
+
+    said = sync(_store(db))
+    for line in said:
+        err.print(line)
+    err.print(f"{len(said)} change(s)" if said else "up to date")
 
 
 @queue_app.command("rm")
@@ -483,12 +532,27 @@ def queue_edit(
     err.print(f"job {job.id}: priority {job.priority}, tags {','.join(job.tags) or '-'}, note {job.note or '-'}")
 
 
-def _store(db: Path):
+def _store(db: Path, follow: bool = False):
+    """The store a queue command changes; ``follow``: Slurm's view synced first (a cancel or retry acts on it)."""
     from tcf.store.db import Store
 
     if not db.exists():
         raise TcfError(f"{db}: no such result store")
+    if follow:
+        _follow_slurm(db)
     return Store(db)
+
+
+def _follow_slurm(db: Path) -> None:
+    """On a coordinator with Slurm jobs: merge their records and states before reading (a failure is a warning:
+    what is already merged can still be read)."""
+    from tcf.jobs.slurm import follow
+
+    try:
+        for line in follow(db):
+            err.print(line)
+    except TcfError as e:
+        err.print(f"warning: cannot sync the Slurm jobs: {e}")
 
 
 @app.command()

@@ -14,8 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    test_cmd = next(line for line in readme.splitlines() if "pip install -e '.[test]'" in line)
+    lines = readme.splitlines()
+    test_cmd = next(line for line in lines if "pip install -e '.[test]'" in line)
     assert test_cmd in ci and test_cmd.endswith("python -m pytest tests/tui")
+    setup = lines[lines.index(test_cmd) - 1]  # the Slurm tests' cluster, installed first
+    assert "apt-get install -y -qq slurm-wlm munge" in setup and ci.index(setup) < ci.index(test_cmd)
 
 
 def test_readme_documents_every_config_key():

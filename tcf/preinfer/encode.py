@@ -256,8 +256,8 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | No
     from tcf.lm.tokenize import load_token_table
     from tcf.preinfer.latents import DTYPES
     from tcf.preinfer.runner import run_preinference
-    from tcf.store.db import Store
     from tcf.store.events import EventWriter
+    from tcf.store.records import open_store
     from tcf.util.dist import barrier, broadcast_object, init_distributed
 
     te = cfg.text_encoder
@@ -270,7 +270,7 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | No
     ctx = init_distributed("auto" if torch.cuda.is_available() else "cpu")
     device = device or (ctx.device if ctx.distributed else default_device(gpu))
     compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
-    store = Store(db_path) if ctx.is_main else None
+    store = open_store(db_path) if ctx.is_main else None  # a Slurm job's: its record file
     with ExitStack() as hold:
         job = broadcast_object(_look_up_or_plan(cfg, db_path, keep, compute, device, store, hold, ui)
                                if store is not None else {}, ctx)

@@ -182,9 +182,27 @@ def _m007_protocol(db: Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN protocol TEXT NOT NULL DEFAULT 'full'")
 
 
+def _m008_slurm(db: Database) -> None:
+    """Jobs handed to Slurm (tcf.jobs.slurm): the Slurm job id, the sbatch options they were submitted with, the
+    state Slurm last reported, and the job's folder on the shared filesystem, where its process writes its
+    records; ``merged_records`` holds
+    the last record merged per (job, attempt), so that merging the same records twice changes nothing."""
+    for sql in ("ALTER TABLE jobs ADD COLUMN slurm_id TEXT",
+                "ALTER TABLE jobs ADD COLUMN slurm_options TEXT",
+                "ALTER TABLE jobs ADD COLUMN job_dir TEXT",
+                "ALTER TABLE jobs ADD COLUMN slurm_state TEXT",
+                """CREATE TABLE merged_records (
+                    job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+                    attempt INTEGER NOT NULL,
+                    seq INTEGER NOT NULL,
+                    PRIMARY KEY (job_id, attempt)
+                )"""):
+        db.execute(sql)
+
+
 # Append only: never edit or reorder an applied migration; user_version = len(applied).
 MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events, _m004_lm_params,
-                                                _m005_jobs, _m006_run_identity, _m007_protocol]
+                                                _m005_jobs, _m006_run_identity, _m007_protocol, _m008_slurm]
 READABLE_FROM = 5  # the oldest schema a reader understands: columns added later read as absent
 
 
