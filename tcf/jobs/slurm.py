@@ -280,8 +280,9 @@ def tcf_state(slurm: SlurmState | None, current: str, error: str | None,
     s, how = slurm.state, f"Slurm {slurm.state}" + (f", {slurm.exit}" if slurm.exit else "")
     if s in PENDING:
         return ("queued", None)  # waiting, or requeued (preemption, node failure): it resumes when it starts
-    if s in RUNNING:
-        return ("running", None) if current == "queued" else None  # a job that recorded its end is exiting
+    if s in RUNNING:  # a job that recorded finishing or failing is exiting; one that recorded the SIGTERM of a
+        # requeue ("cancelled": Slurm would say CANCELLED after a scancel) runs again before its new start is merged
+        return ("running", None) if current in ("queued", "cancelled") else None
     if s == "COMPLETED":
         return ("finished", None)
     if s == "CANCELLED":

@@ -144,6 +144,7 @@ sweep:
     return {"root": root, "local": local, "db": db, "ids": ids, "dry": dry.stdout, "jobs": jobs, "env": env}
 
 
+@pytest.mark.xdist_group("slurm-sweep")  # one sweep per session, not one per worker
 def test_the_sweep_runs_on_slurm_with_the_results_of_a_local_worker(sweep):
     jobs = {j["id"]: j for j in sweep["jobs"]}
     assert [jobs[i]["kind"] for i in sweep["ids"]] == ["infer", "train", "train", "train", "train"]
@@ -159,6 +160,7 @@ def test_the_sweep_runs_on_slurm_with_the_results_of_a_local_worker(sweep):
         assert c.execute("SELECT count(*) FROM artifacts WHERE kind = 'latents'").fetchone()[0] == 1
 
 
+@pytest.mark.xdist_group("slurm-sweep")  # one sweep per session, not one per worker
 def test_live_progress_of_slurm_jobs_folds_as_for_local_ones(sweep):
     """The Live screen's fold reads the merged events and epochs of a Slurm job as it reads a local job's."""
     from tcf.jobs.queue import get_job
@@ -176,6 +178,7 @@ def test_live_progress_of_slurm_jobs_folds_as_for_local_ones(sweep):
         assert progress_summary(view) == "2 epochs"
 
 
+@pytest.mark.xdist_group("slurm-sweep")  # one sweep per session, not one per worker
 def test_training_started_only_after_the_preinference_finished(sweep, cluster):
     infer, *trains = sweep["ids"]
     jobs = {j["id"]: j for j in sweep["jobs"]}
@@ -195,6 +198,7 @@ def test_training_started_only_after_the_preinference_finished(sweep, cluster):
     assert f"--dependency=afterok:<job {infer}>" in sweep["dry"]
 
 
+@pytest.mark.xdist_group("slurm-sweep")  # one sweep per session, not one per worker
 def test_no_job_process_opened_experiments_db(sweep):
     logs = list(Path(sweep["env"]["TCF_AUDIT_DIR"]).glob("*.txt"))
     opened = [line for f in logs for line in f.read_text().splitlines()]
@@ -203,6 +207,7 @@ def test_no_job_process_opened_experiments_db(sweep):
     assert [p for p in opened if p.startswith(db)] == []
 
 
+@pytest.mark.xdist_group("slurm-sweep")  # one sweep per session, not one per worker
 def test_syncing_again_changes_nothing(sweep):
     before = _tables(sweep["db"])
     r = tcf("queue", "sync", "--db", str(sweep["db"]), cwd=sweep["root"], env=sweep["env"])

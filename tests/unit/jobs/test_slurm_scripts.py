@@ -97,7 +97,9 @@ def test_the_plan_keeps_the_dependency_graph(tmp_path, small_dataset):
     ("PENDING", "queued", ("queued", None)),
     ("PENDING", "cancelled", ("queued", None)),  # requeued after a preemption's SIGTERM: it will resume
     ("RUNNING", "queued", ("running", None)),
-    ("RUNNING", "cancelled", None),  # it recorded its end and is exiting
+    ("RUNNING", "cancelled", ("running", None)),  # requeued and started again before its new start is merged
+    ("RUNNING", "finished", None),  # it recorded its end and is exiting
+    ("RUNNING", "failed", None),
     ("COMPLETING", "running", None),
     ("COMPLETED", "running", ("finished", None)),
     ("CANCELLED", "finished", None),
