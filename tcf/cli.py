@@ -13,7 +13,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -48,7 +48,8 @@ app = typer.Typer(help="Text-based collaborative filtering experiments.", rich_m
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Check, convert, filter and synthesize datasets.", no_args_is_help=True)
 import_app = typer.Typer(help="Convert public datasets into the TCF layout.", no_args_is_help=True)
-queue_app = typer.Typer(help="Queue experiments for `tcf worker`: add, list, cancel, retry, edit, remove.",
+queue_app = typer.Typer(help="Queue experiments for `tcf worker` or Slurm: add, list, submit, sync, cancel, retry, "
+                             "edit, remove.",
                         no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(queue_app, name="queue")
@@ -63,6 +64,9 @@ TextConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML with a text
 BudgetOption = Annotated[str | None, typer.Option(help="e.g. 8GiB; default: config, else free memory.")]
 RangesOption = Annotated[str | None, typer.Option(help="Pin block ranges, e.g. 0:6,6:16,16:24.")]
 BatchOption = Annotated[int | None, typer.Option(min=1, help="Pin the batch size.")]
+ScheduleOption = Annotated[Literal["range", "chunk"] | None, typer.Option(
+    help="Pin the schedule: range (every item through one block range, boundaries on disk) or chunk (a chunk of "
+         "items through every range, boundaries in host memory); default: config, else the planner's choice.")]
 DEFAULT_DB = Path("experiments.db")
 
 
@@ -265,6 +269,7 @@ def results(
     if pivot is None and (metric is not None or baseline is not None):
         flag = _flags_given["metric"] if metric is not None else "--baseline"
         raise TcfError(f"{flag} only applies with --pivot")
+    _follow_slurm(db)
     if pivot is not None:
         from tcf.report.pivot import pivot_from_store, pivot_table
 
@@ -308,7 +313,7 @@ def plot(
 # -- plan ----------------------------------------------------------------------------------------
 #: Flags that set a config key; an error about the key names the flag the user typed instead.
 FLAG_KEYS = {"--gpu-memory-budget": "text_encoder.gpu_memory_budget", "--ranges": "text_encoder.ranges",
-             "--batch-size": "text_encoder.batch_size"}
+             "--batch-size": "text_encoder.batch_size", "--schedule": "text_encoder.schedule"}
 _flags_given: dict[str, str] = {}  # config key -> flag, for this invocation
 
 
@@ -339,16 +344,34 @@ def plan(
     gpu_memory_budget: BudgetOption = None,
     ranges: RangesOption = None,
     batch_size: BatchOption = None,
+    schedule: ScheduleOption = None,
     gpu: Annotated[int, typer.Option(min=0, help="GPU whose free memory is the default budget.")] = 0,
+    db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Plan block-wise pre-inference of the item texts under a GPU-memory budget."""
+    """Plan pre-inference of the item texts: block ranges under the GPU-memory budget (host memory on a
+    CPU-only machine), split where fine-tuned blocks start, and the schedule that fits the disk and host memory."""
     from tcf.experiment import prepared_data
     from tcf.preinfer.encode import default_device, make_plan
     from tcf.preinfer.planner import format_plan
 
-    cfg = _text_configs(config, set_, gpu_memory_budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size)[0]
-    result = make_plan(cfg, prepared_data(cfg).n_items, default_device(gpu))
+    configs = _text_configs(config, set_, gpu_memory_budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size,
+                            schedule=schedule)
+    cfg, keep = _encodings(configs)[0]
+    result = make_plan(cfg, prepared_data(cfg).n_items, default_device(gpu), keep=keep,
+                       latents_root=db.resolve().parent / "artifacts")
     sys.stdout.write(format_plan(result).rstrip("\n") + "\n")
+
+
+def _encodings(configs: list) -> list[tuple]:
+    """One (config, depths to keep) per distinct encoder, the depths every run sharing it needs; a run that
+    trains no text tower (pop, an ID tower) keeps none and decides nothing when another shares its encoder."""
+    from tcf.preinfer.encode import encoder_identity, sweep_depths
+
+    jobs: dict[tuple, tuple] = {}
+    pairs = zip(configs, sweep_depths(configs), strict=True)
+    for cfg, keep in sorted(pairs, key=lambda ck: not ck[0].trains_text_tower):
+        jobs.setdefault(encoder_identity(cfg), (cfg, list(keep)))
+    return list(jobs.values())
 
 
 @app.command()
@@ -358,6 +381,7 @@ def infer(
     gpu_memory_budget: BudgetOption = None,
     ranges: RangesOption = None,
     batch_size: BatchOption = None,
+    schedule: ScheduleOption = None,
     gpu: Annotated[int, typer.Option(min=0, help="GPU to run on.")] = 0,
     db: DbOption = DEFAULT_DB,
 ) -> None:
@@ -365,22 +389,20 @@ def infer(
 
     A sweep encodes once per distinct encoder, keeping the depths of all its unfreeze values.
     """
-    from tcf.preinfer.encode import encoder_identity, run_infer_job, sweep_depths
+    from tcf.preinfer.encode import run_infer_job
     from tcf.tui.progress import InferProgress
     from tcf.util.dist import shutdown
     from tcf.util.threads import apply_threads, choose_threads
 
-    configs = _text_configs(config, set_, gpu_memory_budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size)
+    configs = _text_configs(config, set_, gpu_memory_budget=gpu_memory_budget, ranges=ranges, batch_size=batch_size,
+                            schedule=schedule)
     apply_threads(choose_threads(configs[0].train.threads))  # a CPU pre-inference: the free cores, passively
-    jobs = {}
-    for cfg, keep in zip(configs, sweep_depths(configs), strict=True):
-        jobs.setdefault(encoder_identity(cfg), (cfg, keep))
     signal.signal(signal.SIGTERM, _interrupt)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 shows progress
     try:
-        for cfg, keep in jobs.values():
+        for cfg, keep in _encodings(configs):
             with InferProgress(err) if main_rank else contextlib.nullcontext() as ui:
-                path, reused = run_infer_job(cfg, db, gpu=gpu, ui=ui, keep_depths=keep)
+                path, reused = run_infer_job(cfg, db, gpu=gpu, ui=ui, keep_depths=tuple(keep))
             if main_rank:
                 err.print(("reused " if reused else "wrote ") + str(path))
                 print(path)
@@ -440,12 +462,13 @@ def queue_ls(
     for s in states or ():
         if s not in SHOWN:
             raise TcfError(f"--state: unknown state {s!r}; one of {', '.join(SHOWN)}")
-    store = _store(db, readonly=True)
+    store = _store(db, readonly=True, follow=True)
     jobs = list_jobs(store, states)
     progress = {j.id: progress_summary(live_view(store, j)) for j in jobs if j.state in ("running", "finished")}
     if as_json:
         keys = ("id", "kind", "name", "priority", "tags", "note", "gpus", "devices", "attempts", "run_id",
-                "artifact", "created_at", "started_at", "finished_at", "error", "deps", "log_path", "host", "pid")
+                "artifact", "created_at", "started_at", "finished_at", "error", "deps", "log_path", "host", "pid",
+                "slurm_id", "slurm_state")
         rows = [{**{k: getattr(j, k) for k in keys}, "state": j.display, "stored_state": j.state,
                  "progress": progress.get(j.id, "")} for j in jobs]
         print(json.dumps(rows, indent=2, default=list))
@@ -455,7 +478,7 @@ def queue_ls(
     # (header, cells, left out at a narrow terminal: highest first, 0 never): id, state and name say which job
     columns = [("id", [str(j.id) for j in jobs], 0), ("state", [j.display for j in jobs], 0),
                ("kind", [j.kind for j in jobs], 3), ("name", [printable(j.name) for j in jobs], 0),
-               ("devices", [printable(j.devices or "") for j in jobs], 4),
+               ("devices", [printable(j.devices or (f"slurm {j.slurm_id}" if j.slurm_id else "")) for j in jobs], 4),
                ("progress", [printable(progress.get(j.id, "")) for j in jobs], 2),
                ("prio", [str(j.priority) for j in jobs], 5), ("tags", [printable(",".join(j.tags)) for j in jobs], 5),
                ("note / error", [printable(j.error or j.note) for j in jobs], 6)]
@@ -483,7 +506,7 @@ def queue_cancel(job_id: JobIdArg, db: DbOption = DEFAULT_DB) -> None:
     """Cancel a queued job, or stop a running one (SIGTERM; it records itself as cancelled)."""
     from tcf.jobs.queue import cancel_job
 
-    err.print(cancel_job(_store(db), job_id))
+    err.print(cancel_job(_store(db, follow=True), job_id))
 
 
 @queue_app.command("retry")
@@ -494,12 +517,53 @@ def queue_retry(
 ) -> None:
     """Queue a failed, lost or cancelled job again: pre-inference resumes from its last committed
     block range, training from its last checkpoint."""
-    from tcf.jobs.queue import retry_jobs
+    from tcf.jobs.queue import get_job, retry_jobs
+    from tcf.jobs.slurm import resubmit
 
     if (job_id is None) == (not failed):
         raise TcfError("give a job ID or --failed (not both)")
-    ids = retry_jobs(_store(db), [job_id] if job_id is not None else None, failed=failed)
+    store = _store(db, follow=True)
+    ids = retry_jobs(store, [job_id] if job_id is not None else None, failed=failed)
     err.print(f"queued again: {', '.join(map(str, ids))}" if ids else "nothing to retry")
+    on_slurm = [i for i in ids if get_job(store, i).slurm_options]  # back to Slurm, with the options they had
+    if on_slurm:
+        resubmit(store, on_slurm, say=err.print)
+
+
+@queue_app.command("submit")
+def queue_submit(
+    partition: Annotated[str | None, typer.Option(help="Slurm partition (sbatch --partition).")] = None,
+    account: Annotated[str | None, typer.Option(help="Slurm account to charge (sbatch --account).")] = None,
+    time: Annotated[str | None, typer.Option(help="Time limit per job, e.g. 04:00:00 (sbatch --time).")] = None,
+    gres: Annotated[str | None, typer.Option(
+        help="GPUs per node, e.g. gpu:1 or gpu:a100:4 (sbatch --gres); a job of more GPUs spans nodes.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the batch scripts and sbatch argv; submit "
+                                                            "nothing, write nothing.")] = False,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Hand the queued jobs to Slurm: pre-inference first, training after it (afterok). Jobs never open
+    experiments.db; `tcf queue sync` (and `queue ls`, `results`, the TUI) merge what they record."""
+    from tcf.jobs.slurm import SlurmOptions, format_plan, plan, submit
+
+    opts = SlurmOptions(partition, account, time, gres).check()
+    if dry_run:
+        sys.stdout.write(format_plan(*plan(_store(db, readonly=True), opts)))
+        return
+    subs = submit(_store(db, follow=True), opts, say=err.print)
+    err.print(f"submitted {len(subs)} job(s) to Slurm" if subs else "nothing to submit")
+    print(" ".join(str(s.job.id) for s in subs))
+
+
+@queue_app.command("sync")
+def queue_sync(db: DbOption = DEFAULT_DB) -> None:
+    """Ask Slurm how the submitted jobs stand and merge the records they wrote into experiments.db (exactly
+    once: syncing again changes nothing)."""
+    from tcf.jobs.slurm import sync
+
+    said = sync(_store(db))
+    for line in said:
+        err.print(line)
+    err.print(f"{len(said)} change(s)" if said else "up to date")
 
 
 @queue_app.command("rm")
@@ -515,13 +579,13 @@ def queue_rm(job_id: JobIdArg, db: DbOption = DEFAULT_DB) -> None:
 def queue_wait(job_id: JobIdArg, db: DbOption = DEFAULT_DB) -> int:
     """Block until the job ends; the exit status is its outcome: 0 finished, else its exit code (1 without one),
     130 cancelled. As task-spooler's `ts -w`."""
-    from tcf.jobs.follow import exit_status, wait_for
+    from tcf.jobs.watch import exit_status, wait_for
 
     def say(job) -> None:
         why = " (a job it depends on ended badly; it waits for a retry)" if job.display == "blocked" else ""
         err.print(f"job {job.id} {printable(job.name)}: {job.display}{why}", highlight=False, soft_wrap=True)
 
-    job = wait_for(_store(db, readonly=True), job_id, on_change=say)
+    job = wait_for(_store(db, readonly=True), job_id, on_change=say, refresh=lambda: _follow_slurm(db, 5.0))
     if job.error:
         err.print(Text(printable(job.error)), soft_wrap=True)
     return exit_status(job)
@@ -535,13 +599,13 @@ def logs(
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """A job's log: stdout and stderr of its process (every attempt), as `ts -c`; --follow as `ts -t`."""
-    from tcf.jobs.follow import stream_log
+    from tcf.jobs.watch import stream_log
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    stream_log(_store(db, readonly=True), job_id, write, follow=follow)
+    stream_log(_store(db, readonly=True), job_id, write, follow=follow, refresh=lambda: _follow_slurm(db, 5.0))
 
 
 @queue_app.command("edit")
@@ -559,15 +623,30 @@ def queue_edit(
     err.print(f"job {job.id}: priority {job.priority}, tags {','.join(job.tags) or '-'}, note {job.note or '-'}")
 
 
-def _store(db: Path, readonly: bool = False):
+def _store(db: Path, readonly: bool = False, follow: bool = False):
     """The store at ``db``, which must exist: a mistyped --db is one line saying so, never an empty table (nor a
-    new file: commands that create a store are run, queue add and worker)."""
+    new file: commands that create a store are run, queue add and worker). ``follow``: Slurm's view synced first
+    (a cancel or retry acts on it, a listing shows it)."""
     from tcf.store.db import Store
 
     if not db.exists():
         raise TcfError(f"{db}: no tcf result store there (check --db or TCF_DB; tcf run, tcf queue add or "
                        "tcf worker make one)")
+    if follow:
+        _follow_slurm(db)
     return Store(db, readonly=readonly)
+
+
+def _follow_slurm(db: Path, min_interval_s: float = 0.0) -> None:
+    """On a coordinator with Slurm jobs: merge their records and states before reading (a failure is a warning:
+    what is already merged can still be read); at most once per ``min_interval_s`` (a command that polls)."""
+    from tcf.jobs.slurm import follow
+
+    try:
+        for line in follow(db, min_interval_s):
+            err.print(line)
+    except TcfError as e:
+        err.print(f"warning: cannot sync the Slurm jobs: {e}")
 
 
 @app.command()

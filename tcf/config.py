@@ -264,6 +264,9 @@ class EvalConfig(_Section):
         return data
 
 
+_SCHEDULE_KEYS = ("schedule", "chunk_tokens", "host_memory_budget", "read_bandwidth")
+
+
 class TextEncoderConfig(_Section):
     model: str = Field(description="A local model folder (config.json + safetensors), or a Hugging Face repo id "
                        "org/name[@revision] resolved through the local cache (downloaded when online).")
@@ -277,6 +280,21 @@ class TextEncoderConfig(_Section):
     )
     ranges: BlockRanges | None = Field(None, description="Pinned block ranges, e.g. 0:6,6:16,16:24; unset = planned.")
     batch_size: int | None = Field(None, ge=1, le=1 << 20, description="Pinned pre-inference batch; unset = planned.")
+    schedule: Literal["auto", "range", "chunk"] = Field(
+        "auto", description="Pre-inference order: range = every item through one block range, boundaries on disk; "
+        "chunk = a chunk of items through every range, boundaries in host memory; auto = the planner's choice."
+    )
+    chunk_tokens: int | None = Field(
+        None, ge=1, le=1 << 34, description="Pinned tokens per chunk of a chunk schedule; unset = planned."
+    )
+    host_memory_budget: ByteSize | None = Field(
+        None, description="Host memory a chunk schedule may pin for one chunk's hidden states, e.g. 8GiB; unset = "
+        "half the available memory, at most 8GiB."
+    )
+    read_bandwidth: ByteSize | None = Field(
+        None, description="Bytes per second the weights are read from disk at (the planner's cost model), e.g. "
+        "3GB; unset = 2GB."
+    )
     unfreeze: int = Field(
         0, ge=0, le=1024, description="Top blocks to fine-tune; pre-inference keeps the latents below them."
     )
@@ -291,6 +309,13 @@ class TextEncoderConfig(_Section):
     projection_layers: int = Field(
         1, ge=1, le=16, description="Layers of the projection MLP from LM width to embedding_dim."
     )
+
+    def hashed(self) -> dict[str, Any]:
+        """The section as a run's hash sees it: how pre-inference is scheduled does not change a result."""
+        data = self.model_dump(mode="json")
+        for key in _SCHEDULE_KEYS:
+            data.pop(key)
+        return data
 
     @field_validator("normalize", mode="before")
     @classmethod
@@ -350,6 +375,8 @@ class Config(_Section):
         data["eval"] = self.eval.hashed()
         if data["train"]["threads"] is None:  # unset (chosen per machine): the hashes of configs before it existed
             del data["train"]["threads"]
+        if self.text_encoder is not None:
+            data["text_encoder"] = self.text_encoder.hashed()
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

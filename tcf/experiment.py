@@ -29,6 +29,7 @@ from tcf.rec.text_towers import TextSource
 from tcf.rec.trainer import Trainer, TrainResult
 from tcf.store.db import Store
 from tcf.store.events import EventWriter
+from tcf.store.records import Recorder, open_store
 from tcf.util.dist import DistContext, broadcast_object, init_distributed
 from tcf.util.fingerprint import file_digest
 from tcf.util.lock import Locked, file_lock
@@ -112,7 +113,7 @@ def check_inputs(run: dict, inputs: dict[str, dict[str, str]]) -> None:
 
 
 @contextmanager
-def owning(store: Store | None, run: dict, ckpt: Path, resume: bool, threads: int | None = None) -> Iterator[None]:
+def owning(store: Recorder | None, run: dict, ckpt: Path, resume: bool, threads: int | None = None) -> Iterator[None]:
     """Rank 0 holds the run's lock (dies with the process) and records itself as its owner (and the CPU threads
     it trains with), for the run's whole training: a second `tcf run --resume` or a retried job fails at once
     instead of training it too."""
@@ -132,17 +133,26 @@ def owning(store: Store | None, run: dict, ckpt: Path, resume: bool, threads: in
         yield
 
 
-def _open_run(store: Store, cfg: Config, db_path: Path, text_model: Path | None,
+def _new_run(store: Recorder, cfg: Config, text_model: Path | None, inputs: dict[str, dict[str, str]]) -> int:
+    return store.create_run(name=cfg.run_name, config=cfg.model_dump(mode="json"), config_hash=cfg.hash(),
+                            dataset=Path(cfg.dataset.path).name, architecture=cfg.model.architecture,
+                            item_tower=cfg.model.item_tower, protocol=cfg.eval.protocol, inputs=inputs,
+                            lm_params=parameter_count(text_model) if text_model is not None else None)
+
+
+def reserve_run(store: Store, cfg: Config) -> int:
+    """Record the run a job will train before it starts, from the machine that holds experiments.db: a job on
+    another node (Slurm) cannot create one there, so it resumes this one (status 'created', no checkpoint)."""
+    cfg = cfg.resolved()
+    text_model = model_dir_of(cfg.text_encoder) if cfg.trains_text_tower else None
+    return _new_run(store, cfg, text_model, run_inputs(cfg, text_model))
+
+
+def _open_run(store: Recorder, cfg: Config, db_path: Path, text_model: Path | None,
               resume_run_id: int | None) -> tuple[dict, Path]:
     """The run's row (a new one, or the one to resume after checking it may be) and its checkpoint folder."""
     inputs = run_inputs(cfg, text_model)
-    if resume_run_id is None:
-        run_id = store.create_run(name=cfg.run_name, config=cfg.model_dump(mode="json"), config_hash=cfg.hash(),
-                                  dataset=Path(cfg.dataset.path).name, architecture=cfg.model.architecture,
-                                  item_tower=cfg.model.item_tower, protocol=cfg.eval.protocol, inputs=inputs,
-                                  lm_params=parameter_count(text_model) if text_model is not None else None)
-    else:
-        run_id = resume_run_id
+    run_id = _new_run(store, cfg, text_model, inputs) if resume_run_id is None else resume_run_id
     run = store.get_run(run_id)
     if resume_run_id is not None:
         if run["status"] == "finished":
@@ -165,7 +175,7 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
     cfg = cfg.resolved()  # absolute paths: a resume from another folder reads the same files
     data = prepared_data(cfg)
     text_model = model_dir_of(cfg.text_encoder) if cfg.trains_text_tower else None  # fails before the db is touched
-    store = Store(db_path) if ctx.is_main else None
+    store = open_store(db_path) if ctx.is_main else None  # a Slurm job's: its record file
     run, ckpt = _open_run(store, cfg, db_path, text_model, resume_run_id) if store is not None else ({}, None)
     run, ckpt = broadcast_object((run, ckpt), ctx)
     run_id = run["id"]
@@ -197,7 +207,7 @@ def run_experiment(cfg: Config, db_path: Path, *, reporter: Reporter | None = No
                      result.eval_seconds, threads.threads)
 
 
-def _text_source(cfg: Config, db_path: Path, ctx: DistContext, store: Store | None, run: dict,
+def _text_source(cfg: Config, db_path: Path, ctx: DistContext, store: Recorder | None, run: dict,
                  text_model: Path | None, keep_depths: tuple[int, ...], reporter: Reporter) -> TextSource | None:
     """A text tower's latents (pre-inferred now or reused), recorded with the run; on a resume they must be
     the ones it started on."""

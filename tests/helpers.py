@@ -99,10 +99,12 @@ def pooled_reference(lengths: np.ndarray, reference: torch.Tensor) -> dict[str, 
     return pool(reference, torch.from_numpy(np.arange(reference.shape[1]) < lengths[:, None]))
 
 
-def plan_of(spans: list[tuple[int, int]], batch: int = 3, n_blocks: int = N_BLOCKS) -> Plan:
-    """A plan of the given ranges at one batch size (no budget: the runner does not look at it)."""
+def plan_of(spans: list[tuple[int, int]], batch: int = 3, n_blocks: int = N_BLOCKS, chunk_tokens: int = 0) -> Plan:
+    """A plan of the given ranges at one batch size (no budget: the runner does not look at it); chunk-major
+    with ``chunk_tokens``."""
     ranges = [RangePlan(s, e, 0, 0, batch, s == 0, e == n_blocks) for s, e in spans]
-    return Plan(ranges, 1 << 30, 0, 17, T, "fp32", "fp32", 0, 0, 1.0, 0.0)
+    return Plan(ranges, 1 << 30, 0, 17, T, "fp32", "fp32", 0, 0, 1.0, 0.0,
+                schedule="chunk" if chunk_tokens else "range", chunk_tokens=chunk_tokens)
 
 
 TEXT_BLOCKS = 3  # blocks of the tiny OPT of :func:`text_tower_setup`

@@ -21,7 +21,11 @@ def _readme_test_command() -> str:
 
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert _readme_test_command() in ci
+    lines = (ROOT / "README.md").read_text().splitlines()
+    test_cmd = _readme_test_command()
+    assert test_cmd in ci
+    setup = lines[lines.index(test_cmd) - 1]  # the Slurm tests' cluster, installed first
+    assert "apt-get install -y -qq slurm-wlm munge" in setup and ci.index(setup) < ci.index(test_cmd)
 
 
 @pytest.mark.parametrize(("engine", "tui", "ok"), [(1, 0, False), (0, 1, False), (0, 0, True), (2, 1, False)])

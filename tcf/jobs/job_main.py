@@ -1,5 +1,10 @@
 """The job process: ``python -m tcf.jobs.job_main --db experiments.db JOB_ID`` (a worker starts it).
 
+On Slurm (``--job-dir FOLDER``, from the batch script tcf.jobs.slurm writes) it never opens experiments.db:
+it reads its job from ``FOLDER/job.json`` and records everything (run, epochs, metrics, events, artifacts, its
+start, heartbeats and end) in ``FOLDER/records-<attempt>.jsonl`` (tcf.store.records), which the coordinator
+merges. ``--db`` then only says where the artifacts and checkpoints live (beside it).
+
 It runs one queued job (pre-inference or a training run) and records how it ended, so a job never
 stays "running" after it stops: finished, failed (an error, with its message), or cancelled (SIGTERM
 or SIGINT, e.g. ``tcf queue cancel``). A heartbeat thread proves it is alive every few seconds and
@@ -56,19 +61,24 @@ class LogReporter(Reporter):
         _say(f"range {i} committed in {seconds:.1f} s")
 
 
-def _heartbeats(db: Path, job_id: int, attempt: int, stop: threading.Event) -> None:
+RECORD_BEAT_S = 30.0  # a Slurm job's heartbeat record (its liveness is Slurm's to tell; this carries its peak)
+
+
+def _heartbeats(db: Path, job_id: int, attempt: int, stop: threading.Event, writer: Any = None) -> None:
     from tcf.jobs.queue import HEARTBEAT_S, heartbeat
     from tcf.store.db import Store
 
-    store = Store(db)  # this thread's own connection
+    store = Store(db) if writer is None else None  # this thread's own connection
     try:
-        while not stop.wait(HEARTBEAT_S):
+        while not stop.wait(HEARTBEAT_S if writer is None else RECORD_BEAT_S):
             try:
-                heartbeat(store, job_id, process_gpu_memory().get("gpu_reserved_peak_bytes"), attempt)
+                peak = process_gpu_memory().get("gpu_reserved_peak_bytes")
+                writer.heartbeat(peak) if writer is not None else heartbeat(store, job_id, peak, attempt)
             except Exception as e:  # noqa: BLE001 - a missed beat must not kill the job; the next one retries
                 _say(f"heartbeat failed: {e}")
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -98,16 +108,38 @@ def _physical_gpu() -> int:
     return int(devices[local]) if local < len(devices) else 0
 
 
-def run_job(db: Path, job_id: int) -> int:
-    """Run job ``job_id`` of ``db`` in this process; returns the exit code."""
-    from tcf.jobs.queue import get_job
-    from tcf.store.db import Store
+def _open_job(db: Path, job_id: int, job_dir: Path | None, main_rank: bool) -> tuple[Any, Any, Any]:
+    """(job, store, record writer): from experiments.db for a local worker's job; from the job's folder for a
+    Slurm job, whose main rank records through its one RecordWriter (the other ranks record nothing)."""
+    from tcf.store.records import RecordWriter, install, record_file
+
+    if job_dir is None:
+        from tcf.jobs.queue import get_job
+        from tcf.store.db import Store
+
+        store = Store(db)
+        return get_job(store, job_id), store, None
+    from tcf.jobs.records import read_spec
+
+    job = read_spec(job_dir)
+    if job.id != job_id:
+        raise TcfError(f"{job_dir}: describes job {job.id}, not job {job_id}")
+    writer = RecordWriter(record_file(job_dir, job.attempts), job_id, job.run) if main_rank else None
+    install(writer)
+    if writer is not None:
+        writer.start(slurm_job=os.environ.get("SLURM_JOB_ID"), restarts=os.environ.get("SLURM_RESTART_COUNT"),
+                     node=os.environ.get("SLURMD_NODENAME"))
+    return job, writer, writer
+
+
+def run_job(db: Path, job_id: int, job_dir: Path | None = None) -> int:
+    """Run job ``job_id`` of ``db`` in this process (a Slurm job: described in, and recording to, ``job_dir``);
+    returns the exit code."""
     from tcf.util.dist import shutdown
 
     os.environ[JOB_ENV] = str(job_id)  # every Store opened below tags its events with the job
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    store = Store(db)
-    job = get_job(store, job_id)
+    job, store, writer = _open_job(db, job_id, job_dir, main_rank)
     stop = threading.Event()
     state, error, code, artifact = "finished", None, 0, None
     # Every KeyboardInterrupt that _interrupt raises (at most one) lands inside this try: the handlers are set
@@ -117,10 +149,11 @@ def run_job(db: Path, job_id: int) -> int:
             signal.signal(signal.SIGTERM, _interrupt)
             signal.signal(signal.SIGINT, _interrupt)
             if main_rank:
-                threading.Thread(target=_heartbeats, args=(db, job_id, job.attempts, stop), daemon=True,
+                threading.Thread(target=_heartbeats, args=(db, job_id, job.attempts, stop, writer), daemon=True,
                                  name="heartbeat").start()
             _say(f"job {job_id} ({job.kind}) {job.name}: attempt {job.attempts}, devices {job.devices}")
-            if _early or get_job(store, job_id).cancel_requested:  # cancelled while its process started
+            # cancelled while its process started: a signal remembered, or (a local job) a cancel requested
+            if _early or (writer is None and job_dir is None and _cancel_requested(store, job_id)):
                 _ignore_signals()
                 raise KeyboardInterrupt(f"{signal.Signals(_early[0]).name if _early else 'cancel'} before it started")
             artifact = _work(job, db, store, main_rank)
@@ -135,12 +168,21 @@ def run_job(db: Path, job_id: int) -> int:
         state, error, code = "failed", f"{type(e).__name__}: {e}", 1
     stop.set()
     shutdown()
-    if main_rank:
+    if writer is not None:
+        writer.end(state, error, code, artifact)
+        writer.close()
+    elif main_rank and job_dir is None:
         from tcf.jobs.queue import finish_job
 
         finish_job(store, job_id, state, error=error, exit_code=code, artifact=artifact, attempt=job.attempts)
     _say(f"job {job_id} {state}" + (f": {error}" if error else ""))
     return code
+
+
+def _cancel_requested(store: Any, job_id: int) -> bool:
+    from tcf.jobs.queue import get_job
+
+    return get_job(store, job_id).cancel_requested
 
 
 def _work(job: Any, db: Path, store: Any, main_rank: bool) -> str | None:
@@ -168,7 +210,8 @@ def _work(job: Any, db: Path, store: Any, main_rank: bool) -> str | None:
         return str(path)
     resume = None
     if job.run_id is not None:
-        if store.get_run(job.run_id)["status"] == "finished":
+        run = store.get_run(job.run_id) if store is not None else job.run  # a Slurm job's other ranks: as submitted
+        if run["status"] == "finished":
             _say(f"run {job.run_id} already finished")
             return None
         resume = job.run_id
@@ -183,11 +226,18 @@ def _work(job: Any, db: Path, store: Any, main_rank: bool) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tcf.jobs.job_main", description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True, type=Path)
+    parser.add_argument("--job-dir", type=Path, help="a Slurm job's folder: job.json in, records out; "
+                                                        "experiments.db is never opened")
     parser.add_argument("job_id", type=int)
     for s in (signal.SIGTERM, signal.SIGINT):  # a cancel while the job opens its store is acted on, not lost
         signal.signal(s, _remember)
     args = parser.parse_args(argv)
-    sys.exit(run_job(args.db.resolve(), args.job_id))
+    try:
+        code = run_job(args.db.resolve(), args.job_id, args.job_dir.resolve() if args.job_dir else None)
+    except TcfError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
 
 
 if __name__ == "__main__":

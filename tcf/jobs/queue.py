@@ -45,6 +45,8 @@ ENDED_BADLY = ("failed", "cancelled", "lost")
 TERMINAL = ("finished", *ENDED_BADLY)
 HEARTBEAT_S = 5.0  # a job process writes its heartbeat this often
 STALE_AFTER_S = 20.0  # a running job silent this long shows as stale (its process is alive but quiet)
+SLURM_ENDED = ("COMPLETED", "CANCELLED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "DEADLINE", "NODE_FAIL", "BOOT_FAIL",
+               "PREEMPTED", "SPECIAL_EXIT", "UNKNOWN")  # Slurm's final states (UNKNOWN: Slurm forgot the job)
 HOST_LOST_AFTER_S = 600.0  # a job of another host (whose process we cannot see) silent this long is lost
 
 
@@ -83,6 +85,10 @@ class Job:
     deps: tuple[int, ...] = ()
     config: dict[str, Any] = field(default_factory=dict, repr=False)
     spec: dict[str, Any] = field(default_factory=dict, repr=False)
+    slurm_id: str | None = None  # the Slurm job that runs it (tcf.jobs.slurm); None: a local worker's job
+    slurm_options: str | None = None  # JSON of the sbatch options it was submitted with (a retry reuses them)
+    job_dir: str | None = None  # a Slurm job's folder on the shared filesystem: its script, records and log
+    slurm_state: str | None = None  # what squeue/sacct last said of it ("PENDING (Dependency)", "COMPLETED")
 
     @property
     def dataset(self) -> str:
@@ -94,6 +100,8 @@ def display_state(row: dict[str, Any], dep_states: list[str], now: float | None 
     """What a person should see: a running job's liveness (:func:`liveness`); ``blocked`` for a queued job
     whose dependency ended badly; else the stored state."""
     state = row["state"]
+    if state == "running" and row.get("slurm_id"):
+        return state  # Slurm tells whether it lives: `tcf queue sync` records what squeue/sacct say
     if state == "running":
         shown = liveness(row, time.time() if now is None else now, host or hostname(), workers or {})[0]
         return "cancelled" if shown == "lost" and row["cancel_requested"] else shown  # gone as it was asked
@@ -307,12 +315,23 @@ def cancel_job(store: Store, job_id: int) -> str:
 
     with store.transaction():
         job = get_job(store, job_id)
+        if job.state == "queued" and job.slurm_id:
+            from tcf.jobs.slurm import cancel
+
+            said = cancel(store, job)  # pending in Slurm: gone once scancel returns
+            sql(store).execute("UPDATE jobs SET state = 'cancelled', finished_at = ?, error = 'cancelled before it "
+                               "started' WHERE id = ?", [now_iso(), job_id])
+            return said
         if job.state == "queued":
             sql(store).execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?", [now_iso(), job_id])
             return f"job {job_id} cancelled"
         if job.state != "running":
             raise TcfError(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
         sql(store).execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", [job_id])
+    if job.slurm_id:
+        from tcf.jobs.slurm import cancel
+
+        return cancel(store, job)
     if job.host == hostname() and is_alive(job.pid, job.pid_start):
         try:
             os.killpg(job.pid, signal.SIGTERM)  # workers start each job in its own process group
@@ -339,6 +358,8 @@ def retry_jobs(store: Store, job_ids: list[int] | None = None, *, failed: bool =
                 "UPDATE jobs SET state = 'queued', cancel_requested = 0, worker_id = NULL, pid = NULL, "
                 "pid_start = NULL, devices = NULL, heartbeat = NULL, started_at = NULL, finished_at = NULL, "
                 "exit_code = NULL, error = NULL WHERE id = ?", [job.id])
+            if job.slurm_id:  # submitted again by tcf.jobs.slurm.resubmit, with the options it had
+                sql(store).execute("UPDATE jobs SET slurm_id = NULL, slurm_state = NULL WHERE id = ?", [job.id])
     return [j.id for j in jobs]
 
 
@@ -349,6 +370,8 @@ def remove_job(store: Store, job_id: int) -> None:
         job = get_job(store, job_id)
         if job.display in ("running",):
             raise TcfError(f"job {job_id} is running; cancel it first")
+        if job.slurm_id and job.state == "queued":
+            raise TcfError(f"job {job_id} is Slurm job {job.slurm_id}, not ended; cancel it first")
         waiting = [r[0] for r in sql(store).execute(
             "SELECT j.id FROM job_deps d JOIN jobs j ON j.id = d.job_id WHERE d.dep_id = ? AND j.state = 'queued'",
             [job_id]).fetchall()]
@@ -361,9 +384,9 @@ def remove_job(store: Store, job_id: int) -> None:
 # -- workers and job processes -------------------------------------------------------------------
 
 # the next ready job: queued, fits the free devices, every dependency finished; priority, then age
-_PICK = ("SELECT j.id FROM jobs j WHERE j.state = 'queued' AND j.gpus <= :max_gpus "
-         "AND (:job IS NULL OR j.id = :job) AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p "
-         "ON p.id = d.dep_id WHERE d.job_id = j.id AND p.state != 'finished') ORDER BY j.priority DESC, j.id LIMIT 1")
+_PICK = ("SELECT j.id FROM jobs j WHERE j.state = 'queued' AND j.gpus <= :max_gpus AND j.slurm_id IS NULL "
+         "AND (:job IS NULL OR j.id = :job) AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.dep_id "
+         "WHERE d.job_id = j.id AND p.state != 'finished') ORDER BY j.priority DESC, j.id LIMIT 1")
 
 
 def next_ready(store: Store, max_gpus: int) -> Job | None:
@@ -450,7 +473,7 @@ def reap_lost(store: Store, now: float | None = None, skip: Collection[int] = ()
     SIGKILLed child is gone, a zombie, before the worker collects its exit status)."""
     now, host, workers = time.time() if now is None else now, hostname(), _workers(store)
     lost = []
-    for row in sql(store).query("SELECT * FROM jobs WHERE state = 'running'"):
+    for row in sql(store).query("SELECT * FROM jobs WHERE state = 'running' AND slurm_id IS NULL"):
         state, why = liveness(row, now, host, workers)
         if state != "lost" or row["id"] in skip:
             continue
@@ -490,3 +513,103 @@ def match_jobs(jobs: list[Job], text: str) -> list[Job]:
     pattern = text if any(c in text for c in "*?[") else f"*{text}*"
     return [j for j in jobs if any(fnmatch.fnmatch(s.lower(), pattern) for s in
                                    (j.name, j.kind, j.display, j.note, str(j.id), j.dataset, *j.tags))]
+
+
+# -- jobs on Slurm (tcf.jobs.slurm) and their records (tcf.jobs.records) -----------------------------
+
+def submitted(store: Store, job_id: int, *, slurm_id: str, options: dict[str, Any], job_dir: str,
+              log_path: str, attempt: int) -> None:
+    """Record that attempt ``attempt`` of a queued job is Slurm job ``slurm_id`` (it stays queued until it starts);
+    a job that stopped being queued meanwhile (cancelled, taken by a worker) is an error."""
+    with store.transaction():
+        cur = sql(store).execute(
+            "UPDATE jobs SET slurm_id = ?, slurm_options = ?, job_dir = ?, log_path = ?, attempts = ?, host = NULL, "
+            "slurm_state = NULL, pid = NULL, pid_start = NULL, worker_id = NULL, devices = NULL, heartbeat = NULL, "
+            "started_at = NULL, finished_at = NULL, exit_code = NULL, error = NULL, cancel_requested = 0 "
+            "WHERE id = ? AND state = 'queued' AND slurm_id IS NULL",
+            [slurm_id, json.dumps(options, sort_keys=True), job_dir, log_path, attempt, job_id])
+        if cur.rowcount == 0:
+            raise TcfError(f"job {job_id} is no longer queued for submission (cancelled, or taken meanwhile)")
+
+
+def unsubmit(store: Store, job_id: int) -> None:
+    """A queued job is no longer a Slurm job (cancelled there to be submitted again)."""
+    with store.transaction():
+        sql(store).execute("UPDATE jobs SET slurm_id = NULL, slurm_state = NULL WHERE id = ? AND state = 'queued'",
+                           [job_id])
+
+
+def set_run(store: Store, job_id: int, run_id: int) -> None:
+    """The run a training job trains (reserved before it runs on another machine)."""
+    with store.transaction():
+        sql(store).execute("UPDATE jobs SET run_id = ? WHERE id = ? AND kind = 'train'", [run_id, job_id])
+
+
+def merged_seq(store: Store, job_id: int, attempt: int) -> int:
+    """The last record of (job, attempt) already merged into the store (0: none)."""
+    row = sql(store).execute("SELECT seq FROM merged_records WHERE job_id = ? AND attempt = ?",
+                             [job_id, attempt]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def mark_merged(store: Store, job_id: int, attempt: int, seq: int) -> None:
+    sql(store).execute("INSERT INTO merged_records (job_id, attempt, seq) VALUES (?, ?, ?) ON CONFLICT "
+                       "(job_id, attempt) DO UPDATE SET seq = excluded.seq", [job_id, attempt, seq])
+
+
+def record_start(store: Store, job_id: int, attempt: int, *, host: str, pid: int, pid_start: int | None,
+                 at: str) -> None:
+    """A job process of attempt ``attempt`` started on ``host`` (again, after a Slurm requeue)."""
+    with store.transaction():
+        sql(store).execute(
+            "UPDATE jobs SET state = 'running', host = ?, pid = ?, pid_start = ?, started_at = ifnull(started_at, ?), "
+            "heartbeat = ?, finished_at = NULL, error = NULL, exit_code = NULL WHERE id = ? AND attempts = ?",
+            [host, pid, pid_start, at, time.time(), job_id, attempt])
+
+
+def record_heartbeat(store: Store, job_id: int, attempt: int, peak_mem_bytes: int | None) -> None:
+    """A merged heartbeat: the job's peak GPU memory (its state is Slurm's to tell)."""
+    with store.transaction():
+        sql(store).execute(
+            "UPDATE jobs SET heartbeat = ?, peak_mem_bytes = max(ifnull(peak_mem_bytes, 0), ifnull(?, 0)) "
+            "WHERE id = ? AND attempts = ?", [time.time(), peak_mem_bytes, job_id, attempt])
+
+
+def set_slurm_state(store: Store, job_id: int, attempt: int, slurm_state: str,
+                    change: tuple[str, str | None] | None) -> bool:
+    """Record what Slurm says of attempt ``attempt`` and the tcf state and error it means (``change``; None: keep
+    what the job's records said), e.g. queued again after a requeue, running, or how it ended; returns whether
+    the state changed. A run that a job which ended badly leaves behind becomes resumable."""
+    with store.transaction():
+        row = sql(store).execute("SELECT state, error FROM jobs WHERE id = ? AND attempts = ?",
+                                 [job_id, attempt]).fetchone()
+        if row is None:
+            return False
+        sql(store).execute("UPDATE jobs SET slurm_state = ? WHERE id = ?", [slurm_state, job_id])
+        if change is None or (row[0], row[1]) == change:
+            return False
+        state, error = change
+        if state not in STATES:
+            raise ValueError(f"not a job state: {state!r}")
+        if state in TERMINAL:
+            sql(store).execute("UPDATE jobs SET state = ?, error = ?, finished_at = ifnull(finished_at, ?) "
+                               "WHERE id = ?", [state, error, now_iso(), job_id])
+            if state in ENDED_BADLY:  # the run cannot say so itself any more: leave it resumable
+                sql(store).execute("UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? WHERE id = "
+                                   "(SELECT run_id FROM jobs WHERE id = ?) AND status IN ('created', 'running')",
+                                   [error or f"job {state}", now_iso(), job_id])
+        else:
+            sql(store).execute("UPDATE jobs SET state = ?, error = NULL, finished_at = NULL WHERE id = ?",
+                               [state, job_id])
+        return True
+
+
+def slurm_jobs(store: Store) -> list[Job]:
+    """Jobs whose Slurm job may still change: queued or running in tcf, or not yet seen ended by Slurm (a job
+    that recorded its end is confirmed, or corrected, by how Slurm saw it end: a time limit, a node failure)."""
+    if not store.has_column("jobs", "slurm_id"):
+        return []
+    rows = sql(store).execute("SELECT id FROM jobs WHERE slurm_id IS NOT NULL AND (state IN ('queued', 'running') "
+                              "OR slurm_state IS NULL OR slurm_state NOT IN (SELECT value FROM json_each(?))) "
+                              "ORDER BY id", [json.dumps(SLURM_ENDED)]).fetchall()
+    return [get_job(store, int(r[0])) for r in rows]

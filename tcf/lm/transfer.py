@@ -22,10 +22,28 @@ from tcf.lm.checkpoint import TensorInfo
 CHUNK = 64 << 20
 
 
+_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _stream(device: torch.device) -> torch.cuda.Stream:
+    """The one stream weights are loaded on, per device. The caching allocator hands a stream only blocks freed
+    on that stream, so weights loaded while another thread's kernels run (a chunk schedule loads the next range
+    while one computes) never land in memory those queued kernels still use; a caller frees a stage only once
+    its kernels are done (it synchronises), so the next load may reuse its blocks."""
+    device = torch.device(device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device not in _STREAMS:
+        _STREAMS[device] = torch.cuda.Stream(device)
+    return _STREAMS[device]
+
+
 def to_device(infos: Sequence[TensorInfo], dtypes: Sequence[torch.dtype], device: torch.device,
               compute_dtype: torch.dtype, workers: int = 6) -> list[torch.Tensor]:
     """The tensors ``infos`` (stored as ``dtypes``) on ``device``; floating ones cast to ``compute_dtype``."""
-    stored = [torch.empty(i.shape, dtype=d, device=device) for i, d in zip(infos, dtypes, strict=True)]
+    stream = _stream(device)
+    with torch.cuda.stream(stream):  # from the loading stream's own pool: see _stream
+        stored = [torch.empty(i.shape, dtype=d, device=device) for i, d in zip(infos, dtypes, strict=True)]
     jobs = [(info, dst, a, min(a + CHUNK, info.nbytes))
             for info, dst in zip(infos, stored, strict=True) for a in range(0, info.nbytes, CHUNK)]
     if jobs:
@@ -33,7 +51,6 @@ def to_device(infos: Sequence[TensorInfo], dtypes: Sequence[torch.dtype], device
         slots: queue.Queue[torch.Tensor] = queue.Queue()
         for _ in range(min(workers, len(jobs))):
             slots.put(torch.empty(CHUNK, dtype=torch.uint8, pin_memory=True))
-        stream = torch.cuda.Stream(device)
 
         def copy(job: tuple[TensorInfo, torch.Tensor, int, int]) -> None:
             info, dst, a, b = job
@@ -61,4 +78,7 @@ def to_device(infos: Sequence[TensorInfo], dtypes: Sequence[torch.dtype], device
         finally:
             for fd in fds.values():
                 os.close(fd)
-    return [s.to(compute_dtype) if s.is_floating_point() else s for s in stored]
+    with torch.cuda.stream(stream):
+        out = [s.to(compute_dtype) if s.is_floating_point() else s for s in stored]
+    stream.synchronize()
+    return out

@@ -23,7 +23,9 @@ from tcf.data.reader import load_dataset
 from tcf.errors import ConfigError, TcfError
 from tcf.lm.checkpoint import checkpoint_tensors, model_size, read_config
 from tcf.lm.hub import hub_origin, resolve_model
-from tcf.preinfer.planner import BUDGET_KEY, BudgetTooSmall, Plan, plan_ranges, split_at
+from tcf.preinfer.latents import LatentStore
+from tcf.preinfer.planner import BUDGET_KEY, DEFAULT_THROUGHPUT, BudgetTooSmall, Plan, plan_ranges
+from tcf.preinfer.schedule import CPU_THROUGHPUT, Machine, plan_schedule
 from tcf.util.artifacts import META, artifact_hash, artifact_path, read_meta
 from tcf.util.atomic import write_atomic
 from tcf.util.gpu import free_memory, get_provider
@@ -86,15 +88,24 @@ def resolve_budget(te: TextEncoderConfig, device: torch.device) -> int:
     return free
 
 
-def make_plan(cfg: Config, n_items: int, device: torch.device) -> Plan:
-    """The block-range plan for encoding ``n_items`` texts with the config's text encoder on ``device``."""
+def make_plan(cfg: Config, n_items: int, device: torch.device, *, n_tokens: int | None = None,
+              keep: tuple[int, ...] | list[int] = (), latents_root: Path = Path("artifacts"),
+              schedule: str | None = None) -> Plan:
+    """The plan for encoding ``n_items`` texts (``n_tokens`` real tokens) with the config's text encoder on
+    ``device``, split at the ``keep`` depths: block ranges under the GPU budget and the schedule that fits
+    the disk under ``latents_root`` and the host memory (:mod:`tcf.preinfer.schedule`). ``schedule``
+    overrides ``text_encoder.schedule``. On the CPU the budget is host memory and the estimate a CPU one."""
     te = cfg.text_encoder
     if te is None:
         raise TcfError("text_encoder: the config has no text_encoder section")
     size = model_size(model_dir_of(te), te.dtype)
-    return plan_ranges(size.footprint, size.shape, max_tokens=te.max_tokens, budget=resolve_budget(te, device),
-                       n_items=n_items, compute_dtype=te.dtype, latent_dtype=te.latent_dtype, ranges=te.ranges,
-                       batch_size=te.batch_size)
+    compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
+    throughput = DEFAULT_THROUGHPUT if device.type == "cuda" else CPU_THROUGHPUT * torch.get_num_threads()
+    machine = Machine.probe(latents_root, te.host_memory_budget, te.read_bandwidth, throughput)
+    return plan_schedule(size.footprint, size.shape, max_tokens=te.max_tokens, budget=resolve_budget(te, device),
+                         n_items=n_items, n_tokens=n_tokens, machine=machine, schedule=schedule or te.schedule,
+                         chunk_tokens=te.chunk_tokens, keep=keep, compute_dtype=compute,
+                         latent_dtype=te.latent_dtype, ranges=te.ranges, batch_size=te.batch_size)
 
 
 def minimum_budget(cfg: Config) -> int:
@@ -200,8 +211,30 @@ def _look_up_or_plan(cfg: Config, db_path: Path, keep: list[int], compute: str, 
     if found is not None:
         store.register_artifact("latents", found.name, found, read_meta(found))
         return {"tokens": str(tokens_path), "key": key, "found": str(found)}
-    plan = split_at(make_plan(cfg, len(table.item_keys), device), keep)
+    work = work_folder(root, key, keep)
+    plan = make_plan(cfg, len(table.item_keys), device, n_tokens=int(table.lengths.sum()), keep=keep,
+                     latents_root=root, schedule=_resumed_schedule(work, cfg))
     return {"tokens": str(tokens_path), "key": key, "found": None, "plan": plan}
+
+
+def work_folder(root: Path, key: dict[str, Any], keep: list[int]) -> Path:
+    """Where the latents of ``key`` keeping ``keep`` are computed before they are renamed into place."""
+    final = artifact_path(root, "latents", {**key, "depths": keep})
+    return final.parent / f".work-{final.name}"
+
+
+def _resumed_schedule(work: Path, cfg: Config) -> str | None:
+    """An unfinished work folder's own schedule when the config leaves it to the planner (its progress is kept)."""
+    te = cfg.text_encoder
+    assert te is not None
+    if te.schedule != "auto":
+        return None
+    state = LatentStore(work).state() if (work / "state.json").is_file() else {}
+    if state.get("schedule") == "chunk" and state.get("chunk_done"):
+        return "chunk"
+    if state.get("boundaries"):
+        return "range"
+    return None
 
 
 def lock_path(root: Path, key: dict[str, Any]) -> Path:
@@ -223,8 +256,8 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | No
     from tcf.lm.tokenize import load_token_table
     from tcf.preinfer.latents import DTYPES
     from tcf.preinfer.runner import run_preinference
-    from tcf.store.db import Store
     from tcf.store.events import EventWriter
+    from tcf.store.records import open_store
     from tcf.util.dist import barrier, broadcast_object, init_distributed
 
     te = cfg.text_encoder
@@ -237,15 +270,15 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | No
     ctx = init_distributed("auto" if torch.cuda.is_available() else "cpu")
     device = device or (ctx.device if ctx.distributed else default_device(gpu))
     compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
-    store = Store(db_path) if ctx.is_main else None
+    store = open_store(db_path) if ctx.is_main else None  # a Slurm job's: its record file
     with ExitStack() as hold:
         job = broadcast_object(_look_up_or_plan(cfg, db_path, keep, compute, device, store, hold, ui)
                                if store is not None else {}, ctx)
         if job["found"]:
             return Path(job["found"]), True
         table = load_token_table(job["tokens"])
-        final = artifact_path(db_path.resolve().parent / "artifacts", "latents", {**job["key"], "depths": keep})
-        work = final.parent / f".work-{final.name}"
+        work = work_folder(db_path.resolve().parent / "artifacts", job["key"], keep)
+        final = work.parent / work.name.removeprefix(".work-")
         work.parent.mkdir(parents=True, exist_ok=True)
         reporter = Tee(EventWriter(store, f"infer:{final.name}"), ui) if store is not None else None
         run_preinference(model_dir, table.ids, table.lengths, table.item_keys, job["plan"], work,

@@ -263,6 +263,10 @@ class LatentStore:
         """Drop this process's memory map of boundary ``k`` (another process may delete the file)."""
         self._maps.pop(k, None)
 
+    def partial(self, k: Key) -> bool:
+        """Whether ``k`` has a ``.tmp`` file being filled (a chunk schedule fills one across runs)."""
+        return self._tmp(k).is_file()
+
     def discard(self, k: Key) -> None:
         self._tmp(k).unlink(missing_ok=True)
 

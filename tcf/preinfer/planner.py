@@ -24,9 +24,11 @@ kernels never materialise the T² terms. Activations of different blocks in one 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tcf.errors import ConfigError
 from tcf.lm.checkpoint import Footprint, ModelShape, dtype_bytes
@@ -98,6 +100,11 @@ class Plan:
     estimated_seconds: float  # 2 * params * n_items * T / throughput
     pinned_ranges: bool = False
     pinned_batch: bool = False
+    schedule: str = "range"  # range-major or chunk-major (tcf.preinfer.schedule)
+    chunk_tokens: int = 0  # chunk-major: real tokens per chunk of items
+    n_tokens: int = 0  # real tokens of all items (0: unknown, every item at max_tokens)
+    estimate: Any = None  # tcf.preinfer.schedule.Estimate: peak bytes per tier, the time split
+    rejected: tuple[str, ...] = ()  # the other schedule, and why it was not taken
 
     @property
     def boundaries(self) -> int:
@@ -270,6 +277,48 @@ def plan_ranges(footprint: Footprint, shape: ModelShape, *, max_tokens: int, bud
                 params, throughput, seconds, pinned_ranges=ranges is not None, pinned_batch=batch_size is not None)
 
 
+def plan_chunk_ranges(footprint: Footprint, shape: ModelShape, *, budget: int, batch_floor: int = 16,
+                      **kw: Any) -> Plan:
+    """Block ranges for a chunk schedule, where each range runs while the next one loads (after the last, the
+    first again, for the next chunk). One range when the whole model fits (loaded once). Otherwise the longest
+    ranges whose every neighbouring pair leaves room for a batch of ``batch_floor`` (or the pinned batch), and
+    one batch size for all, the largest multiple of 8 beside the heaviest pair (a chunk's batches are laid out
+    once, and every range reads and writes them in place). Keyword arguments as :func:`plan_ranges`."""
+    whole = plan_ranges(footprint, shape, budget=budget, batch_floor=batch_floor, **kw)
+    if len(whole.ranges) == 1:
+        return whole
+    n, pinned = footprint.n_blocks, kw.get("batch_size")
+    per_item = activation_bytes_per_item(shape, kw["max_tokens"], kw.get("compute_dtype", "bf16"))
+    b = _Budget(footprint, budget, per_item, kw.get("margin_fraction", 0.10), kw.get("margin_fixed", 256 * MiB),
+                max(r.batch_size for r in whole.ranges), tuple(itertools.accumulate(footprint.block_bytes, initial=0)))
+
+    def heaviest_pair(spans: list[tuple[int, int]]) -> int:
+        return max(b.weights(*x) + b.weights(*y) for x, y in zip(spans, [*spans[1:], spans[0]], strict=True))
+
+    need = (pinned or batch_floor) * per_item
+    if kw.get("ranges") is not None:
+        spans = [(r.start, r.stop) for r in whole.ranges]
+    else:  # the heaviest range weight that still leaves every pair room for the batch, by bisection
+        lo, hi = max(b.weights(i, i + 1) for i in range(n)), b.avail
+        spans = _partition(b, lo)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if heaviest_pair(cand := _partition(b, mid)) + need <= b.avail:
+                lo, spans = mid, cand
+            else:
+                hi = mid - 1
+    room = b.avail - heaviest_pair(spans)
+    fit = room // per_item
+    batch = pinned or min(b.cap, fit - fit % 8 if fit >= 8 else fit)  # a multiple of 8: every batch is a layout
+    if batch < 1 or batch * per_item > room:
+        low = b.minimum_budget(heaviest_pair(spans) + (pinned or 1) * per_item)
+        raise BudgetTooSmall(f"budget {format_bytes(budget)} is too small for a chunk schedule: two neighbouring "
+                             f"ranges' weights and {'the batch' if pinned else 'one item'} need at least "
+                             f"{format_bytes_ceil(low)}", low)
+    ranges = [RangePlan(s, e, b.weights(s, e), batch * per_item, batch, s == 0, e == n) for s, e in spans]
+    return dataclasses.replace(whole, ranges=ranges)
+
+
 def format_plan(plan: Plan) -> str:
     """Plain-text table of a plan, for ``tcf plan``."""
     pins = [w for w, on in (("ranges", plan.pinned_ranges), ("batch size", plan.pinned_batch)) if on]
@@ -288,8 +337,32 @@ def format_plan(plan: Plan) -> str:
     lines += [
         "",
         f"latents per boundary: {format_bytes(plan.latent_bytes_per_boundary)} ({plan.latent_dtype}), "
-        f"{plan.boundaries} boundar{'y' if plan.boundaries == 1 else 'ies'}",
-        f"estimated compute time: {format_seconds(plan.estimated_seconds)} "
-        f"({plan.params / 1e9:.2f} B block parameters at {plan.throughput / 1e12:.0f} TFLOP/s)",
+        f"{plan.boundaries} boundar{'y' if plan.boundaries == 1 else 'ies'}"
+        + (" (chunk schedule: in host memory, never on disk)" if plan.schedule == "chunk" and plan.boundaries else ""),
+    ]
+    est = plan.estimate
+    if est is None:
+        lines.append(f"estimated compute time: {format_seconds(plan.estimated_seconds)} "
+                     f"({plan.params / 1e9:.2f} B block parameters at {_rate(plan.throughput)})")
+        return "\n".join(lines)
+    if plan.schedule == "chunk":
+        lines.append(f"schedule: chunk-major, {est.n_chunks:,} chunk{'s' if est.n_chunks != 1 else ''} of up to "
+                     f"{plan.chunk_tokens:,} tokens, every range per chunk"
+                     + (" (one range: weights loaded once)" if len(plan.ranges) == 1 else
+                        ", the next range loading while one computes"))
+    else:
+        lines.append("schedule: range-major, every item through one range, boundaries on disk")
+    lines += [f"  not {why}" for why in plan.rejected]
+    lines += [
+        f"peak: GPU {format_bytes(est.gpu_bytes)}, host {format_bytes(est.host_bytes)} pinned, "
+        f"disk {format_bytes(est.disk_bytes)}",
+        f"estimated time: {format_seconds(est.total_s)} = compute {format_seconds(est.compute_s)} "
+        f"({plan.params / 1e9:.2f} B block parameters at {_rate(plan.throughput)}), weight reads "
+        f"{format_seconds(est.weights_s)}" + (" (overlapped with compute)" if plan.schedule == "chunk" else "")
+        + f", latent I/O {format_seconds(est.latents_s)}",
     ]
     return "\n".join(lines)
+
+
+def _rate(flops: float) -> str:
+    return f"{flops / 1e12:.0f} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:.0f} GFLOP/s"

@@ -142,7 +142,7 @@ class _Job:
         check_checkpoint(model_dir)
         shape = model_shape(model_dir)
         self.n_blocks, self.hidden = shape.n_blocks, shape.hidden
-        self.ranges = _check_plan(plan, self.n_blocks)
+        self.plan, self.ranges = plan, _check_plan(plan, self.n_blocks)
         self.n_items = len(lengths)
         self.shape = (self.n_items, ids.shape[1], self.hidden)
         self.mine = share(lengths, ctx.rank, ctx.world_size)
@@ -175,6 +175,19 @@ class _Job:
         return [(i, r) for i, r in enumerate(self.ranges) if i >= first]
 
     def run(self) -> None:
+        """Every range left (range-major), or every chunk left (chunk-major: :mod:`tcf.preinfer.chunked`)."""
+        state = self.store.state()
+        if self.plan.schedule == "chunk":
+            from tcf.preinfer.chunked import run_chunks
+
+            run_chunks(self)
+            return
+        if state.get("schedule") == "chunk" and state.get("chunk_done") and not self.store.has_pooled():
+            raise TcfError(f"{self.store.folder} holds chunk-major progress ({state['chunk_done']:,} of "
+                           f"{self.n_items:,} items); continue it with text_encoder.schedule: chunk, or delete "
+                           "the folder")
+        if self.ctx.is_main and state.get("schedule") == "chunk":
+            self.store.update_state(schedule="range", chunk_done=0)
         committer = ThreadPoolExecutor(1, thread_name_prefix="tcf-commit")
         pinner = ThreadPoolExecutor(1, thread_name_prefix="tcf-pin")
         committing: Future | None = None

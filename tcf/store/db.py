@@ -127,6 +127,7 @@ class Store:
         A file that is not a tcf store is refused before anything touches it."""
         self.path = Path(path).expanduser().resolve()
         self.readonly = readonly
+        self._depth = 0  # of nested transaction() blocks
         job = os.environ.get(JOB_ENV, "")
         self.job_id: int | None = int(job) if job.isdigit() else None
         if readonly and not self.path.is_file():
@@ -158,9 +159,13 @@ class Store:
     def _check_ours(self) -> None:
         """A tcf store carries the application id; one written before it did is told by its tables; a new
         or empty file becomes one (writers only). Anything else is another program's file."""
-        app = int(self._db.execute("PRAGMA application_id").fetchone()[0])
-        version = self._user_version()
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self._db.execute("BEGIN")  # one snapshot: another process may be creating the store between two reads
+        try:
+            app = int(self._db.execute("PRAGMA application_id").fetchone()[0])
+            version = self._user_version()
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            self._db.conn.rollback()
         if app == APPLICATION_ID or (app == 0 and version >= 1 and {"runs", "metrics"} <= tables):
             return
         if app == 0 and version == 0 and not tables:
@@ -197,12 +202,21 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction; IMMEDIATE so concurrent writers queue in the busy handler. SQLite's errors
-        inside it become a StoreError naming the file (a read-only store refuses at the BEGIN)."""
+        inside it become a StoreError naming the file (a read-only store refuses at the BEGIN). Nested, it joins
+        the outer one: merging a job's record and marking it merged commit together (tcf.jobs.records)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
         conn = self._db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             raise StoreError(self.path, e) from e
+        self._depth = 1
         try:
             yield
         except sqlite3.Error as e:
@@ -216,6 +230,8 @@ class Store:
                 conn.commit()
             except sqlite3.Error as e:
                 raise StoreError(self.path, e) from e
+        finally:
+            self._depth = 0
 
     def _user_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -293,23 +309,26 @@ class Store:
             self._db.execute("UPDATE runs SET inputs_json = ? WHERE id = ?",
                              [json.dumps({**known, **inputs}, sort_keys=True), run_id])
 
-    def claim_run(self, run_id: int, threads: int | None = None) -> None:
+    def claim_run(self, run_id: int, threads: int | None = None, *, owner: tuple[str, int, int | None] | None = None,
+                  at: str | None = None) -> None:
         """This process owns the run now (status 'running'): readers tell a run whose owner is gone from one
         that is training (the caller holds the run's lock, so no live process owns it already). ``threads``:
-        the CPU threads it trains with (CPU results depend on them)."""
+        the CPU threads it trains with (CPU results depend on them); ``owner`` (host, pid, pid start) and ``at``
+        (when) come from a merged record of a process on another node."""
+        host, pid, pid_start = owner or (hostname(), os.getpid(), start_time(os.getpid()))
         with self.transaction():
             self._require_run(run_id)
             self._db.execute(
                 "UPDATE runs SET status = 'running', error = NULL, started_at = ifnull(started_at, ?), "
                 "finished_at = NULL, owner_host = ?, owner_pid = ?, owner_pid_start = ?, "
                 "threads = ifnull(?, threads) WHERE id = ?",
-                [now_iso(), hostname(), os.getpid(), start_time(os.getpid()), threads, run_id])
+                [at or now_iso(), host, pid, pid_start, threads, run_id])
 
-    def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
-        """'running' stamps started_at the first time; a terminal status stamps finished_at."""
+    def set_status(self, run_id: int, status: str, error: str | None = None, *, at: str | None = None) -> None:
+        """'running' stamps started_at the first time; a terminal status stamps finished_at (``at``, else now)."""
         if status not in STATUSES:
             raise ValueError(f"unknown run status {status!r}; expected one of {', '.join(STATUSES)}")
-        now = now_iso()
+        now = at or now_iso()
         with self.transaction():
             self._require_run(run_id)
             if status == "running":
@@ -445,24 +464,27 @@ class Store:
     # -- artifacts -----------------------------------------------------------------------------
 
     def register_artifact(self, kind: str, hash: str, path: str | Path, meta: dict[str, Any],
-                          run_id: int | None = None) -> None:
+                          run_id: int | None = None, *, at: str | None = None) -> None:
         """Record a complete artifact (idempotent: registering it again updates the row)."""
         with self.transaction():
             self._db.execute(
                 "INSERT INTO artifacts (hash, kind, path, meta_json, run_id, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, hash) DO UPDATE SET path = excluded.path, "
                 "meta_json = excluded.meta_json, run_id = ifnull(excluded.run_id, artifacts.run_id)",
-                [hash, kind, str(path), json.dumps(meta, sort_keys=True, default=str), run_id, now_iso()],
+                [hash, kind, str(path), json.dumps(meta, sort_keys=True, default=str), run_id, at or now_iso()],
             )
 
     # -- progress events -----------------------------------------------------------------------
 
-    def log_event(self, source: str, kind: str, payload: dict[str, Any], run_id: int | None = None) -> None:
-        """One progress event of a job (``source``, e.g. 'infer:<artifact hash>'); callers rate-limit."""
+    def log_event(self, source: str, kind: str, payload: dict[str, Any], run_id: int | None = None, *,
+                  job_id: int | None = None, at: str | None = None) -> None:
+        """One progress event of a job (``source``, e.g. 'infer:<artifact hash>'); callers rate-limit. ``job_id``
+        and ``at`` come from a merged record (else this process's job, and now)."""
         with self.transaction():
             self._db.execute(
                 "INSERT INTO events (source, run_id, job_id, time, kind, payload_json) VALUES (?, ?, ?, ?, ?, ?)",
-                [source, run_id, self.job_id, now_iso(), kind, json.dumps(payload, sort_keys=True, default=str)],
+                [source, run_id, job_id if job_id is not None else self.job_id, at or now_iso(), kind,
+                 json.dumps(payload, sort_keys=True, default=str)],
             )
 
     def events(self, source: str | None = None, after_id: int = 0, job_id: int | None = None) -> list[dict]:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tcf.store.db import Store
+from tcf.store.records import Recorder
 from tcf.util.gpu import process_gpu_memory
 from tcf.util.progress import RateLimited, Reporter, stage_label
 
@@ -49,7 +50,7 @@ def _gpu() -> dict[str, int]:
 class EventWriter(Reporter):
     """Progress -> experiments.db events (see the module docstring) and, for a run, its epoch rows."""
 
-    def __init__(self, store: Store, source: str, run_id: int | None = None, interval: float = 1.0):
+    def __init__(self, store: Recorder, source: str, run_id: int | None = None, interval: float = 1.0):
         self.store, self.source, self.run_id = store, source, run_id
         self._range: dict[str, int] = {}
         self._stage: dict[str, Any] = {"stage": None, "epoch": None, "total": None, "done": 0}

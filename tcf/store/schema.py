@@ -182,13 +182,31 @@ def _m007_protocol(db: Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN protocol TEXT NOT NULL DEFAULT 'full'")
 
 
-def _m008_run_threads(db: Database) -> None:
+def _m008_slurm(db: Database) -> None:
+    """Jobs handed to Slurm (tcf.jobs.slurm): the Slurm job id, the sbatch options they were submitted with, the
+    state Slurm last reported, and the job's folder on the shared filesystem, where its process writes its
+    records; ``merged_records`` holds
+    the last record merged per (job, attempt), so that merging the same records twice changes nothing."""
+    for sql in ("ALTER TABLE jobs ADD COLUMN slurm_id TEXT",
+                "ALTER TABLE jobs ADD COLUMN slurm_options TEXT",
+                "ALTER TABLE jobs ADD COLUMN job_dir TEXT",
+                "ALTER TABLE jobs ADD COLUMN slurm_state TEXT",
+                """CREATE TABLE merged_records (
+                    job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+                    attempt INTEGER NOT NULL,
+                    seq INTEGER NOT NULL,
+                    PRIMARY KEY (job_id, attempt)
+                )"""):
+        db.execute(sql)
+
+
+def _m009_run_threads(db: Database) -> None:
     """The CPU threads torch computed a run with (tcf.util.threads): CPU results depend on the count, so a run
     says which it had. NULL for runs recorded before."""
     db.execute("ALTER TABLE runs ADD COLUMN threads INTEGER")
 
 
-def _m009_job_ids(db: Database) -> None:
+def _m010_job_ids(db: Database) -> None:
     """Job ids are never reused: a removed job's id went to the next job, which then appended to its log and
     showed its events. ``counters`` keeps the highest job id ever given (a trigger keeps it up to date whoever
     inserts); the queue numbers new jobs above it."""
@@ -201,8 +219,8 @@ def _m009_job_ids(db: Database) -> None:
 
 # Append only: never edit or reorder an applied migration; user_version = len(applied).
 MIGRATIONS: list[Callable[[Database], None]] = [_m001_initial, _m002_artifacts, _m003_events, _m004_lm_params,
-                                                _m005_jobs, _m006_run_identity, _m007_protocol, _m008_run_threads,
-                                                _m009_job_ids]
+                                                _m005_jobs, _m006_run_identity, _m007_protocol, _m008_slurm,
+                                                _m009_run_threads, _m010_job_ids]
 READABLE_FROM = 5  # the oldest schema a reader understands: columns added later read as absent
 
 

@@ -192,8 +192,15 @@ text_encoder:
     out = cli("infer", str(config), "--ranges", "0:1,1:2", "--batch-size", "7", "-S", "text_encoder.unfreeze=1",
               "--db", str(tmp_path / "infer" / "e.db"))
     raw = load_dataset(small_dataset)
-    _check_latents(Path(out.strip().splitlines()[-1]), model_dir, dict(zip(raw.item_keys, raw.item_texts,
-                                                                           strict=True)))
+    texts = dict(zip(raw.item_keys, raw.item_texts, strict=True))
+    _check_latents(Path(out.strip().splitlines()[-1]), model_dir, texts)
+    # chunk-major: chunks of 60 tokens through both ranges, boundary 1 kept, the same latents
+    out = cli("infer", str(config), "--ranges", "0:1,1:2", "--batch-size", "7", "--schedule", "chunk",
+              "-S", "text_encoder.unfreeze=1", "-S", "text_encoder.chunk_tokens=60",
+              "--db", str(tmp_path / "c" / "e.db"))
+    chunked = Path(out.strip().splitlines()[-1])
+    assert len(json.loads((chunked / "state.json").read_text())["chunks"]) > 3
+    _check_latents(chunked, model_dir, texts)
 
     # a fresh store: the run plans and encodes on its own, then trains the frozen text tower
     db = tmp_path / "run" / "e.db"

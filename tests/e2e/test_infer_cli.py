@@ -227,3 +227,13 @@ def test_sigkill_in_the_middle_of_a_range_resumes_from_the_last_committed_one(tm
     uninterrupted = Path(r.stdout.strip().splitlines()[-1])
     for kind in ("mean", "first", "last"):
         assert np.array_equal(np.load(resumed / f"pooled-{kind}.npy"), np.load(uninterrupted / f"pooled-{kind}.npy"))
+
+
+def test_a_plan_that_fits_neither_disk_nor_host_memory_is_refused_before_any_latents(setup, tmp_path):
+    root, _, _ = setup
+    r = tcf("infer", str(root / "exp.yaml"), "--gpu-memory-budget", "1GiB", "--ranges", "0:2,2:4", "--schedule",
+            "chunk", "-S", "text_encoder.host_memory_budget=1KiB", "--db", str(tmp_path / "e.db"), cwd=tmp_path)
+    _one_line_error(r, "--schedule: pre-inference does not fit this machine: chunk-major needs",
+                    "of host memory", "short")
+    latents = tmp_path / "artifacts" / "latents"
+    assert [p.name for p in latents.iterdir()] == [".locks"]  # only the lock: no work folder, no latents

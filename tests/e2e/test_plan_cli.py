@@ -57,3 +57,31 @@ def test_plan_errors_are_one_line(setup):
         assert budget == pytest.approx(host_budget() / (1 << 30), abs=1.0)
     missing = tcf("plan", cfg, "-S", f"text_encoder.model={setup / 'nope'}", cwd=setup)
     assert missing.returncode == 2 and "not a model directory" in missing.stderr
+
+
+def test_plan_splits_where_fine_tuned_blocks_start_and_names_its_schedule(setup, small_dataset):
+    """A sweep whose first run trains no text tower (pop) still plans the depths its fine-tuned runs need."""
+    sweep = setup / "sweep.yaml"
+    sweep.write_text(f"""dataset:
+  path: {small_dataset}
+text_encoder:
+  model: {setup / 'tiny-opt'}
+runs:
+  - {{name: pop, model.architecture: pop}}
+  - {{name: frozen, model.item_tower: text}}
+  - {{name: top2, model.item_tower: text, text_encoder.unfreeze: 2}}
+""")
+    r = tcf("plan", str(sweep), "--gpu-memory-budget", "2GiB", cwd=setup)
+    assert r.returncode == 0, r.stderr
+    assert _ranges(r.stdout) == ["0:4", "4:6"]  # boundary 4 kept: the input of the top two blocks
+    assert "schedule: range-major" in r.stdout and "estimated time:" in r.stdout and "peak: GPU" in r.stdout
+    chunk = tcf("plan", str(sweep), "--gpu-memory-budget", "2GiB", "--schedule", "chunk", cwd=setup)
+    assert chunk.returncode == 0, chunk.stderr
+    assert "schedule: chunk-major" in chunk.stdout and _ranges(chunk.stdout) == ["0:4", "4:6"]
+    bad = tcf("plan", str(sweep), "--schedule", "diagonal", cwd=setup)
+    assert bad.returncode == 2 and "diagonal" in bad.stderr
+    host = tcf("plan", str(sweep), "--gpu-memory-budget", "2GiB", "--schedule", "chunk", "-S",
+               "text_encoder.host_memory_budget=1KiB", cwd=setup)
+    assert host.returncode == 2 and re.fullmatch(
+        r"error: --schedule: pre-inference does not fit this machine: chunk-major needs .* of host memory .* short\)\n",
+        host.stderr)

@@ -16,7 +16,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
+from tcf.jobs.slurm import follow
 from tcf.store.db import READ_ERRORS, Store
+
+FOLLOW_EVERY_S = 2.0  # squeue at most this often, however often the screens refresh
 
 
 def no_store(path: Any) -> str:
@@ -88,8 +91,15 @@ class DataScreen(Screen):
             if not Path(self.app.db_path).exists():
                 message = self.missing()
             else:
+                try:  # Slurm jobs: their states and records merged first, when there are any
+                    follow(self.app.db_path, min_interval_s=FOLLOW_EVERY_S)
+                    unsynced = None
+                except READ_ERRORS as e:
+                    unsynced = LoadFailed(f"cannot sync the Slurm jobs: {e}")
                 with open_store(self.app.db_path) as store:
                     message = self.load(store)
+                if unsynced is not None:  # what is merged already still shows; say why the rest does not
+                    self.post_message(unsynced)
         except READ_ERRORS as e:
             message = LoadFailed(str(e))
         except Exception as e:  # e.g. an event this version cannot fold: say so rather than go stale silently

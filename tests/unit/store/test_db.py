@@ -346,3 +346,18 @@ def test_a_metric_that_does_not_apply_is_null(tmp_path):
     conn = _raw(path)
     assert conn.execute("SELECT count(*) FROM metrics WHERE split = 'test' AND value IS NULL").fetchone()[0] == 2
     assert conn.execute('SELECT "test_hr@10" FROM results').fetchone() == (None,)
+
+
+def test_a_nested_transaction_commits_or_rolls_back_with_the_outer_one(tmp_path):
+    """What merging a job's records relies on: the rows a record writes and the mark of its merge are one commit."""
+    store = Store(tmp_path / "experiments.db")
+    run = store.create_run(name="r", config={}, config_hash="h", dataset="d", architecture="pop", item_tower="id")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.log_epoch(run, 1, 1.0, 1.0, {"hr@10": 0.5})  # its own transaction() joins the outer one
+        raise RuntimeError("the merge fails after the record's rows")
+    assert store.epochs(run) == []
+    with store.transaction():
+        store.log_epoch(run, 1, 1.0, 1.0, {"hr@10": 0.5})
+        store.set_status(run, "finished", at="2025-01-01T00:00:00+00:00")
+    assert Store(tmp_path / "experiments.db").get_run(run)["finished_at"] == "2025-01-01T00:00:00+00:00"
+    assert len(store.epochs(run)) == 1

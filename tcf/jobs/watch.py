@@ -43,11 +43,14 @@ def exit_status(job: Job) -> int:
 
 
 def wait_for(store: Store, job_id: int, poll_s: float = POLL_S, on_change: Callable[[Job], None] | None = None,
-             sleep: Callable[[float], None] = time.sleep) -> Job:
+             sleep: Callable[[float], None] = time.sleep, refresh: Callable[[], None] | None = None) -> Job:
     """Poll the job until it has ended; ``on_change`` hears every state it passes through (queued, running,
-    blocked, ...). A job id that does not exist is an error at once."""
+    blocked, ...); ``refresh`` runs before each look (merging a Slurm job's records). A job id that does not
+    exist is an error at once."""
     shown = None
     while True:
+        if refresh is not None:
+            refresh()
         job = get_job(store, job_id)
         if job.display != shown and on_change is not None:
             on_change(job)
@@ -70,12 +73,15 @@ def log_file(job: Job) -> Path | None:
 
 
 def stream_log(store: Store, job_id: int, write: Callable[[str], None], follow: bool = False,
-               poll_s: float = POLL_S, sleep: Callable[[float], None] = time.sleep) -> Job:
+               poll_s: float = POLL_S, sleep: Callable[[float], None] = time.sleep,
+               refresh: Callable[[], None] | None = None) -> Job:
     """Write the job's log; with ``follow``, keep writing what the job appends (waiting for a queued job to
     start) until it has ended and the log is read to its end. A log that shrinks (a new attempt started it
-    afresh) is read again from its start."""
+    afresh) is read again from its start; ``refresh`` runs before each look, as for :func:`wait_for`."""
     offset = 0
     while True:
+        if refresh is not None:
+            refresh()
         job = get_job(store, job_id)
         done = ended(job)  # read before the file: what the job wrote before it ended is in it
         path = log_file(job)
