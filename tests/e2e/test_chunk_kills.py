@@ -61,13 +61,12 @@ def test_sigkills_at_random_points_resume_at_the_last_committed_chunk(tmp_path):
     out, kills, committed_at_kill = tmp_path / "killed", 0, []
     chooser = random.Random(7)
     while kills < 5:
-        before = _state(out).get("chunk_done", 0)
         proc = start(out)
-        # kill somewhere in the next chunks: after a random number of further commits, plus a random delay
-        target, deadline = before + chooser.randint(0, 2) * 250, time.monotonic() + 120
+        # the k-th kill once a k-th sixth of the items is committed, then a random moment into the next chunks
+        target, deadline = (kills + 1) * n // 6, time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline and _state(out).get("chunk_done", 0) < target:
-            time.sleep(0.01)
-        time.sleep(chooser.uniform(0.0, 0.4))
+            time.sleep(0.005)
+        time.sleep(chooser.uniform(0.0, 0.05))
         if proc.poll() is not None:
             break  # it finished: fewer kill points than asked would fail below
         proc.send_signal(signal.SIGKILL)
