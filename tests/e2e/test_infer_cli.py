@@ -237,3 +237,18 @@ def test_a_plan_that_fits_neither_disk_nor_host_memory_is_refused_before_any_lat
                     "of host memory", "short")
     latents = tmp_path / "artifacts" / "latents"
     assert [p.name for p in latents.iterdir()] == [".locks"]  # only the lock: no work folder, no latents
+
+
+def test_infer_keeps_the_depth_of_a_sweep_whose_first_run_trains_no_text_tower(setup, tmp_path):
+    """As in configs/demo.yaml: pop first, then a frozen and a top-1 text tower sharing one encoder."""
+    root, _, model_dir = setup
+    config = tmp_path / "runs.yaml"
+    config.write_text((root / "exp.yaml").read_text() + "runs:\n  - {name: pop, model.architecture: pop}\n"
+                      "  - {name: frozen, model.item_tower: text}\n"
+                      "  - {name: top1, model.item_tower: text, text_encoder.unfreeze: 1}\n")
+    r = tcf("infer", str(config), "--gpu-memory-budget", "1GiB", "--db", str(tmp_path / "e.db"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (latents,) = [Path(line) for line in r.stdout.split()]
+    meta = json.loads((latents / "meta.json").read_text())
+    assert meta["depths"] == [3] and 3 in [stop for _, stop in meta["ranges"]]  # 4 blocks, the top one fine-tuned
+    assert (latents / "boundary-003.npy").is_file()
