@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from transformers import OPTConfig, OPTModel
 
-from tcf.lm.checkpoint import model_size
+from tcf.lm.checkpoint import ModelShape, model_size
 from tcf.lm.loader import load_stage
 from tcf.lm.pooling import pool
 from tcf.preinfer.latents import LatentStore
@@ -96,14 +96,14 @@ class Peaks:
         self._thread.join()
 
 
-def ceiling(model_dir: Path, ids: np.ndarray, lengths: np.ndarray, batch: int, device: torch.device,
-            dtype: torch.dtype) -> tuple[float, torch.Tensor]:
+def ceiling(model_dir: Path, shape: ModelShape, ids: np.ndarray, lengths: np.ndarray, batch: int,
+            device: torch.device, dtype: torch.dtype) -> tuple[float, torch.Tensor]:
     """Seconds to push every item through the whole slice held on the GPU; mean-pooled embeddings."""
-    n_blocks = model_size(model_dir).shape.n_blocks
-    stage = load_stage(model_dir, 0, n_blocks, include_embedding=True, include_final=True, dtype=dtype, device=device)
+    stage = load_stage(model_dir, 0, shape.n_blocks, include_embedding=True, include_final=True, dtype=dtype,
+                       device=device)
     stage.inspect_masks = False
     batches = length_batches(lengths, batch)
-    out = torch.empty(len(lengths), stage_width(model_dir), dtype=torch.float32, device=device)
+    out = torch.empty(len(lengths), shape.hidden, dtype=torch.float32, device=device)
 
     def run(subset: list[np.ndarray]) -> None:
         with torch.inference_mode():
@@ -121,10 +121,6 @@ def ceiling(model_dir: Path, ids: np.ndarray, lengths: np.ndarray, batch: int, d
     sync(device)
     seconds = time.perf_counter() - t0
     return seconds, out.float().cpu()
-
-
-def stage_width(model_dir: Path) -> int:
-    return model_size(model_dir).shape.hidden
 
 
 def sync(device: torch.device) -> None:
@@ -189,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{machine.free_disk / GiB:.1f} GiB free)", flush=True)
     if device.type == "cuda":
         torch.cuda.set_per_process_memory_fraction(1.0)
-    ceiling_s, ref = ceiling(model_dir, ids, lengths, plan.ranges[0].batch_size, device, dtype)
+    ceiling_s, ref = ceiling(model_dir, size.shape, ids, lengths, plan.ranges[0].batch_size, device, dtype)
     got = LatentStore(out).read("mean").float()
     bad_got, bad_ref = (~torch.isfinite(got).all(1)), (~torch.isfinite(ref).all(1))
     ok = ~(bad_got | bad_ref)

@@ -25,7 +25,7 @@ from tcf.lm.checkpoint import checkpoint_tensors, model_size, read_config
 from tcf.lm.hub import hub_origin, resolve_model
 from tcf.preinfer.latents import LatentStore
 from tcf.preinfer.planner import BUDGET_KEY, DEFAULT_THROUGHPUT, BudgetTooSmall, Plan, plan_ranges
-from tcf.preinfer.schedule import CPU_THROUGHPUT, Machine, plan_schedule
+from tcf.preinfer.schedule import CPU_THROUGHPUT, Machine, host_available, plan_schedule
 from tcf.util.artifacts import META, artifact_hash, artifact_path, read_meta
 from tcf.util.atomic import write_atomic
 from tcf.util.gpu import free_memory, get_provider
@@ -64,12 +64,12 @@ def default_device(gpu: int = 0) -> torch.device:
 
 def host_budget() -> int:
     """Pre-inference on the CPU: half the host memory that is available now (at least 1 GiB)."""
-    try:
-        with open("/proc/meminfo") as f:
-            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        avail = 0
-    return max(avail // 2, 1 << 30)
+    return max(host_available() // 2, 1 << 30)
+
+
+def compute_dtype(te: TextEncoderConfig, device: torch.device) -> str:
+    """The dtype pre-inference computes in: the configured one on a GPU, fp32 on a CPU (no fast bf16 matmuls)."""
+    return te.dtype if device.type == "cuda" else "fp32"
 
 
 def resolve_budget(te: TextEncoderConfig, device: torch.device) -> int:
@@ -99,7 +99,7 @@ def make_plan(cfg: Config, n_items: int, device: torch.device, *, n_tokens: int 
     if te is None:
         raise TcfError("text_encoder: the config has no text_encoder section")
     size = model_size(model_dir_of(te), te.dtype)
-    compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
+    compute = compute_dtype(te, device)
     throughput = DEFAULT_THROUGHPUT if device.type == "cuda" else CPU_THROUGHPUT * torch.get_num_threads()
     machine = Machine.probe(latents_root, te.host_memory_budget, te.read_bandwidth, throughput)
     return plan_schedule(size.footprint, size.shape, max_tokens=te.max_tokens, budget=resolve_budget(te, device),
@@ -269,7 +269,7 @@ def run_infer_job(cfg: Config, db_path: Path, *, gpu: int = 0, ui: Reporter | No
     keep = sorted({d for d in keep_depths if 0 < d < n_blocks} | ({own} if own is not None else set()))
     ctx = init_distributed("auto" if torch.cuda.is_available() else "cpu")
     device = device or (ctx.device if ctx.distributed else default_device(gpu))
-    compute = te.dtype if device.type == "cuda" else "fp32"  # CPUs lack fast bf16 matmuls
+    compute = compute_dtype(te, device)
     store = open_store(db_path) if ctx.is_main else None  # a Slurm job's: its record file
     with ExitStack() as hold:
         job = broadcast_object(_look_up_or_plan(cfg, db_path, keep, compute, device, store, hold, ui)

@@ -176,12 +176,12 @@ class _Job:
 
     def run(self) -> None:
         """Every range left (range-major), or every chunk left (chunk-major: :mod:`tcf.preinfer.chunked`)."""
-        state = self.store.state()
         if self.plan.schedule == "chunk":
             from tcf.preinfer.chunked import run_chunks
 
             run_chunks(self)
             return
+        state = self.store.state()
         if state.get("schedule") == "chunk" and state.get("chunk_done") and not self.store.has_pooled():
             raise TcfError(f"{self.store.folder} holds chunk-major progress ({state['chunk_done']:,} of "
                            f"{self.n_items:,} items); continue it with text_encoder.schedule: chunk, or delete "

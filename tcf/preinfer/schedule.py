@@ -40,7 +40,8 @@ from tcf.errors import ConfigError
 from tcf.lm.checkpoint import Footprint, ModelShape, dtype_bytes
 from tcf.lm.pooling import POOLINGS
 from tcf.preinfer.planner import DEFAULT_THROUGHPUT, BudgetTooSmall, Plan, plan_chunk_ranges, plan_ranges, split_at
-from tcf.util.units import GiB, format_bytes, format_bytes_ceil
+from tcf.util.host import memory
+from tcf.util.units import GiB, format_bytes, format_bytes_ceil, format_seconds
 
 SCHEDULE_KEY = "text_encoder.schedule"
 DEFAULT_READ = 2e9  # bytes/s from disk when nothing says otherwise: a modest NVMe, a fast network filesystem
@@ -75,12 +76,9 @@ class Machine:
 
 
 def host_available() -> int:
-    """MemAvailable of /proc/meminfo (0 where unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return 0
+    """Host memory available now (0 where unknown)."""
+    mem = memory()
+    return mem[1] - mem[0] if mem else 0
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ class Estimate:
     n_chunks: int = 1
 
 
-def _weights(plan: Plan, fp: Footprint) -> int:
+def _weights(fp: Footprint) -> int:
     return sum(fp.block_bytes) + fp.embedding_bytes + fp.final_bytes
 
 
@@ -113,7 +111,7 @@ def estimate_range(plan: Plan, fp: Footprint, hidden: int, n_tokens: int, keep: 
     passing = [r.stop for r in plan.ranges[:-1] if r.stop not in keep]
     disk = _outputs_bytes(plan.n_items, plan.max_tokens, hidden, lb, keep) + min(2, len(passing)) * boundary
     compute = 2 * plan.params * n_tokens / machine.throughput
-    weights = _weights(plan, fp) / machine.read_bandwidth
+    weights = _weights(fp) / machine.read_bandwidth
     latents = 2 * len(plan.ranges[:-1]) * boundary / machine.read_bandwidth
     return Estimate(plan.peak_bytes, 0, disk, compute, weights, latents, compute + weights + latents)
 
@@ -128,7 +126,7 @@ def estimate_chunk(plan: Plan, fp: Footprint, hidden: int, n_tokens: int, keep: 
     """Chunk-major: weights read per chunk (hidden behind compute range by range), no boundary on disk."""
     lb = dtype_bytes(plan.latent_dtype)
     n_chunks = max(1, math.ceil(n_tokens / plan.chunk_tokens))
-    total_weights = _weights(plan, fp)
+    total_weights = _weights(fp)
     resident = len(plan.ranges) == 1  # one range: loaded once, kept for every chunk
     reread = machine.copy_bandwidth if total_weights <= 0.8 * machine.host_available else machine.read_bandwidth
     compute = 2 * plan.params * n_tokens / machine.throughput
@@ -200,7 +198,7 @@ def plan_schedule(footprint: Footprint, shape: ModelShape, *, max_tokens: int, b
         name = "chunk"
     plan, est = fitting[name]
     return dataclasses.replace(plan, estimate=est, estimated_seconds=est.total_s, rejected=tuple(
-        errors[k] if k in errors else f"{k}-major: estimated {_fmt_s(candidates[k][1].total_s)}"
+        errors[k] if k in errors else f"{k}-major: estimated {format_seconds(candidates[k][1].total_s)}"
         for k in candidates if k != name))
 
 
@@ -208,12 +206,6 @@ def _clearly_faster(a: Estimate, b: Estimate) -> bool:
     """``a`` saves more than 10 % and more than a minute over ``b``: below that, range-major's fewer moving
     parts (and its runs under torchrun) are worth more than the estimate's precision."""
     return a.total_s < 0.9 * b.total_s and a.total_s < b.total_s - 60
-
-
-def _fmt_s(s: float) -> str:
-    from tcf.util.units import format_seconds
-
-    return format_seconds(s)
 
 
 def _shortfall(est: Estimate, machine: Machine) -> str:

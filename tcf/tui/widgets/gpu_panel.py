@@ -54,20 +54,39 @@ def _devices(devices: str | None) -> set[int]:
     return {int(d) for d in (devices or "").split(",") if d.strip().isdigit()}
 
 
-class GpuRow(Vertical):
-    """One GPU: a title line, then memory and utilisation, each with its sparkline."""
+class _SparkRows(Vertical):
+    """A title line, then two value lines with their sparklines, drawn from a sample that may come before the
+    widget is mounted (a row added with the sample that needs it)."""
 
     DEFAULT_CSS = """
-    GpuRow { height: auto; margin-bottom: 1; }
-    GpuRow Horizontal { height: 1; }
-    GpuRow .gpu-value { width: 26; }
-    GpuRow Sparkline { width: 1fr; height: 1; }
+    _SparkRows { height: auto; margin-bottom: 1; }
+    _SparkRows Horizontal { height: 1; }
+    _SparkRows .gpu-value { width: 26; }
+    _SparkRows Sparkline { width: 1fr; height: 1; }
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._sample: tuple[GpuInfo, GpuHistory, bool] | None = None
+        self._sample: tuple | None = None
         self._ready = False
+
+    def on_mount(self) -> None:
+        self._ready = True
+        if self._sample is not None:
+            self._draw(*self._sample)
+
+    def _show(self, *sample: object) -> None:
+        """Draw now, or once mounted."""
+        self._sample = sample
+        if self._ready:
+            self._draw(*sample)
+
+    def _draw(self, *sample: object) -> None:
+        raise NotImplementedError
+
+
+class GpuRow(_SparkRows):
+    """One GPU: a title line, then memory and utilisation, each with its sparkline."""
 
     def compose(self) -> ComposeResult:
         yield Static(classes="gpu-title")
@@ -78,16 +97,8 @@ class GpuRow(Vertical):
             yield Static(classes="gpu-value gpu-util")
             yield Sparkline([], classes="spark-util")
 
-    def on_mount(self) -> None:
-        self._ready = True
-        if self._sample is not None:
-            self._draw(*self._sample)
-
     def show(self, gpu: GpuInfo, history: GpuHistory, mine: bool) -> None:
-        """Draw now, or once mounted (a row added with the sample that needs it)."""
-        self._sample = (gpu, history, mine)
-        if self._ready:
-            self._draw(gpu, history, mine)
+        self._show(gpu, history, mine)
 
     def _draw(self, gpu: GpuInfo, history: GpuHistory, mine: bool) -> None:
         pct = 100 * gpu.used_bytes / gpu.total_bytes if gpu.total_bytes else 0.0
@@ -103,31 +114,11 @@ class GpuRow(Vertical):
             self.query_one(f".spark-{name}", Sparkline).data = data if len(data) > 1 else []
 
 
-class HostRow(Vertical):
+class HostRow(_SparkRows):
     """This machine's CPU and memory use with sparklines: the panel's content where there is no GPU."""
 
-    DEFAULT_CSS = """
-    HostRow { height: auto; margin-bottom: 1; }
-    HostRow Horizontal { height: 1; }
-    HostRow .gpu-value { width: 26; }
-    HostRow Sparkline { width: 1fr; height: 1; }
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._history: GpuHistory | None = None
-        self._ready = False
-
-    def on_mount(self) -> None:
-        self._ready = True
-        if self._history is not None:
-            self.draw(self._history)
-
     def show(self, history: GpuHistory) -> None:
-        """Draw now, or once mounted."""
-        self._history = history
-        if self._ready:
-            self.draw(history)
+        self._show(history)
 
     def compose(self) -> ComposeResult:
         yield Static(Text("this machine", style="bold"), classes="gpu-title")
@@ -138,7 +129,7 @@ class HostRow(Vertical):
             yield Static(classes="gpu-value host-ram")
             yield Sparkline([], classes="spark-ram")
 
-    def draw(self, history: GpuHistory) -> None:
+    def _draw(self, history: GpuHistory) -> None:
         host = history.host
         if host is None:
             return
